@@ -1,0 +1,46 @@
+/* quant.h: tensor block formats (F32, F16, Q8_0, Q4_0, Q4_K, Q6_K and the Q8_K activation format):
+ * dequantization bit-identical to llama.cpp's, reference quantizers, and dot-product kernels.
+ *
+ * Weights of a quantized type are multiplied with activations converted to that type's act_type
+ * (Q8_0 for Q8_0/Q4_0, Q8_K for Q4_K/Q6_K, F32 for F32 and F16), as llama.cpp does, so the integer
+ * kernels can run. Every kernel has a portable scalar version that is the tested reference; AVX2 and
+ * AVX-512 versions are chosen at run time (quant_isa_best) and tested against it.
+ */
+#ifndef DUET_ENGINE_QUANT_H
+#define DUET_ENGINE_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct quant_traits {
+    const char *name;   /* "Q4_K" */
+    int block;          /* elements per block */
+    size_t block_bytes; /* bytes per block */
+    int act_type;       /* type activations are converted to for the dot product */
+    bool supported;     /* false: known to GGUF (size is right) but the engine cannot compute with it */
+} quant_traits;
+
+/* Traits of a GGUF tensor type; NULL if the number is not a ggml type at all. */
+const quant_traits *quant_traits_get(int type);
+/* Bytes of a row of n elements (n must be a multiple of the block); 0 if not. */
+size_t quant_row_bytes(int type, int64_t n);
+
+/* dst[n] = the exact values src encodes. 0 ok, < 0 unsupported type or bad n. */
+int quant_dequantize_row(int type, const void *src, float *dst, int64_t n);
+/* Encodes src[n] in type (round to nearest like llama.cpp's reference quantizers; used for activations,
+ * synthetic models and tests). 0 ok, < 0 unsupported. */
+int quant_quantize_row(int type, const float *src, void *dst, int64_t n);
+
+enum quant_isa { QUANT_ISA_SCALAR = 0, QUANT_ISA_AVX2 = 1, QUANT_ISA_AVX512 = 2 };
+int quant_isa_best(void);          /* the best this CPU runs (DUET_ISA=scalar|avx2|avx512 overrides, lower only) */
+const char *quant_isa_name(int isa);
+
+/* y[j*ldy + i] = dot(row i of w, row j of x) for i < nr, j < nx, where rows of w are quant_row_bytes(type, n)
+ * apart (stride w_stride bytes), rows of x are already in act_type, x_stride bytes apart. The matrix-matrix
+ * tile kernel: implementations keep w rows in registers/cache across the x rows. isa picks the kernel
+ * (must be <= quant_isa_best()). */
+void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr,
+                const void *x, size_t x_stride, int nx, float *y, size_t ldy);
+
+#endif
