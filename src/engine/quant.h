@@ -39,7 +39,12 @@ const char *quant_isa_name(int isa);
 /* y[j*ldy + i] = dot(row i of w, row j of x) for i < nr, j < nx, where rows of w are quant_row_bytes(type, n)
  * apart (stride w_stride bytes), rows of x are already in act_type, x_stride bytes apart. The matrix-matrix
  * tile kernel: implementations keep w rows in registers/cache across the x rows. isa picks the kernel
- * (must be <= quant_isa_best()). */
+ * (must be <= quant_isa_best()).
+ * Batch invariance (required, tested): y[j*ldy+i] is bit-identical whatever nr, nx and the position of row i
+ * and column j inside the call, i.e. every output accumulates its products in one fixed order per (isa, type, n).
+ * That makes a batched forward equal to one-token-at-a-time decoding bit for bit, so speculative verification
+ * (HAT) and the lossless modes are exactly lossless, not merely close. Register-block across rows and columns,
+ * never split one output's reduction differently depending on the tile. */
 void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr,
                 const void *x, size_t x_stride, int nx, float *y, size_t ldy);
 
