@@ -1,0 +1,333 @@
+/* The Llama forward pass over a batch of positions and a range of layers:
+ *
+ *   for each layer l in [a,b):
+ *       x  = rmsnorm(h) * attn_norm
+ *       q, k, v = x Wq^T, x Wk^T, x Wv^T          (k, v written straight into the KV cache)
+ *       rotate q and k by their positions (RoPE, adjacent pairs)
+ *       h += softmax(q K^T / sqrt(head_dim), causal) V  Wo^T
+ *       x  = rmsnorm(h) * ffn_norm
+ *       h += (silu(x Wgate^T) * (x Wup^T)) Wdown^T
+ *
+ * Every output of every matrix product accumulates in a fixed order whatever the batch (quant.h), and each
+ * position's attention is computed on its own, so a batch gives the same bits as one position at a time and
+ * [0,k) then [k,L) the same bits as [0,L).
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "engine/kv.h"
+#include "engine/model.h"
+#include "engine/pool.h"
+#include "engine/quant.h"
+
+struct duet_ctx {
+    const duet_model *m;
+    duet_pool *pool;
+    int isa;
+    int max_batch;  /* B */
+    float *x;       /* [B][dim]    normed input of a block */
+    float *q;       /* [B][dim]    queries */
+    float *att;     /* [B][dim]    attention output, before Wo */
+    float *gate;    /* [B][ffn]    */
+    float *up;      /* [B][ffn]    */
+    void *xq;       /* [B][xq_row] activations converted to a weight type's act_type */
+    size_t xq_row;  /* bytes per row of xq */
+    float *rope;    /* [B][head_dim/2][2] cos, sin of each position's rotations */
+    float theta_scale; /* base^(-2/head_dim): ratio of successive rotation frequencies */
+    float *scores;  /* [n_threads][score_cap] attention weights, one row per thread */
+    int score_cap;
+};
+
+/* ---- helpers ------------------------------------------------------------------------------------------ */
+
+/* rmsnorm as llama.cpp computes it: the mean of squares summed in double, then (x * scale) * w. */
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+    float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+}
+
+/* ---- matrix products ---------------------------------------------------------------------------------- */
+
+typedef struct mm_job {
+    int isa;
+    const model_mat *w;
+    const void *x;    /* [nx] rows in w's act_type, x_stride bytes apart */
+    size_t x_stride;
+    int nx;
+    float *y;         /* y[j*ldy + i] for weight row i and input row j */
+    size_t ldy;
+    int chunk;        /* rows per work item */
+    atomic_int next;  /* next unclaimed row */
+} mm_job;
+
+static void mm_work(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    const model_mat *w = j->w;
+    for (;;) {
+        int r0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed);
+        if (r0 >= w->rows) break;
+        int nr = w->rows - r0 < j->chunk ? w->rows - r0 : j->chunk;
+        quant_gemm(j->isa, w->type, w->cols, (const char *)w->data + (size_t)r0 * w->row_bytes, w->row_bytes, nr,
+                   j->x, j->x_stride, j->nx, j->y + r0, j->ldy);
+    }
+}
+
+/* y[n][ldy] (first w->rows columns) = x[n][w->cols] W^T. */
+static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float *y, size_t ldy) {
+    const quant_traits *tr = quant_traits_get(w->type);
+    mm_job j = {.isa = c->isa, .w = w, .nx = n, .y = y, .ldy = ldy};
+    if (tr->act_type == DUET_TYPE_F32) {
+        j.x = x;
+        j.x_stride = (size_t)w->cols * sizeof(float);
+    } else {
+        j.x = c->xq;
+        j.x_stride = c->xq_row;
+        for (int t = 0; t < n; t++)
+            quant_quantize_row(tr->act_type, x + (size_t)t * w->cols, (char *)c->xq + (size_t)t * c->xq_row, w->cols);
+    }
+    /* Small products are not worth waking a thread for (stories260K's matrices are 64 wide). */
+    int nth = duet_pool_threads(c->pool);
+    double work = (double)w->rows * w->cols * n;
+    if (nth == 1 || work < 65536) {
+        j.chunk = w->rows;
+        mm_work(&j, 0, 1);
+        return;
+    }
+    int chunk = (w->rows + nth * 4 - 1) / (nth * 4);
+    chunk = (chunk + 15) & ~15;
+    j.chunk = chunk < 16 ? 16 : chunk;
+    atomic_init(&j.next, 0);
+    pool_run(c->pool, mm_work, &j);
+}
+
+/* ---- attention ---------------------------------------------------------------------------------------- */
+
+typedef struct att_job {
+    duet_ctx *c;
+    const duet_kv *kv;
+    int layer, n, pos0;
+    atomic_int next; /* next (position, head) pair */
+} att_job;
+
+static void att_work(void *arg, int ith, int nth) {
+    att_job *j = arg;
+    duet_ctx *c = j->c;
+    const duet_config *cfg = &c->m->cfg;
+    int hd = cfg->head_dim, kv_dim = j->kv->kv_dim, group = cfg->n_heads / cfg->n_kv_heads;
+    const float *K = j->kv->k[j->layer], *V = j->kv->v[j->layer];
+    float *s = c->scores + (size_t)ith * c->score_cap;
+    float scale = 1.0f / sqrtf((float)hd);
+    int total = j->n * cfg->n_heads;
+    for (;;) {
+        int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (item >= total) break;
+        int t = item / cfg->n_heads, head = item % cfg->n_heads;
+        int n_keys = j->pos0 + t + 1; /* causal: this position and all before it */
+        const float *q = c->q + (size_t)t * cfg->dim + (size_t)head * hd;
+        size_t off = (size_t)(head / group) * hd;
+        float mx = -INFINITY;
+        for (int p = 0; p < n_keys; p++) {
+            const float *k = K + (size_t)p * kv_dim + off;
+            float d = 0;
+            for (int i = 0; i < hd; i++) d += q[i] * k[i];
+            s[p] = d * scale;
+            if (s[p] > mx) mx = s[p];
+        }
+        double sum = 0;
+        for (int p = 0; p < n_keys; p++) {
+            s[p] = expf(s[p] - mx);
+            sum += s[p];
+        }
+        float inv = (float)(1.0 / sum);
+        float *o = c->att + (size_t)t * cfg->dim + (size_t)head * hd;
+        memset(o, 0, sizeof(float) * hd);
+        for (int p = 0; p < n_keys; p++) {
+            const float *v = V + (size_t)p * kv_dim + off;
+            float a = s[p] * inv;
+            for (int i = 0; i < hd; i++) o[i] += a * v[i];
+        }
+    }
+}
+
+static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0) {
+    int need = pos0 + n;
+    if (need > c->score_cap) { /* grows at most a few times per context: never in steady decode */
+        int cap = need < 256 ? 256 : need;
+        float *s = realloc(c->scores, sizeof(float) * (size_t)cap * duet_pool_threads(c->pool));
+        if (!s) return DUET_ENOMEM;
+        c->scores = s;
+        c->score_cap = cap;
+    }
+    att_job j = {.c = c, .kv = kv, .layer = layer, .n = n, .pos0 = pos0};
+    atomic_init(&j.next, 0);
+    if ((double)n * need * c->m->cfg.dim < 65536) att_work(&j, 0, 1);
+    else pool_run(c->pool, att_work, &j);
+    return DUET_OK;
+}
+
+/* ---- rotary position embedding ------------------------------------------------------------------------ */
+
+/* cos/sin of each position's rotation angles, computed as ggml does: theta starts at the position and is
+ * multiplied by base^(-2/d) once per pair, then divided by Llama 3's per-pair factor when the file has one. */
+static void rope_table(duet_ctx *c, int n, int pos0) {
+    int half = c->m->cfg.head_dim / 2;
+    const float *factor = c->m->rope_freqs;
+    for (int t = 0; t < n; t++) {
+        float *r = c->rope + (size_t)t * half * 2;
+        float theta = (float)(pos0 + t);
+        for (int i = 0; i < half; i++) {
+            float angle = factor ? theta / factor[i] : theta;
+            r[2 * i] = cosf(angle);
+            r[2 * i + 1] = sinf(angle);
+            theta *= c->theta_scale;
+        }
+    }
+}
+
+static void rope_apply(const duet_ctx *c, float *x, size_t stride, int n, int n_heads) {
+    int hd = c->m->cfg.head_dim, half = hd / 2;
+    for (int t = 0; t < n; t++) {
+        const float *r = c->rope + (size_t)t * half * 2;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)t * stride + (size_t)h * hd;
+            for (int i = 0; i < half; i++) {
+                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * r[2 * i] - x1 * r[2 * i + 1];
+                v[2 * i + 1] = x0 * r[2 * i + 1] + x1 * r[2 * i];
+            }
+        }
+    }
+}
+
+/* ---- public ------------------------------------------------------------------------------------------- */
+
+duet_ctx *duet_ctx_init(const duet_model *m, int max_batch, duet_pool *pool, char *err, size_t errlen) {
+    const duet_config *cfg = &m->cfg;
+    if (max_batch <= 0 || max_batch > 65536) {
+        err_set(err, errlen, DUET_EINVAL, "ctx: batch of %d positions is out of range", max_batch);
+        return NULL;
+    }
+    duet_ctx *c = calloc(1, sizeof *c);
+    if (!c) goto nomem;
+    c->m = m;
+    c->pool = pool;
+    c->isa = quant_isa_best();
+    c->max_batch = max_batch;
+    size_t B = (size_t)max_batch;
+    int widest = cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim;
+    c->xq_row = (size_t)widest * 2; /* Q8_0 and Q8_K take under 1.15 bytes per value */
+    c->x = malloc(sizeof(float) * B * cfg->dim);
+    c->q = malloc(sizeof(float) * B * cfg->dim);
+    c->att = malloc(sizeof(float) * B * cfg->dim);
+    c->gate = malloc(sizeof(float) * B * cfg->ffn_dim);
+    c->up = malloc(sizeof(float) * B * cfg->ffn_dim);
+    c->xq = malloc(c->xq_row * B);
+    c->rope = malloc(sizeof(float) * B * cfg->head_dim);
+    if (!c->x || !c->q || !c->att || !c->gate || !c->up || !c->xq || !c->rope) goto nomem;
+    c->theta_scale = powf(cfg->rope_base, -2.0f / cfg->head_dim);
+    return c;
+nomem:
+    duet_ctx_free(c);
+    err_set(err, errlen, DUET_ENOMEM, "ctx: out of memory for a batch of %d", max_batch);
+    return NULL;
+}
+
+void duet_ctx_free(duet_ctx *c) {
+    if (!c) return;
+    free(c->x);
+    free(c->q);
+    free(c->att);
+    free(c->gate);
+    free(c->up);
+    free(c->xq);
+    free(c->rope);
+    free(c->scores);
+    free(c);
+}
+
+int duet_embed(duet_ctx *c, const int *ids, int n, float *h, char *err, size_t errlen) {
+    const duet_model *m = c->m;
+    if (!m->part.embed) return err_set(err, errlen, DUET_EINVAL, "embed: this process does not hold the embedding");
+    for (int t = 0; t < n; t++) {
+        if (ids[t] < 0 || ids[t] >= m->cfg.vocab_size)
+            return err_set(err, errlen, DUET_EINVAL, "embed: token id %d is outside the vocabulary (0..%d)", ids[t],
+                           m->cfg.vocab_size - 1);
+        quant_dequantize_row(m->embd.type, (const char *)m->embd.data + (size_t)ids[t] * m->embd.row_bytes,
+                             h + (size_t)t * m->cfg.dim, m->cfg.dim);
+    }
+    return DUET_OK;
+}
+
+/* One layer over n <= max_batch positions. */
+static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int pos0) {
+    const duet_config *cfg = &c->m->cfg;
+    const model_layer *L = &c->m->layers[l];
+    int dim = cfg->dim, ffn = cfg->ffn_dim, kv_dim = kv->kv_dim;
+    float *kc = kv->k[l] + (size_t)pos0 * kv_dim, *vc = kv->v[l] + (size_t)pos0 * kv_dim;
+
+    for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->attn_norm, dim, cfg->rms_eps);
+    matmul(c, &L->wq, c->x, n, c->q, dim);
+    matmul(c, &L->wk, c->x, n, kc, kv_dim);
+    matmul(c, &L->wv, c->x, n, vc, kv_dim);
+    rope_apply(c, c->q, dim, n, cfg->n_heads);
+    rope_apply(c, kc, kv_dim, n, cfg->n_kv_heads);
+    kv->len[l] = pos0 + n;
+    int rc = attention(c, kv, l, n, pos0);
+    if (rc) return rc;
+    matmul(c, &L->wo, c->att, n, c->x, dim);
+    for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];
+
+    for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->ffn_norm, dim, cfg->rms_eps);
+    matmul(c, &L->gate, c->x, n, c->gate, ffn);
+    matmul(c, &L->up, c->x, n, c->up, ffn);
+    for (size_t i = 0; i < (size_t)n * ffn; i++) {
+        float g = c->gate[i];
+        c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
+    }
+    matmul(c, &L->down, c->gate, n, c->x, dim);
+    for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];
+    return DUET_OK;
+}
+
+int duet_forward(duet_ctx *c, duet_kv *kv, int a, int b, float *h, int n, int pos0, char *err, size_t errlen) {
+    const duet_model *m = c->m;
+    if (a < 0 || b > m->cfg.n_layers || a > b || n < 0)
+        return err_set(err, errlen, DUET_EINVAL, "forward: layers %d:%d or batch %d out of range", a, b, n);
+    for (int l = a; l < b; l++) {
+        if (!duet_part_has_layer(&m->part, l))
+            return err_set(err, errlen, DUET_EINVAL, "forward: layer %d is not held by this process", l);
+        if (kv->len[l] < 0) return err_set(err, errlen, DUET_EINVAL, "forward: the KV cache has no layer %d", l);
+        if (kv->len[l] != pos0)
+            return err_set(err, errlen, DUET_EINVAL, "forward: layer %d holds %d positions, not %d", l, kv->len[l], pos0);
+    }
+    if ((long)pos0 + n > kv->n_ctx)
+        return err_set(err, errlen, DUET_FULL, "forward: positions up to %d do not fit the %d-position context",
+                       pos0 + n, kv->n_ctx);
+    for (int t0 = 0; t0 < n; t0 += c->max_batch) {
+        int nb = n - t0 < c->max_batch ? n - t0 : c->max_batch;
+        rope_table(c, nb, pos0 + t0);
+        for (int l = a; l < b; l++) {
+            int rc = layer_forward(c, kv, l, h + (size_t)t0 * m->cfg.dim, nb, pos0 + t0);
+            if (rc) return err_set(err, errlen, rc, "forward: out of memory");
+        }
+    }
+    return DUET_OK;
+}
+
+int duet_head(duet_ctx *c, const float *h, int n, float *logits, char *err, size_t errlen) {
+    const duet_model *m = c->m;
+    if (!m->part.head) return err_set(err, errlen, DUET_EINVAL, "head: this process does not hold the output head");
+    int dim = m->cfg.dim;
+    for (int t0 = 0; t0 < n; t0 += c->max_batch) {
+        int nb = n - t0 < c->max_batch ? n - t0 : c->max_batch;
+        for (int t = 0; t < nb; t++)
+            rmsnorm(c->x + (size_t)t * dim, h + (size_t)(t0 + t) * dim, m->out_norm, dim, m->cfg.rms_eps);
+        matmul(c, &m->out, c->x, nb, logits + (size_t)t0 * m->cfg.vocab_size, m->cfg.vocab_size);
+    }
+    return DUET_OK;
+}

@@ -1,0 +1,314 @@
+/* Loading the part of a Llama-architecture GGUF that a process holds, with every check done up front so
+ * the forward pass can trust shapes and types. */
+#include "engine/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "base/hash.h"
+#include "engine/quant.h"
+#include "engine/tokenizer.h"
+
+duet_part duet_part_all(void) {
+    duet_part p = {0};
+    p.n_spans = 1;
+    p.span[0].a = 0;
+    p.span[0].b = 1 << 30; /* clipped to L at load */
+    p.embed = p.head = true;
+    return p;
+}
+
+bool duet_part_has_layer(const duet_part *p, int layer) {
+    for (int i = 0; i < p->n_spans; i++)
+        if (layer >= p->span[i].a && layer < p->span[i].b) return true;
+    return false;
+}
+
+int duet_part_parse(const char *spec, duet_part *out, char *err, size_t errlen) {
+    duet_part p = {0};
+    const char *s = spec;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        if (len == 5 && !strncmp(s, "embed", 5)) {
+            p.embed = true;
+        } else if (len == 4 && !strncmp(s, "head", 4)) {
+            p.head = true;
+        } else if (len == 3 && !strncmp(s, "all", 3)) {
+            p = duet_part_all();
+        } else {
+            int a, b, used = 0;
+            if (sscanf(s, "%d:%d%n", &a, &b, &used) != 2 || (size_t)used != len || a < 0 || b <= a)
+                return err_set(err, errlen, DUET_EINVAL,
+                               "part '%s': expected layer ranges A:B (0 <= A < B), 'embed', 'head' or 'all', "
+                               "separated by commas", spec);
+            if (p.n_spans == DUET_MAX_SPANS)
+                return err_set(err, errlen, DUET_EINVAL, "part '%s': more than %d layer ranges", spec,
+                               DUET_MAX_SPANS);
+            p.span[p.n_spans].a = a;
+            p.span[p.n_spans].b = b;
+            p.n_spans++;
+        }
+        s += len;
+        if (*s == ',') s++;
+    }
+    *out = p;
+    return DUET_OK;
+}
+
+/* ---- loading ---------------------------------------------------------------------------------------- */
+
+static int get_int(const gguf *g, const char *key, int *out, int dflt, bool required, char *err, size_t errlen) {
+    uint32_t v;
+    int rc = gguf_get_u32(g, key, &v);
+    if (rc == 1) {
+        if (required) return err_set(err, errlen, DUET_EFORMAT, "metadata key '%s' is missing", key);
+        *out = dflt;
+        return DUET_OK;
+    }
+    if (rc < 0 || v == 0 || v > (1u << 24))
+        return err_set(err, errlen, DUET_EFORMAT, "metadata key '%s' is not a sensible positive integer", key);
+    *out = (int)v;
+    return DUET_OK;
+}
+
+static int get_float(const gguf *g, const char *key, float *out, float dflt, char *err, size_t errlen) {
+    int rc = gguf_get_f32(g, key, out);
+    if (rc == 1) *out = dflt;
+    else if (rc < 0 || !(*out > 0))
+        return err_set(err, errlen, DUET_EFORMAT, "metadata key '%s' is not a positive number", key);
+    return DUET_OK;
+}
+
+static int read_config(const gguf *g, duet_config *c, char *err, size_t errlen) {
+    const char *arch = NULL;
+    if (gguf_get_str(g, "general.architecture", &arch) != 0)
+        return err_set(err, errlen, DUET_EFORMAT, "metadata key 'general.architecture' is missing");
+    if (strcmp(arch, "llama"))
+        return err_set(err, errlen, DUET_EUNSUPPORTED,
+                       "architecture '%s' is not supported (duet runs 'llama'-architecture models)", arch);
+    memset(c, 0, sizeof *c);
+    int rc;
+    if ((rc = get_int(g, "llama.embedding_length", &c->dim, 0, true, err, errlen)) ||
+        (rc = get_int(g, "llama.block_count", &c->n_layers, 0, true, err, errlen)) ||
+        (rc = get_int(g, "llama.attention.head_count", &c->n_heads, 0, true, err, errlen)) ||
+        (rc = get_int(g, "llama.feed_forward_length", &c->ffn_dim, 0, true, err, errlen)) ||
+        (rc = get_int(g, "llama.attention.head_count_kv", &c->n_kv_heads, c->n_heads, false, err, errlen)) ||
+        (rc = get_int(g, "llama.context_length", &c->ctx_len, 2048, false, err, errlen)) ||
+        (rc = get_float(g, "llama.rope.freq_base", &c->rope_base, 10000.0f, err, errlen)) ||
+        (rc = get_float(g, "llama.attention.layer_norm_rms_epsilon", &c->rms_eps, 1e-5f, err, errlen)))
+        return rc;
+    if (c->dim % c->n_heads || c->n_heads % c->n_kv_heads)
+        return err_set(err, errlen, DUET_EFORMAT, "%d heads do not divide dim %d, or %d kv heads do not divide them",
+                       c->n_heads, c->dim, c->n_kv_heads);
+    c->head_dim = c->dim / c->n_heads;
+    if (c->head_dim % 2) return err_set(err, errlen, DUET_EFORMAT, "head dimension %d is odd", c->head_dim);
+    int rope_dim;
+    if ((rc = get_int(g, "llama.rope.dimension_count", &rope_dim, c->head_dim, false, err, errlen))) return rc;
+    if (rope_dim != c->head_dim)
+        return err_set(err, errlen, DUET_EUNSUPPORTED, "partial rotary embedding (%d of %d dims) is not supported",
+                       rope_dim, c->head_dim);
+    return DUET_OK;
+}
+
+/* Finds a tensor and checks its shape is ne = [cols, rows] (rows 0: 1-D). */
+static const gguf_tensor *find(const gguf *g, const char *name, int64_t cols, int64_t rows, char *err,
+                               size_t errlen) {
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    if (!t) {
+        err_set(err, errlen, DUET_EFORMAT, "tensor '%s' is missing", name);
+        return NULL;
+    }
+    int want_dims = rows ? 2 : 1;
+    if (t->n_dims != want_dims || t->ne[0] != cols || (rows && t->ne[1] != rows)) {
+        err_set(err, errlen, DUET_EFORMAT, "tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
+                (long long)t->ne[0], (long long)(t->n_dims > 1 ? t->ne[1] : 1), (long long)cols,
+                (long long)(rows ? rows : 1));
+        return NULL;
+    }
+    const quant_traits *tr = quant_traits_get(t->type);
+    if (!tr || !tr->supported || t->type == DUET_TYPE_Q8_K) {
+        err_set(err, errlen, DUET_EUNSUPPORTED,
+                "tensor '%s' has type %s, which duet cannot compute with (supported: F32, F16, Q8_0, Q4_0, Q4_K, Q6_K)",
+                name, tr ? tr->name : "unknown");
+        return NULL;
+    }
+    return t;
+}
+
+static int load_mat(const gguf *g, const char *name, int cols, int rows, model_mat *m, char *err, size_t errlen) {
+    const gguf_tensor *t = find(g, name, cols, rows, err, errlen);
+    if (!t) return DUET_EFORMAT;
+    m->type = t->type;
+    m->rows = rows;
+    m->cols = cols;
+    m->row_bytes = quant_row_bytes(t->type, cols);
+    m->data = t->data;
+    return DUET_OK;
+}
+
+/* Vectors (norms, rope factors) are converted to f32 once, whatever their stored type. */
+static int load_vec(const gguf *g, const char *name, int n, float *dst, char *err, size_t errlen) {
+    const gguf_tensor *t = find(g, name, n, 0, err, errlen);
+    if (!t) return DUET_EFORMAT;
+    if (quant_dequantize_row(t->type, t->data, dst, n) != 0)
+        return err_set(err, errlen, DUET_EUNSUPPORTED, "tensor '%s': cannot convert its type to f32", name);
+    return DUET_OK;
+}
+
+static int load_layer(duet_model *m, int l, float *norms, char *err, size_t errlen) {
+    const duet_config *c = &m->cfg;
+    model_layer *L = &m->layers[l];
+    int kv_dim = c->n_kv_heads * c->head_dim;
+    char name[64];
+    int rc;
+#define MAT(field, suffix, cols, rows)                                                   \
+    snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                          \
+    if ((rc = load_mat(m->file, name, cols, rows, &L->field, err, errlen))) return rc;
+    MAT(wq, "attn_q", c->dim, c->dim)
+    MAT(wk, "attn_k", c->dim, kv_dim)
+    MAT(wv, "attn_v", c->dim, kv_dim)
+    MAT(wo, "attn_output", c->dim, c->dim)
+    MAT(gate, "ffn_gate", c->dim, c->ffn_dim)
+    MAT(up, "ffn_up", c->dim, c->ffn_dim)
+    MAT(down, "ffn_down", c->ffn_dim, c->dim)
+#undef MAT
+    snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+    if ((rc = load_vec(m->file, name, c->dim, norms, err, errlen))) return rc;
+    snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+    if ((rc = load_vec(m->file, name, c->dim, norms + c->dim, err, errlen))) return rc;
+    L->attn_norm = norms;
+    L->ffn_norm = norms + c->dim;
+    const model_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+        m->weight_bytes += mats[i]->row_bytes * (size_t)mats[i]->rows;
+    return DUET_OK;
+}
+
+static int check_part(duet_part *p, int n_layers, char *err, size_t errlen) {
+    for (int i = 0; i < p->n_spans; i++) {
+        if (p->span[i].b > n_layers && p->span[i].b == (1 << 30)) p->span[i].b = n_layers; /* duet_part_all */
+        if (p->span[i].a < 0 || p->span[i].b > n_layers || p->span[i].a >= p->span[i].b)
+            return err_set(err, errlen, DUET_EINVAL, "layer range %d:%d is outside the model's %d layers",
+                           p->span[i].a, p->span[i].b, n_layers);
+        for (int j = 0; j < i; j++)
+            if (p->span[i].a < p->span[j].b && p->span[j].a < p->span[i].b)
+                return err_set(err, errlen, DUET_EINVAL, "layer ranges %d:%d and %d:%d overlap", p->span[j].a,
+                               p->span[j].b, p->span[i].a, p->span[i].b);
+    }
+    return DUET_OK;
+}
+
+static int load(duet_model *m, const char *path, const duet_part *part, char *err, size_t errlen) {
+    int rc;
+    m->file = gguf_open(path, err, errlen);
+    if (!m->file) return DUET_EFORMAT;
+    if ((rc = read_config(m->file, &m->cfg, err, errlen))) return rc;
+    duet_config *c = &m->cfg;
+    m->part = part ? *part : duet_part_all();
+    if ((rc = check_part(&m->part, c->n_layers, err, errlen))) return rc;
+
+    const gguf_tensor *embd = gguf_find_tensor(m->file, "token_embd.weight");
+    if (!embd || embd->n_dims != 2 || embd->ne[1] < 1 || embd->ne[1] > (1 << 24))
+        return err_set(err, errlen, DUET_EFORMAT, "tensor 'token_embd.weight' is missing or not [dim, vocab]");
+    c->vocab_size = (int)embd->ne[1];
+    c->tied_output = gguf_find_tensor(m->file, "output.weight") == NULL;
+    const gguf_tensor *freqs = gguf_find_tensor(m->file, "rope_freqs.weight");
+
+    size_t n_owned = (size_t)c->n_layers * 2 * c->dim + c->dim + (size_t)c->head_dim / 2;
+    m->owned = calloc(n_owned, sizeof(float));
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->owned || !m->layers) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
+    c->weight_type = -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!duet_part_has_layer(&m->part, l)) continue;
+        if ((rc = load_layer(m, l, m->owned + (size_t)l * 2 * c->dim, err, errlen))) return rc;
+        if (c->weight_type < 0) c->weight_type = m->layers[l].wq.type;
+    }
+    if (m->part.embed || (m->part.head && c->tied_output)) {
+        if ((rc = load_mat(m->file, "token_embd.weight", c->dim, c->vocab_size, &m->embd, err, errlen))) return rc;
+    }
+    if (m->part.head) {
+        float *norm = m->owned + (size_t)c->n_layers * 2 * c->dim;
+        if ((rc = load_vec(m->file, "output_norm.weight", c->dim, norm, err, errlen))) return rc;
+        m->out_norm = norm;
+        if (c->tied_output) m->out = m->embd;
+        else if ((rc = load_mat(m->file, "output.weight", c->dim, c->vocab_size, &m->out, err, errlen))) return rc;
+        m->weight_bytes += m->out.row_bytes * (size_t)m->out.rows;
+        if (c->weight_type < 0) c->weight_type = m->out.type;
+    }
+    if (freqs) {
+        float *f = m->owned + (size_t)c->n_layers * 2 * c->dim + c->dim;
+        if ((rc = load_vec(m->file, "rope_freqs.weight", c->head_dim / 2, f, err, errlen))) return rc;
+        m->rope_freqs = f;
+    }
+    if (c->weight_type < 0) c->weight_type = embd->type;
+
+    m->tok = tokenizer_load(m->file, m->tok_err, sizeof m->tok_err);
+    if (m->tok && duet_tokenizer_n_vocab(m->tok) != c->vocab_size) {
+        snprintf(m->tok_err, sizeof m->tok_err, "the vocabulary has %d tokens but the embedding has %d rows",
+                 duet_tokenizer_n_vocab(m->tok), c->vocab_size);
+        tokenizer_free(m->tok);
+        m->tok = NULL;
+    }
+    pthread_mutex_init(&m->fp_lock, NULL);
+    return DUET_OK;
+}
+
+duet_model *duet_model_load(const char *path, const duet_part *part, char *err, size_t errlen) {
+    duet_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        err_set(err, errlen, DUET_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (load(m, path, part, err, errlen) != DUET_OK) {
+        err_prefix(err, errlen, "%s", path);
+        gguf_close(m->file);
+        free(m->owned);
+        free(m->layers);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void duet_model_free(duet_model *m) {
+    if (!m) return;
+    tokenizer_free(m->tok);
+    pthread_mutex_destroy(&m->fp_lock);
+    gguf_close(m->file);
+    free(m->owned);
+    free(m->layers);
+    free(m);
+}
+
+const duet_config *duet_model_config(const duet_model *m) { return &m->cfg; }
+const duet_part *duet_model_part(const duet_model *m) { return &m->part; }
+size_t duet_model_weight_bytes(const duet_model *m) { return m->weight_bytes; }
+
+const duet_tokenizer *duet_model_tokenizer(const duet_model *m, char *err, size_t errlen) {
+    if (!m->tok) err_set(err, errlen, DUET_EFORMAT, "no usable vocabulary: %s", m->tok_err);
+    return m->tok;
+}
+
+uint64_t duet_model_fingerprint(duet_model *m) {
+    pthread_mutex_lock(&m->fp_lock);
+    if (!m->fp_done) {
+        hash64 h;
+        hash64_init(&h, 0x64756574 /* "duet" */);
+        for (int i = 0; i < gguf_n_tensors(m->file); i++) {
+            const gguf_tensor *t = gguf_tensor_at(m->file, i);
+            int32_t head[2] = {t->type, t->n_dims};
+            hash64_update(&h, t->name, strlen(t->name) + 1);
+            hash64_update(&h, head, sizeof head);
+            hash64_update(&h, t->ne, sizeof t->ne);
+            hash64_update(&h, t->data, t->nbytes);
+        }
+        m->fp = hash64_final(&h);
+        m->fp_done = 1;
+    }
+    uint64_t fp = m->fp;
+    pthread_mutex_unlock(&m->fp_lock);
+    return fp;
+}
