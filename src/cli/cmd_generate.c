@@ -1,0 +1,135 @@
+/* duet generate: device-only text generation, streaming, with speed and metrics. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "modes/mode.h"
+
+static const char *USAGE =
+    "usage: duet generate -m MODEL [-p TEXT] [-n N] [options]\n"
+    "\n"
+    "Generates text with every layer on this machine (the device-only baseline), streaming it as it is made,\n"
+    "then prints prefill and decode speed.\n"
+    "\n"
+    "  -m, --model PATH     GGUF model (e.g. models/stories260K.gguf)\n"
+    "  -p, --prompt TEXT    prompt (default: empty, i.e. BOS alone)\n"
+    "  -n, --tokens N       tokens to generate (default 64); stops early at end-of-sequence\n"
+    "      --temp T         sampling temperature; 0 = greedy (default 0)\n"
+    "      --top-k K        keep the K most likely tokens; 0 = all (default 0)\n"
+    "      --top-p P        keep the smallest set with probability >= P; 1 = all (default 1)\n"
+    "      --seed S         random seed for sampling (default 1)\n"
+    "  -t, --threads N      compute threads (default: 1; 0 = all CPUs)\n"
+    "      --no-bos         do not put BOS before the prompt\n"
+    "      --ids            print token ids instead of text\n"
+    "      --json           print the metrics (DESIGN section 6) as one JSON object on stdout;\n"
+    "                       the generated text then goes to stderr\n"
+    "  -h, --help           this text\n";
+
+typedef struct out_ctx {
+    const duet_tokenizer *tok;
+    FILE *f;
+    int ids;
+} out_ctx;
+
+static void emit(void *arg, int id) {
+    out_ctx *o = arg;
+    if (o->ids) {
+        fprintf(o->f, "%d ", id);
+    } else {
+        char buf[256];
+        int n = duet_token_piece(o->tok, id, buf, sizeof buf);
+        if (n > 0) fwrite(buf, 1, (size_t)n, o->f);
+    }
+    fflush(o->f);
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *prompt = "";
+    int n_tokens = 64, threads = 1, json = 0, bos = 1, ids = 0;
+    duet_sampling s = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strcmp(a, "--no-bos")) {
+            bos = 0;
+        } else if (!strcmp(a, "--ids")) {
+            ids = 1;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "-p") || !strcmp(a, "--prompt") ||
+                   !strcmp(a, "-n") || !strcmp(a, "--tokens") || !strcmp(a, "--temp") || !strcmp(a, "--top-k") ||
+                   !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (!(v = args_value("generate", argc, argv, &i))) return 2;
+            int bad = 0;
+            if (a[1] == 'm' || !strcmp(a, "--model")) model = v;
+            else if (a[1] == 'p' || !strcmp(a, "--prompt")) prompt = v;
+            else if (a[1] == 'n' || !strcmp(a, "--tokens")) bad = args_int("generate", a, v, 0, 1 << 20, &n_tokens);
+            else if (!strcmp(a, "--temp")) bad = args_float("generate", a, v, 0, 100, &s.temperature);
+            else if (!strcmp(a, "--top-k")) bad = args_int("generate", a, v, 0, 1 << 24, &s.top_k);
+            else if (!strcmp(a, "--top-p")) bad = args_float("generate", a, v, 0, 1, &s.top_p);
+            else if (!strcmp(a, "--seed")) bad = args_u64("generate", a, v, &s.seed);
+            else bad = args_int("generate", a, v, 0, 256, &threads);
+            if (bad) return 2;
+        } else {
+            fprintf(stderr, "duet generate: unknown option '%s' (see duet generate --help)\n", a);
+            return 2;
+        }
+    }
+    if (!model) {
+        fprintf(stderr, "duet generate: -m MODEL is required, e.g. -m models/stories260K.gguf\n");
+        return 2;
+    }
+
+    char err[512];
+    int status = 1;
+    duet_model *m = duet_model_load(model, NULL, err, sizeof err);
+    duet_pool *pool = NULL;
+    int *prompt_ids = NULL;
+    metrics mt;
+    metrics_start(&mt, "device");
+    if (!m) goto fail;
+    const duet_tokenizer *tok = duet_model_tokenizer(m, err, sizeof err);
+    if (!tok || !(pool = duet_pool_init(threads, err, sizeof err))) goto fail;
+    size_t len = strlen(prompt);
+    int cap = (int)len + 2;
+    prompt_ids = malloc(sizeof(int) * (size_t)cap);
+    int n_prompt = prompt_ids ? duet_tokenize(tok, prompt, len, bos, prompt_ids, cap) : -1;
+    if (n_prompt < 0 || n_prompt > cap) {
+        snprintf(err, sizeof err, "cannot tokenize the prompt");
+        goto fail;
+    }
+    if (n_prompt == 0) {
+        snprintf(err, sizeof err, "the prompt is empty and --no-bos was given: nothing to start from");
+        goto fail;
+    }
+    const duet_config *c = duet_model_config(m);
+    if (n_prompt + n_tokens > c->ctx_len)
+        fprintf(stderr, "duet generate: note: %d prompt + %d new tokens exceed the model's trained context of %d\n",
+                n_prompt, n_tokens, c->ctx_len);
+
+    out_ctx o = {tok, json ? stderr : stdout, ids};
+    if (!ids) fputs(prompt, o.f);
+    mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
+    if (mode_device_run(m, pool, &rq, emit, &o, &mt, err, sizeof err)) goto fail;
+    fputc('\n', o.f);
+    double decode_ms = mt.tokens > 1 ? mt.t_token[mt.tokens - 1] - mt.t_token[0] : 0;
+    fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tok/s); decode: %d tokens in %.1f ms (%.1f tok/s); %d thread%s\n",
+            n_prompt, mt.prefill_ms, mt.prefill_ms > 0 ? n_prompt * 1e3 / mt.prefill_ms : 0, mt.tokens > 0 ? mt.tokens - 1 : 0,
+            decode_ms, decode_ms > 0 ? (mt.tokens - 1) * 1e3 / decode_ms : 0, duet_pool_threads(pool),
+            duet_pool_threads(pool) == 1 ? "" : "s");
+    if (json) metrics_print_json(&mt, stdout);
+    status = 0;
+    goto out;
+fail:
+    fprintf(stderr, "duet generate: %s\n", err);
+out:
+    metrics_free(&mt);
+    free(prompt_ids);
+    duet_pool_free(pool);
+    duet_model_free(m);
+    return status;
+}

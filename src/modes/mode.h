@@ -1,0 +1,27 @@
+/* mode.h: what every mode answers (a request) and how it hands tokens to the user (an emit callback).
+ * Each mode lives in its own src/modes/<mode>.c and fills the same metrics. */
+#ifndef DUET_MODES_MODE_H
+#define DUET_MODES_MODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "duet.h"
+#include "modes/metrics.h"
+
+typedef struct mode_request {
+    const int *prompt;       /* [n_prompt] token ids, BOS included if wanted */
+    int n_prompt;
+    int max_tokens;          /* tokens to generate (fewer if eos_id is produced) */
+    duet_sampling sampling;
+    int eos_id;              /* generation stops after this token; -1: never */
+} mode_request;
+
+/* Called once per token as it becomes available to the user. */
+typedef void (*mode_emit_fn)(void *arg, int id);
+
+/* Device-only generation: every layer on this machine. The model must hold everything. */
+int mode_device_run(const duet_model *m, duet_pool *pool, const mode_request *rq, mode_emit_fn emit, void *arg,
+                    metrics *mt, char *err, size_t errlen);
+
+#endif
