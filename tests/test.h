@@ -1,4 +1,4 @@
-/* test.h: the project's test harness. A test is a function declared with TEST(name) in any tests/*.c;
+/* test.h: the project's test harness. A test is a function declared with TEST(name) in any tests/ file;
  * it registers itself before main() runs. CHECK* record a failure with file:line and let the test go on;
  * REQUIRE* also end the test. The runner prints one line per test and "N passed, N failed" last. */
 #ifndef DUET_TEST_H
