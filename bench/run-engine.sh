@@ -13,25 +13,20 @@ DIR=${DUET_BENCH_DIR:-bench/models}
 OUT=$BUILD/bench-engine.jsonl
 mkdir -p "$DIR"
 : > "$OUT"
-echo "duet engine benchmark: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, kernels: ${DUET_ISA:-best}"
-for t in $THREADS; do
-    "$BUILD/bench/bench_engine" --memcpy -t "$t" -r 3
-    "$BUILD/bench/bench_engine" --memcpy -t "$t" -r 3 --json >> "$OUT"
-done
-for t in $THREADS; do
-    "$BUILD/bench/bench_engine" models/stories260K.gguf -t "$t" -p 64 -n 64 -r "$REPS" --json > "$OUT.tmp"
+# run ARGS...: one bench_engine measurement, kept as JSON and shown as a line
+run() {
+    "$BUILD/bench/bench_engine" "$@" --json > "$OUT.tmp"
     cat "$OUT.tmp" >> "$OUT"
     sed 's/[{}"]//g; s/,/  /g' "$OUT.tmp"
-done
+}
+echo "duet engine benchmark: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, kernels: ${DUET_ISA:-best}"
+for t in $THREADS; do run --memcpy -t "$t" -r 3; done
+for t in $THREADS; do run models/stories260K.gguf -t "$t" -p 64 -n 64 -r "$REPS"; done
 for shape in $SHAPES; do
     for type in $TYPES; do
         f="$DIR/$shape-$type.gguf"
         [ -f "$f" ] || "$BUILD/duet" synth --shape "$shape" --type "$type" -o "$f"
-        for t in $THREADS; do
-            "$BUILD/bench/bench_engine" "$f" -t "$t" -p 128 -n 32 -r "$REPS" --json > "$OUT.tmp"
-            cat "$OUT.tmp" >> "$OUT"
-            sed 's/[{}"]//g; s/,/  /g' "$OUT.tmp"
-        done
+        for t in $THREADS; do run "$f" -t "$t" -p 128 -n 32 -r "$REPS"; done
     done
 done
 rm -f "$OUT.tmp"
