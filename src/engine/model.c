@@ -263,7 +263,7 @@ duet_model *duet_model_load(const char *path, const duet_part *part, char *err, 
         return NULL;
     }
     if (load(m, path, part, err, errlen) != DUET_OK) {
-        err_prefix(err, errlen, "%s", path);
+        if (m->file) err_prefix(err, errlen, "%s", path); /* gguf's own messages already name the file */
         gguf_close(m->file);
         free(m->owned);
         free(m->layers);
