@@ -1,0 +1,888 @@
+/* quant.c: block formats, llama.cpp-exact dequantization, reference quantizers, and the dot-product
+ * kernels at three ISA levels (scalar reference, AVX2, AVX-512), picked at run time.
+ *
+ * ISA rule: QUANT_ISA_AVX2 needs AVX2+FMA+F16C (Haswell, Zen1 and later); QUANT_ISA_AVX512 needs
+ * AVX-512 F+BW+VL+VNNI (Ice Lake, Zen4 and later). The AVX-512 level uses VNNI (vpdpbusd/vpdpwssd) for
+ * the integer types; a CPU with AVX-512 but without VNNI (Skylake-X) runs the AVX2 level, which is
+ * within a few percent there. AVX-VNNI alone (Alder Lake) is not used: its only gain over the AVX2 level
+ * would be the 8-bit dot products, and such CPUs are not our deployment targets.
+ *
+ * Agreement with the scalar reference: the K-quant kernels sum each block's integer products exactly and
+ * then do the reference's float operations in the reference's order, so every ISA gives the bit-identical
+ * result. F32, F16, Q8_0 and Q4_0 kernels keep SIMD lanes of float partial sums (as llama.cpp does), so they
+ * differ from the reference by float reassociation only (tests bound it relative to sum |w_i x_i|).
+ */
+#include "engine/quant.h"
+
+#include "base/half.h"
+#include "duet.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- block layouts (as in ggml-common.h) ----------------------------------------------------------- */
+
+#define QK 32   /* elements of a Q8_0 / Q4_0 block */
+#define QK_K 256 /* elements of a K-quant super-block */
+
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;   /* x = d * (nibble - 8) */
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;        /* x = d * q */
+typedef struct {
+    uint16_t d, dmin;       /* super-block scales of the 6-bit sub-block scales and mins */
+    uint8_t scales[12];     /* 8 x (6-bit scale, 6-bit min), packed */
+    uint8_t qs[QK_K / 2];   /* 4-bit quants; 64-element chunk c: low nibbles = sub 2c, high = sub 2c+1 */
+} block_q4_K;                                                    /* x = d*sc*q - dmin*m */
+typedef struct {
+    uint8_t ql[QK_K / 2];   /* low 4 bits */
+    uint8_t qh[QK_K / 4];   /* high 2 bits */
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+} block_q6_K;                                                    /* x = d*sc*(q - 32) */
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16]; /* sums of 16 consecutive qs, for the K-quants' min / offset terms */
+} block_q8_K;
+
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 size");
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 size");
+_Static_assert(sizeof(block_q4_K) == 144, "block_q4_K size");
+_Static_assert(sizeof(block_q6_K) == 210, "block_q6_K size");
+_Static_assert(sizeof(block_q8_K) == 292, "block_q8_K size");
+
+/* ---- traits ---------------------------------------------------------------------------------------- */
+
+/* Every ggml type number up to MXFP4 (39); gaps are numbers ggml retired. Sizes from ggml-common.h. */
+static const quant_traits traits[] = {
+    [0] = {"F32", 1, 4, DUET_TYPE_F32, true},
+    [1] = {"F16", 1, 2, DUET_TYPE_F32, true},
+    [2] = {"Q4_0", 32, 18, DUET_TYPE_Q8_0, true},
+    [3] = {"Q4_1", 32, 20, 9, false},
+    [6] = {"Q5_0", 32, 22, DUET_TYPE_Q8_0, false},
+    [7] = {"Q5_1", 32, 24, 9, false},
+    [8] = {"Q8_0", 32, 34, DUET_TYPE_Q8_0, true},
+    [9] = {"Q8_1", 32, 36, 9, false},
+    [10] = {"Q2_K", 256, 84, DUET_TYPE_Q8_K, false},
+    [11] = {"Q3_K", 256, 110, DUET_TYPE_Q8_K, false},
+    [12] = {"Q4_K", 256, 144, DUET_TYPE_Q8_K, true},
+    [13] = {"Q5_K", 256, 176, DUET_TYPE_Q8_K, false},
+    [14] = {"Q6_K", 256, 210, DUET_TYPE_Q8_K, true},
+    [15] = {"Q8_K", 256, 292, DUET_TYPE_Q8_K, true},
+    [16] = {"IQ2_XXS", 256, 66, DUET_TYPE_Q8_K, false},
+    [17] = {"IQ2_XS", 256, 74, DUET_TYPE_Q8_K, false},
+    [18] = {"IQ3_XXS", 256, 98, DUET_TYPE_Q8_K, false},
+    [19] = {"IQ1_S", 256, 50, DUET_TYPE_Q8_K, false},
+    [20] = {"IQ4_NL", 32, 18, DUET_TYPE_Q8_0, false},
+    [21] = {"IQ3_S", 256, 110, DUET_TYPE_Q8_K, false},
+    [22] = {"IQ2_S", 256, 82, DUET_TYPE_Q8_K, false},
+    [23] = {"IQ4_XS", 256, 136, DUET_TYPE_Q8_K, false},
+    [24] = {"I8", 1, 1, 24, false},
+    [25] = {"I16", 1, 2, 25, false},
+    [26] = {"I32", 1, 4, 26, false},
+    [27] = {"I64", 1, 8, 27, false},
+    [28] = {"F64", 1, 8, 28, false},
+    [29] = {"IQ1_M", 256, 56, DUET_TYPE_Q8_K, false},
+    [30] = {"BF16", 1, 2, 30, false},
+    [34] = {"TQ1_0", 256, 54, DUET_TYPE_Q8_K, false},
+    [35] = {"TQ2_0", 256, 66, DUET_TYPE_Q8_K, false},
+    [39] = {"MXFP4", 32, 17, DUET_TYPE_Q8_0, false},
+};
+
+#define N_TRAITS ((int)(sizeof traits / sizeof traits[0]))
+
+const quant_traits *quant_traits_get(int type) {
+    if (type < 0 || type >= N_TRAITS || !traits[type].name) return NULL;
+    return &traits[type];
+}
+
+size_t quant_row_bytes(int type, int64_t n) {
+    const quant_traits *t = quant_traits_get(type);
+    if (!t || n < 0 || n % t->block) return 0;
+    return (size_t)(n / t->block) * t->block_bytes;
+}
+
+/* ---- dequantization: the exact float operations of ggml-quants.c's dequantize_row_* ---------------- */
+
+/* The j-th (6-bit scale, 6-bit min) pair of a Q4_K block (ggml's get_scale_min_k4). */
+static inline void q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* The 6-bit quant (0..63) of element 32*p + l (p < 4, l < 32) of a 128-element half of a Q6_K block. */
+static inline int q6k_quant(const uint8_t *ql, const uint8_t *qh, int p, int l) {
+    int lo = (p & 1) ? ql[l + 32] : ql[l];
+    lo = (p & 2) ? lo >> 4 : lo & 0xF;
+    return lo | (((qh[l] >> (2 * p)) & 3) << 4);
+}
+
+static void dequant_q4_0(const block_q4_0 *x, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = half_to_float(x[i].d);
+        for (int j = 0; j < QK / 2; j++) {
+            y[i * QK + j] = ((x[i].qs[j] & 0x0F) - 8) * d;
+            y[i * QK + j + QK / 2] = ((x[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+static void dequant_q8_0(const block_q8_0 *x, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = half_to_float(x[i].d);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = x[i].qs[j] * d;
+    }
+}
+
+static void dequant_q4_K(const block_q4_K *x, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *q = x[i].qs;
+        const float d = half_to_float(x[i].d);
+        const float min = half_to_float(x[i].dmin);
+        for (int j = 0; j < QK_K / 64; j++, q += 32) {
+            uint8_t sc, m;
+            q4k_scale_min(2 * j, x[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = min * m;
+            q4k_scale_min(2 * j + 1, x[i].scales, &sc, &m);
+            const float d2 = d * sc, m2 = min * m;
+            for (int l = 0; l < 32; l++) *y++ = d1 * (q[l] & 0xF) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d2 * (q[l] >> 4) - m2;
+        }
+    }
+}
+
+static void dequant_q6_K(const block_q6_K *x, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = half_to_float(x[i].d);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
+            const int8_t *sc = x[i].scales + 8 * h;
+            for (int l = 0; l < 32; l++)
+                for (int p = 0; p < 4; p++)
+                    y[32 * p + l] = d * sc[l / 16 + 2 * p] * (q6k_quant(ql, qh, p, l) - 32);
+            y += 128;
+        }
+    }
+}
+
+static void dequant_q8_K(const block_q8_K *x, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++)
+        for (int j = 0; j < QK_K; j++) *y++ = x[i].d * x[i].qs[j];
+}
+
+int quant_dequantize_row(int type, const void *src, float *dst, int64_t n) {
+    const quant_traits *t = quant_traits_get(type);
+    if (!t || !t->supported) return DUET_EUNSUPPORTED;
+    if (n < 0 || n % t->block) return DUET_EINVAL;
+    int64_t nb = n / t->block;
+    switch (type) {
+    case DUET_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case DUET_TYPE_F16: {
+        const uint8_t *h = src;
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t v;
+            memcpy(&v, h + 2 * i, 2);
+            dst[i] = half_to_float(v);
+        }
+        break;
+    }
+    case DUET_TYPE_Q4_0: dequant_q4_0(src, dst, nb); break;
+    case DUET_TYPE_Q8_0: dequant_q8_0(src, dst, nb); break;
+    case DUET_TYPE_Q4_K: dequant_q4_K(src, dst, nb); break;
+    case DUET_TYPE_Q6_K: dequant_q6_K(src, dst, nb); break;
+    case DUET_TYPE_Q8_K: dequant_q8_K(src, dst, nb); break;
+    default: return DUET_EUNSUPPORTED;
+    }
+    return 0;
+}
+
+/* ---- quantization -------------------------------------------------------------------------------- */
+
+/* Q8_0 as llama.cpp's x86 build quantizes activations (quantize_row_q8_0 in ggml-cpu/arch/x86/quants.c,
+ * not the _ref variant): id = 127/amax (not 1/d) and round half to even (vroundps), so our 8-bit
+ * activations, and hence the dot products, equal llama.cpp's on this machine. */
+static void quant_q8_0(const float *x, block_q8_0 *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        y[i].d = half_from_float(d);
+        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)nearbyintf(x[j] * id);
+    }
+}
+
+/* llama.cpp's quantize_row_q4_0_ref: the value of largest magnitude maps to -8 exactly. */
+static void quant_q4_0(const float *x, block_q4_0 *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK; j++)
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        const float d = max / -8;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = half_from_float(d);
+        for (int j = 0; j < QK / 2; j++) {
+            /* x*id + 8.5 is in [0.5, 16.5]: truncation rounds to nearest, 16 clamps to 15 */
+            int q0 = (int8_t)(x[j] * id + 8.5f), q1 = (int8_t)(x[j + QK / 2] * id + 8.5f);
+            q0 = q0 < 15 ? q0 : 15;
+            q1 = q1 < 15 ? q1 : 15;
+            y[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+/* llama.cpp's quantize_row_q8_K_ref (x86 uses it for activations too); bsums feed the K-quants' min and
+ * offset terms. */
+static void quant_q8_K(const float *x, block_q8_K *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        memset(y[i].bsums, 0, sizeof y[i].bsums);
+        if (amax == 0) {
+            y[i].d = 0;
+            memset(y[i].qs, 0, QK_K);
+            continue;
+        }
+        const float iscale = -127.f / max;
+        for (int j = 0; j < QK_K; j++) {
+            int v = (int)nearbyintf(iscale * x[j]); /* = ggml's nearest_int: round half to even */
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+            y[i].bsums[j / 16] += y[i].qs[j];
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+/* The fp16 value closest to v that is >= v (v >= 0), so that scale*qmax still covers the data. */
+static uint16_t half_ceil(float v) {
+    uint16_t h = half_from_float(v);
+    if (half_to_float(h) < v) h++; /* positive halves are ordered like their bit patterns */
+    return h;
+}
+
+/* Q4_K by min/max per 32-element sub-block (no iterative search): scale rounded *up* to a 6-bit multiple
+ * of d so the top of the range never clamps, min rounded to nearest. Per element
+ * |err| <= max(step/2, dmin/2) where step = d*sc <= range/15 + d. */
+static void quant_q4_K(const float *x, block_q4_K *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK_K) {
+        float scale[8], mn[8], max_scale = 0, max_mn = 0;
+        for (int j = 0; j < 8; j++) {
+            float lo = 0, hi = -INFINITY;
+            for (int l = 0; l < 32; l++) {
+                lo = fminf(lo, x[32 * j + l]);
+                hi = fmaxf(hi, x[32 * j + l]);
+            }
+            scale[j] = (hi - lo) / 15;
+            mn[j] = -lo;
+            max_scale = fmaxf(max_scale, scale[j]);
+            max_mn = fmaxf(max_mn, mn[j]);
+        }
+        y[i].d = half_ceil(max_scale / 63);
+        y[i].dmin = half_ceil(max_mn / 63);
+        const float d = half_to_float(y[i].d), dmin = half_to_float(y[i].dmin);
+        uint8_t sc[8], m[8];
+        for (int j = 0; j < 8; j++) {
+            float s = d > 0 ? ceilf(scale[j] / d) : 0, mm = dmin > 0 ? nearbyintf(mn[j] / dmin) : 0;
+            sc[j] = (uint8_t)(s < 63 ? s : 63);
+            m[j] = (uint8_t)(mm < 63 ? mm : 63);
+        }
+        memset(y[i].scales, 0, sizeof y[i].scales);
+        for (int j = 0; j < 4; j++) {
+            y[i].scales[j] = sc[j];
+            y[i].scales[j + 4] = m[j];
+            y[i].scales[j + 8] = (uint8_t)((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
+            y[i].scales[j] |= (uint8_t)((sc[j + 4] >> 4) << 6);
+            y[i].scales[j + 4] |= (uint8_t)((m[j + 4] >> 4) << 6);
+        }
+        memset(y[i].qs, 0, sizeof y[i].qs);
+        for (int j = 0; j < 8; j++) {
+            const float step = d * sc[j], off = dmin * m[j], inv = step > 0 ? 1 / step : 0;
+            for (int l = 0; l < 32; l++) {
+                float q = nearbyintf((x[32 * j + l] + off) * inv);
+                int qi = q < 0 ? 0 : q > 15 ? 15 : (int)q;
+                y[i].qs[32 * (j / 2) + l] |= (uint8_t)(qi << (4 * (j & 1)));
+            }
+        }
+    }
+}
+
+/* Q6_K by max |x| per 16-element group mapped to +-31 (not llama.cpp's search), group scale rounded up
+ * to an 8-bit multiple of d. Per element |err| <= step/2, step = d*sc <= amax/31 + d. */
+static void quant_q6_K(const float *x, block_q6_K *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK_K) {
+        float s[16], max_s = 0;
+        for (int g = 0; g < 16; g++) {
+            float amax = 0;
+            for (int l = 0; l < 16; l++) amax = fmaxf(amax, fabsf(x[16 * g + l]));
+            s[g] = amax / 31;
+            max_s = fmaxf(max_s, s[g]);
+        }
+        y[i].d = half_ceil(max_s / 127);
+        const float d = half_to_float(y[i].d);
+        uint8_t q[QK_K];
+        for (int g = 0; g < 16; g++) {
+            float sc = d > 0 ? ceilf(s[g] / d) : 0;
+            y[i].scales[g] = (int8_t)(sc < 127 ? sc : 127);
+            const float step = d * y[i].scales[g], inv = step > 0 ? 1 / step : 0;
+            for (int l = 0; l < 16; l++) {
+                float v = nearbyintf(x[16 * g + l] * inv);
+                q[16 * g + l] = (uint8_t)((v < -32 ? -32 : v > 31 ? 31 : (int)v) + 32);
+            }
+        }
+        memset(y[i].ql, 0, sizeof y[i].ql);
+        memset(y[i].qh, 0, sizeof y[i].qh);
+        for (int h = 0; h < 2; h++)
+            for (int p = 0; p < 4; p++)
+                for (int l = 0; l < 32; l++) {
+                    int v = q[128 * h + 32 * p + l];
+                    y[i].ql[64 * h + l + 32 * (p & 1)] |= (uint8_t)((v & 0xF) << (4 * (p >> 1)));
+                    y[i].qh[32 * h + l] |= (uint8_t)((v >> 4) << (2 * p));
+                }
+    }
+}
+
+int quant_quantize_row(int type, const float *src, void *dst, int64_t n) {
+    const quant_traits *t = quant_traits_get(type);
+    if (!t || !t->supported) return DUET_EUNSUPPORTED;
+    if (n < 0 || n % t->block) return DUET_EINVAL;
+    int64_t nb = n / t->block;
+    switch (type) {
+    case DUET_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case DUET_TYPE_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h = half_from_float(src[i]);
+            memcpy((uint8_t *)dst + 2 * i, &h, 2);
+        }
+        break;
+    case DUET_TYPE_Q4_0: quant_q4_0(src, dst, nb); break;
+    case DUET_TYPE_Q8_0: quant_q8_0(src, dst, nb); break;
+    case DUET_TYPE_Q4_K: quant_q4_K(src, dst, nb); break;
+    case DUET_TYPE_Q6_K: quant_q6_K(src, dst, nb); break;
+    case DUET_TYPE_Q8_K: quant_q8_K(src, dst, nb); break;
+    default: return DUET_EUNSUPPORTED;
+    }
+    return 0;
+}
+
+/* ---- scalar reference dot products ---------------------------------------------------------------- */
+
+/* The float tail of a K-quant block's dot product, shared by every ISA so all agree bit for bit. */
+static inline float kq_block(float dw, float dmin, float dx, int32_t isum, int32_t msum) {
+    return (dw * dx) * (float)isum - (dmin * dx) * (float)msum;
+}
+
+static float dot_f32(int n, const void *vw, const void *vx) {
+    const float *w = vw, *x = vx;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_f16(int n, const void *vw, const void *vx) {
+    const uint16_t *w = vw;
+    const float *x = vx;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += half_to_float(w[i]) * x[i];
+    return s;
+}
+
+static float dot_q8_0(int n, const void *vw, const void *vx) {
+    const block_q8_0 *w = vw, *x = vx;
+    float s = 0;
+    for (int b = 0; b < n / QK; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK; j++) isum += w[b].qs[j] * x[b].qs[j];
+        s += (float)isum * (half_to_float(w[b].d) * half_to_float(x[b].d));
+    }
+    return s;
+}
+
+static float dot_q4_0(int n, const void *vw, const void *vx) {
+    const block_q4_0 *w = vw;
+    const block_q8_0 *x = vx;
+    float s = 0;
+    for (int b = 0; b < n / QK; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK / 2; j++)
+            isum += ((w[b].qs[j] & 0xF) - 8) * x[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
+        s += (float)isum * (half_to_float(w[b].d) * half_to_float(x[b].d));
+    }
+    return s;
+}
+
+static float dot_q4_K(int n, const void *vw, const void *vx) {
+    const block_q4_K *w = vw;
+    const block_q8_K *x = vx;
+    float s = 0;
+    for (int b = 0; b < n / QK_K; b++) {
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            q4k_scale_min(j, w[b].scales, &sc, &m);
+            int32_t sub = 0;
+            for (int l = 0; l < 32; l++) sub += ((w[b].qs[32 * (j / 2) + l] >> (4 * (j & 1))) & 0xF) * x[b].qs[32 * j + l];
+            isum += sc * sub;
+            msum += m * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+        }
+        s += kq_block(half_to_float(w[b].d), half_to_float(w[b].dmin), x[b].d, isum, msum);
+    }
+    return s;
+}
+
+static float dot_q6_K(int n, const void *vw, const void *vx) {
+    const block_q6_K *w = vw;
+    const block_q8_K *x = vx;
+    float s = 0;
+    for (int b = 0; b < n / QK_K; b++) {
+        int32_t isum = 0;
+        for (int h = 0; h < 2; h++)
+            for (int p = 0; p < 4; p++)
+                for (int g = 0; g < 2; g++) {
+                    int32_t sub = 0;
+                    for (int l = 16 * g; l < 16 * g + 16; l++)
+                        sub += (q6k_quant(w[b].ql + 64 * h, w[b].qh + 32 * h, p, l) - 32) * x[b].qs[128 * h + 32 * p + l];
+                    isum += w[b].scales[8 * h + 2 * p + g] * sub;
+                }
+        s += kq_block(half_to_float(w[b].d), 0, x[b].d, isum, 0);
+    }
+    return s;
+}
+
+typedef float dot_fn(int n, const void *w, const void *x);
+typedef void gemm_fn(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx,
+                     float *y, size_t ldy);
+
+static dot_fn *dot_scalar(int type) {
+    switch (type) {
+    case DUET_TYPE_F32: return dot_f32;
+    case DUET_TYPE_F16: return dot_f16;
+    case DUET_TYPE_Q8_0: return dot_q8_0;
+    case DUET_TYPE_Q4_0: return dot_q4_0;
+    case DUET_TYPE_Q4_K: return dot_q4_K;
+    case DUET_TYPE_Q6_K: return dot_q6_K;
+    default: return NULL;
+    }
+}
+
+/* ---- tiling: every SIMD kernel computes an R x C tile (R weight rows, C activation rows) with R and C
+ * compile-time constants, so the accumulators live in registers; a driver walks the tiles. ---------- */
+
+#define RMAX 4
+#define TILE_CASE(t, r, c) case (r) * 8 + (c): t(r, c, n, wt, ws, xt, xs, yt, ldy); break;
+#define TILE_COLS1(t, r) TILE_CASE(t, r, 1)
+#define TILE_COLS2(t, r) TILE_COLS1(t, r) TILE_CASE(t, r, 2)
+#define TILE_COLS3(t, r) TILE_COLS2(t, r) TILE_CASE(t, r, 3)
+#define TILE_COLS4(t, r) TILE_COLS3(t, r) TILE_CASE(t, r, 4)
+/* Defines gemm_fn `name` from the tile function `tile`, at most cmax activation rows per tile. Weight
+ * tiles are the outer loop so that a tile's rows stay in L1/L2 while all activation rows stream by. */
+#define GEMM_DRIVER(name, tile, cmax, attr)                                                               \
+    attr static void name(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx, \
+                          float *y, size_t ldy) {                                                         \
+        for (int i = 0; i < nr; i += RMAX) {                                                              \
+            const int R = nr - i < RMAX ? nr - i : RMAX;                                                  \
+            for (int j = 0; j < nx; j += cmax) {                                                          \
+                const int C = nx - j < cmax ? nx - j : cmax;                                              \
+                const uint8_t *wt = w + i * ws, *xt = x + j * xs;                                         \
+                float *yt = y + j * ldy + i;                                                              \
+                switch (R * 8 + C) {                                                                      \
+                    TILE_COLS##cmax(tile, 1) TILE_COLS##cmax(tile, 2)                                     \
+                    TILE_COLS##cmax(tile, 3) TILE_COLS##cmax(tile, 4)                                     \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* ---- AVX2 + FMA + F16C ---------------------------------------------------------------------------- */
+
+#define AVX2_TARGET "avx2,fma,f16c"
+#define AVX2_FN __attribute__((target(AVX2_TARGET)))
+#define AVX2_INL static inline __attribute__((always_inline, target(AVX2_TARGET)))
+
+AVX2_INL float hsum_ps_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2_INL int32_t hsum_i32_avx2(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+AVX2_INL float h2f_avx2(uint16_t h) { return _cvtsh_ss(h); }
+
+/* w rows are F32 (f16 = false) or F16 (f16 = true); x rows are F32. */
+AVX2_INL void float_tile_avx2(const int R, const int C, const bool f16, int n, const uint8_t *w, size_t ws,
+                              const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    __m256 acc[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 wv[RMAX];
+        UNROLL for (int r = 0; r < R; r++)
+            wv[r] = f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + r * ws + 2 * k)))
+                        : _mm256_loadu_ps((const float *)(w + r * ws) + k);
+        UNROLL for (int c = 0; c < C; c++) {
+            const __m256 xv = _mm256_loadu_ps((const float *)(x + c * xs) + k);
+            UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) {
+        float s = hsum_ps_avx2(acc[r][c]);
+        const float *xr = (const float *)(x + c * xs);
+        for (int kk = k; kk < n; kk++) {
+            float wk;
+            if (f16) {
+                uint16_t h;
+                memcpy(&h, w + r * ws + 2 * kk, 2);
+                wk = h2f_avx2(h);
+            } else {
+                wk = ((const float *)(w + r * ws))[kk];
+            }
+            s += wk * xr[kk];
+        }
+        y[c * ldy + r] = s;
+    }
+}
+
+AVX2_INL void f32_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                            size_t xs, float *y, size_t ldy) {
+    float_tile_avx2(R, C, false, n, w, ws, x, xs, y, ldy);
+}
+AVX2_INL void f16_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                            size_t xs, float *y, size_t ldy) {
+    float_tile_avx2(R, C, true, n, w, ws, x, xs, y, ldy);
+}
+
+/* Q8_0 (q4 = false) or Q4_0 (q4 = true) weights times Q8_0 activations; per block the 32 products are
+ * summed in int32 lanes, scaled by d_w*d_x and accumulated in float lanes. */
+AVX2_INL void q32_tile_avx2(const int R, const int C, const bool q4, int n, const uint8_t *w, size_t ws,
+                            const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xF), eight = _mm256_set1_epi8(8);
+    __m256 acc[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK; b++) {
+        __m256i wq[RMAX], aw[RMAX]; /* Q8_0: |w| (unsigned) and w itself (for its sign); Q4_0: nibbles */
+        __m256 dw[RMAX];
+        UNROLL for (int r = 0; r < R; r++) {
+            if (q4) {
+                const block_q4_0 *bw = (const block_q4_0 *)(w + r * ws) + b;
+                const __m128i q = _mm_loadu_si128((const __m128i *)bw->qs);
+                aw[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
+                dw[r] = _mm256_set1_ps(h2f_avx2(bw->d));
+            } else {
+                const block_q8_0 *bw = (const block_q8_0 *)(w + r * ws) + b;
+                wq[r] = _mm256_loadu_si256((const __m256i *)bw->qs);
+                aw[r] = _mm256_sign_epi8(wq[r], wq[r]);
+                dw[r] = _mm256_set1_ps(h2f_avx2(bw->d));
+            }
+        }
+        UNROLL for (int c = 0; c < C; c++) {
+            const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)bx->qs);
+            const __m256 dx = _mm256_set1_ps(h2f_avx2(bx->d));
+            const __m256i xs8 = q4 ? _mm256_maddubs_epi16(eight, xq) : ones; /* 8 * pair sums of x */
+            UNROLL for (int r = 0; r < R; r++) {
+                __m256i p16 = q4 ? _mm256_sub_epi16(_mm256_maddubs_epi16(aw[r], xq), xs8)
+                                 : _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xq, wq[r]));
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[r][c] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw[r], dx), acc[r][c]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = hsum_ps_avx2(acc[r][c]);
+}
+
+AVX2_INL void q8_0_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                             size_t xs, float *y, size_t ldy) {
+    q32_tile_avx2(R, C, false, n, w, ws, x, xs, y, ldy);
+}
+AVX2_INL void q4_0_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                             size_t xs, float *y, size_t ldy) {
+    q32_tile_avx2(R, C, true, n, w, ws, x, xs, y, ldy);
+}
+
+/* Q4_K x Q8_K: exact int32 sums per block (sub-block scales applied with vpmaddwd), then kq_block. */
+AVX2_INL void q4_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                             size_t xs, float *y, size_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    float sum[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) sum[r][c] = 0;
+    for (int b = 0; b < n / QK_K; b++) {
+        const block_q4_K *bw[RMAX];
+        const block_q8_K *bx[4];
+        int16_t sc[RMAX][8];
+        __m256i mins[RMAX]; /* m_j in lanes 2j and 2j+1, to meet bsums[2j], bsums[2j+1] */
+        UNROLL for (int r = 0; r < R; r++) {
+            bw[r] = (const block_q4_K *)(w + r * ws) + b;
+            int16_t mm[16];
+            for (int j = 0; j < 8; j++) {
+                uint8_t s, m;
+                q4k_scale_min(j, bw[r]->scales, &s, &m);
+                sc[r][j] = s;
+                mm[2 * j] = mm[2 * j + 1] = m;
+            }
+            mins[r] = _mm256_loadu_si256((const __m256i *)mm);
+        }
+        UNROLL for (int c = 0; c < C; c++) bx[c] = (const block_q8_K *)(x + c * xs) + b;
+        __m256i isum[RMAX][4];
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 4; k++) {
+            __m256i lo[RMAX], hi[RMAX];
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(bw[r]->qs + 32 * k));
+                lo[r] = _mm256_and_si256(q, m4);
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            }
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m256i xl = _mm256_loadu_si256((const __m256i *)(bx[c]->qs + 64 * k));
+                const __m256i xh = _mm256_loadu_si256((const __m256i *)(bx[c]->qs + 64 * k + 32));
+                UNROLL for (int r = 0; r < R; r++) {
+                    const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], xl), _mm256_set1_epi16(sc[r][2 * k]));
+                    const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], xh), _mm256_set1_epi16(sc[r][2 * k + 1]));
+                    isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_add_epi32(pl, ph));
+                }
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) {
+            const __m256i ms = _mm256_madd_epi16(mins[r], _mm256_loadu_si256((const __m256i *)bx[c]->bsums));
+            sum[r][c] += kq_block(h2f_avx2(bw[r]->d), h2f_avx2(bw[r]->dmin), bx[c]->d, hsum_i32_avx2(isum[r][c]),
+                                  hsum_i32_avx2(ms));
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
+}
+
+/* The 32 6-bit quants (0..63) of part p (< 4) of the half of a Q6_K block at ql, qh. */
+AVX2_INL __m256i q6k_part_avx2(const uint8_t *ql, const uint8_t *qh, const int p) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2h = _mm256_set1_epi8(0x30);
+    const __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * (p & 1)));
+    const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+    const __m256i lo = _mm256_and_si256(p & 2 ? _mm256_srli_epi16(l, 4) : l, m4);
+    /* bits 2p, 2p+1 of qh to bits 4, 5 (16-bit shifts: the mask drops what crosses a byte) */
+    const __m256i hs = p == 0 ? _mm256_slli_epi16(h, 4) : p == 1 ? _mm256_slli_epi16(h, 2) : p == 2 ? h : _mm256_srli_epi16(h, 2);
+    return _mm256_or_si256(lo, _mm256_and_si256(hs, m2h));
+}
+
+/* Q6_K x Q8_K: sum sc*q*x with the unsigned quants, minus 32*sum sc*bsums for the -32 offset. */
+AVX2_INL void q6_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                             size_t xs, float *y, size_t ldy) {
+    float sum[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) sum[r][c] = 0;
+    for (int b = 0; b < n / QK_K; b++) {
+        const block_q6_K *bw[RMAX];
+        const block_q8_K *bx[4];
+        __m256i scv[RMAX][8]; /* part 4h+p: scale of its first 16 in the low 8 lanes, second 16 in the high */
+        __m256i sc16[RMAX];
+        UNROLL for (int r = 0; r < R; r++) {
+            bw[r] = (const block_q6_K *)(w + r * ws) + b;
+            for (int i = 0; i < 8; i++)
+                scv[r][i] = _mm256_set_m128i(_mm_set1_epi16(bw[r]->scales[2 * i + 1]), _mm_set1_epi16(bw[r]->scales[2 * i]));
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw[r]->scales));
+        }
+        UNROLL for (int c = 0; c < C; c++) bx[c] = (const block_q8_K *)(x + c * xs) + b;
+        __m256i isum[RMAX][4];
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+        UNROLL for (int h = 0; h < 2; h++) UNROLL for (int p = 0; p < 4; p++) {
+            __m256i q[RMAX];
+            UNROLL for (int r = 0; r < R; r++) q[r] = q6k_part_avx2(bw[r]->ql + 64 * h, bw[r]->qh + 32 * h, p);
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(bx[c]->qs + 128 * h + 32 * p));
+                UNROLL for (int r = 0; r < R; r++)
+                    isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], xv), scv[r][4 * h + p]));
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) {
+            const __m256i off = _mm256_madd_epi16(sc16[r], _mm256_loadu_si256((const __m256i *)bx[c]->bsums));
+            const int32_t is = hsum_i32_avx2(isum[r][c]) - 32 * hsum_i32_avx2(off);
+            sum[r][c] += kq_block(h2f_avx2(bw[r]->d), 0, bx[c]->d, is, 0);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
+}
+
+GEMM_DRIVER(gemm_f32_avx2, f32_tile_avx2, 3, AVX2_FN)
+GEMM_DRIVER(gemm_f16_avx2, f16_tile_avx2, 3, AVX2_FN)
+GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 2, AVX2_FN)
+GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 2, AVX2_FN)
+GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 2, AVX2_FN)
+GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 2, AVX2_FN)
+
+/* ---- AVX-512 F+BW+VL+VNNI -------------------------------------------------------------------------- */
+
+#define AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+#define AVX512_FN __attribute__((target(AVX512_TARGET)))
+#define AVX512_INL static inline __attribute__((always_inline, target(AVX512_TARGET)))
+
+/* Tails use masked loads: no scalar remainder loop. */
+AVX512_INL void float_tile_avx512(const int R, const int C, const bool f16, int n, const uint8_t *w,
+                                  size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    __m512 acc[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? 0xFFFF : (__mmask16)((1u << (n - k)) - 1);
+        __m512 wv[RMAX];
+        UNROLL for (int r = 0; r < R; r++)
+            wv[r] = f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + r * ws + 2 * k))
+                        : _mm512_maskz_loadu_ps(m, (const float *)(w + r * ws) + k);
+        UNROLL for (int c = 0; c < C; c++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + c * xs) + k);
+            UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+AVX512_INL void f32_tile_avx512(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                                size_t xs, float *y, size_t ldy) {
+    float_tile_avx512(R, C, false, n, w, ws, x, xs, y, ldy);
+}
+AVX512_INL void f16_tile_avx512(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                                size_t xs, float *y, size_t ldy) {
+    float_tile_avx512(R, C, true, n, w, ws, x, xs, y, ldy);
+}
+
+/* Two 32-byte block payloads at p0 and p1 side by side (p1 NULL: zeros). */
+AVX512_INL __m512i load2x32_avx512(const void *p0, const void *p1) {
+    const __m256i lo = _mm256_loadu_si256((const __m256i *)p0);
+    return p1 ? _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256((const __m256i *)p1), 1)
+              : _mm512_zextsi256_si512(lo);
+}
+
+/* Scale d0 in the low 8 lanes, d1 in the high 8. */
+AVX512_INL __m512 scale2_avx512(float d0, float d1) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(d0)), _mm256_castps_pd(_mm256_set1_ps(d1)), 1));
+}
+
+/* Q8_0 (q4 = false) or Q4_0 (q4 = true) x Q8_0, two blocks per 512-bit vector. vpdpbusd wants an
+ * unsigned operand: Q8_0 weights are biased by +128 (w ^ 0x80) and Q4_0 nibbles are already unsigned;
+ * the bias (128 or 8) times sum(x) is subtracted by starting the accumulation from -bias*sum(x). */
+AVX512_INL void q32_tile_avx512(const int R, const int C, const bool q4, int n, const uint8_t *w, size_t ws,
+                                const uint8_t *x, size_t xs, float *y, size_t ldy) {
+    const __m512i bias = _mm512_set1_epi8(q4 ? 8 : (char)0x80), m4 = _mm512_set1_epi8(0xF);
+    const int nb = n / QK;
+    __m512 acc[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 2) {
+        const bool two = b + 1 < nb;
+        __m512i uw[RMAX];
+        __m512 dw[RMAX];
+        UNROLL for (int r = 0; r < R; r++) {
+            if (q4) {
+                const block_q4_0 *bw = (const block_q4_0 *)(w + r * ws) + b;
+                /* 128-bit lanes: block b's bytes twice, then block b+1's twice; odd lanes take high nibbles */
+                const __m256i q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)bw[0].qs));
+                const __m256i q1 = two ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)bw[1].qs))
+                                       : _mm256_setzero_si256();
+                const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                uw[r] = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, q, _mm512_srli_epi16(q, 4)), m4);
+                dw[r] = scale2_avx512(h2f_avx2(bw[0].d), two ? h2f_avx2(bw[1].d) : 0);
+            } else {
+                const block_q8_0 *bw = (const block_q8_0 *)(w + r * ws) + b;
+                uw[r] = _mm512_xor_si512(load2x32_avx512(bw[0].qs, two ? bw[1].qs : NULL), bias);
+                dw[r] = scale2_avx512(h2f_avx2(bw[0].d), two ? h2f_avx2(bw[1].d) : 0);
+            }
+        }
+        UNROLL for (int c = 0; c < C; c++) {
+            const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
+            const __m512i xq = load2x32_avx512(bx[0].qs, two ? bx[1].qs : NULL);
+            const __m512 dx = scale2_avx512(h2f_avx2(bx[0].d), two ? h2f_avx2(bx[1].d) : 0);
+            const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, xq));
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, uw[r], xq));
+                acc[r][c] = _mm512_fmadd_ps(p, _mm512_mul_ps(dw[r], dx), acc[r][c]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+AVX512_INL void q8_0_tile_avx512(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                                 size_t xs, float *y, size_t ldy) {
+    q32_tile_avx512(R, C, false, n, w, ws, x, xs, y, ldy);
+}
+AVX512_INL void q4_0_tile_avx512(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                                 size_t xs, float *y, size_t ldy) {
+    q32_tile_avx512(R, C, true, n, w, ws, x, xs, y, ldy);
+}
+
+GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, AVX512_FN)
+GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, AVX512_FN)
+
+/* ---- dispatch ------------------------------------------------------------------------------------- */
+
+static void gemm_scalar(int type, int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs,
+                        int nx, float *y, size_t ldy) {
+    dot_fn *dot = dot_scalar(type);
+    for (int j = 0; j < nx; j++)
+        for (int i = 0; i < nr; i++) y[j * ldy + i] = dot(n, w + i * ws, x + j * xs);
+}
+
+static gemm_fn *gemm_simd(int isa, int type) {
+    static gemm_fn *const avx2[] = {
+        [DUET_TYPE_F32] = gemm_f32_avx2, [DUET_TYPE_F16] = gemm_f16_avx2, [DUET_TYPE_Q8_0] = gemm_q8_0_avx2,
+        [DUET_TYPE_Q4_0] = gemm_q4_0_avx2, [DUET_TYPE_Q4_K] = gemm_q4_K_avx2, [DUET_TYPE_Q6_K] = gemm_q6_K_avx2,
+    };
+    static gemm_fn *const avx512[] = {
+        [DUET_TYPE_F32] = gemm_f32_avx512, [DUET_TYPE_F16] = gemm_f16_avx512, [DUET_TYPE_Q8_0] = gemm_q8_0_avx512,
+        [DUET_TYPE_Q4_0] = gemm_q4_0_avx512, [DUET_TYPE_Q4_K] = gemm_q4_K_avx2, [DUET_TYPE_Q6_K] = gemm_q6_K_avx2,
+    };
+    if (type < 0 || type > DUET_TYPE_Q6_K) return NULL;
+    return isa == QUANT_ISA_AVX512 ? avx512[type] : isa == QUANT_ISA_AVX2 ? avx2[type] : NULL;
+}
+
+void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr, const void *x,
+                size_t x_stride, int nx, float *y, size_t ldy) {
+    gemm_fn *fn = isa > QUANT_ISA_SCALAR ? gemm_simd(isa, type) : NULL;
+    if (fn)
+        fn(n, w, w_stride, nr, x, x_stride, nx, y, ldy);
+    else
+        gemm_scalar(type, n, w, w_stride, nr, x, x_stride, nx, y, ldy);
+}
+
+int quant_isa_best(void) {
+    __builtin_cpu_init();
+    int best = QUANT_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        best = QUANT_ISA_AVX2;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+            best = QUANT_ISA_AVX512;
+    }
+    const char *env = getenv("DUET_ISA");
+    if (env) {
+        int want = !strcmp(env, "scalar") ? QUANT_ISA_SCALAR : !strcmp(env, "avx2") ? QUANT_ISA_AVX2
+                 : !strcmp(env, "avx512") ? QUANT_ISA_AVX512 : best;
+        if (want < best) best = want;
+    }
+    return best;
+}
+
+const char *quant_isa_name(int isa) {
+    switch (isa) {
+    case QUANT_ISA_SCALAR: return "scalar";
+    case QUANT_ISA_AVX2: return "avx2";
+    case QUANT_ISA_AVX512: return "avx512";
+    default: return "?";
+    }
+}
