@@ -1,0 +1,116 @@
+/* The duet command as a user runs it: output text against llama.cpp's, JSON metrics, help and errors. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/json.h"
+#include "test.h"
+
+/* Runs `$DUET_BIN args` (stderr to /dev/null unless keep_err), returns its stdout (caller frees) and status. */
+static char *run(const char *args, int *status, int keep_err) {
+    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s %s %s", bin, args, keep_err ? "2>&1" : "2>/dev/null");
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *out = malloc(cap);
+    size_t got;
+    while (out && (got = fread(out + n, 1, cap - n - 1, p)) > 0) {
+        n += got;
+        if (n + 1 == cap) out = realloc(out, cap *= 2);
+    }
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (out) out[n] = 0;
+    return out;
+}
+
+TEST(test_cli_generate_text_matches_llamacpp) {
+    char err[256];
+    FILE *f = fopen(TEST_DATA "/stories260K-greedy.jsonl", "r");
+    REQUIRE(f);
+    char line[1 << 16];
+    REQUIRE(fgets(line, sizeof line, f));
+    fclose(f);
+    json *doc = json_parse(line, strlen(line), err, sizeof err);
+    REQUIRE(doc);
+    const char *prompt = json_str(json_get(json_root(doc), "prompt"), NULL);
+    const char *want = json_str(json_get(json_root(doc), "output_text"), NULL);
+    char args[512];
+    snprintf(args, sizeof args, "generate -m models/stories260K.gguf -p '%s' -n 64", prompt);
+    int st;
+    char *out = run(args, &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    size_t plen = strlen(prompt);
+    CHECK(!strncmp(out, prompt, plen));
+    CHECK_MSG(!strncmp(out + plen, want, strlen(want)), "got: %s", out);
+    free(out);
+    json_free(doc);
+}
+
+TEST(test_cli_generate_json_metrics) {
+    int st;
+    char *out = run("generate -m models/stories260K.gguf -p 'Once upon a time' -n 20 --json", &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    char err[256];
+    json *doc = json_parse(out, strlen(out), err, sizeof err);
+    REQUIRE_MSG(doc, "not JSON (%s): %s", err, out);
+    const json_val *r = json_root(doc);
+    CHECK(!strcmp(json_str(json_get(r, "mode"), NULL), "device"));
+    CHECK_EQ_INT(json_num(json_get(r, "tokens")), 20);
+    CHECK_EQ_INT(json_num(json_get(r, "prompt_tokens")), 5);
+    CHECK(json_num(json_get(r, "ttft_ms")) > 0);
+    CHECK(json_num(json_get(r, "total_ms")) >= json_num(json_get(r, "ttft_ms")));
+    CHECK(json_num(json_get(r, "decode_tokens_per_s")) > 0);
+    const json_val *tbt = json_get(r, "tbt_ms");
+    CHECK(tbt && json_num(json_get(tbt, "p50")) <= json_num(json_get(tbt, "max")));
+    static const char *names[] = {"device_compute_ms", "cloud_compute_ms", "comm_wait_ms", "bytes_up", "bytes_down",
+                                  "round_trips", "tokens_per_s"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) CHECK_MSG(json_get(r, names[i]), "no %s", names[i]);
+    CHECK_EQ_INT(json_num(json_get(r, "bytes_up")), 0);
+    json_free(doc);
+    free(out);
+}
+
+TEST(test_cli_help_and_usage_errors) {
+    int st;
+    char *out = run("generate --help", &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    static const char *flags[] = {"--model", "--prompt", "--tokens", "--temp", "--top-k", "--top-p", "--seed",
+                                  "--threads", "--json"};
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) CHECK_MSG(strstr(out, flags[i]), "help lacks %s", flags[i]);
+    free(out);
+    out = run("--help", &st, 0);
+    CHECK(out && st == 0 && strstr(out, "generate") && strstr(out, "convert") && strstr(out, "synth"));
+    free(out);
+    out = run("generate -m models/stories260K.gguf --bogus", &st, 1);
+    CHECK(out && st == 2 && strstr(out, "unknown option"));
+    free(out);
+    out = run("generate -m models/stories260K.gguf -n many", &st, 1);
+    CHECK(out && st == 2 && strstr(out, "not an integer"));
+    free(out);
+    out = run("generate -m tests/data/nothing.gguf", &st, 1);
+    CHECK(out && st == 1 && strstr(out, "nothing.gguf"));
+    free(out);
+    out = run("frobnicate", &st, 1);
+    CHECK(out && st == 2 && strstr(out, "unknown command"));
+    free(out);
+}
+
+TEST(test_cli_sampling_is_seeded) {
+    int st1, st2, st3;
+    char *a = run("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 5 --ids", &st1, 0);
+    char *b = run("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 5 --ids", &st2, 0);
+    char *c = run("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 6 --ids", &st3, 0);
+    CHECK(a && b && c && st1 == 0 && st2 == 0 && st3 == 0);
+    if (a && b && c) {
+        CHECK(!strcmp(a, b));
+        CHECK(strcmp(a, c));
+    }
+    free(a);
+    free(b);
+    free(c);
+}
