@@ -1,0 +1,158 @@
+/* bench_quant: speed of quant_gemm per weight type and ISA level.
+ *   decode: nr = 4096 rows x n = 4096, nx = 1, weight GB/s streamed (median of reps; the matrix is copied
+ *           until the working set exceeds the last-level cache, and reps rotate through the copies, so
+ *           the figure is memory bandwidth, not cache bandwidth); also with 2 threads for the best ISA
+ *   batch:  the same matrix times nx = 64 activation rows (prefill-like), GFLOP/s = 2 n nr nx / time
+ *   memcpy: plain copy bandwidth of the same working-set size, as the ceiling to compare decode with.
+ * Usage: bench_quant [type-name ...]   (default: every supported weight type) */
+#include "base/clock.h"
+#include "duet.h"
+#include "engine/quant.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define N 4096
+#define NR 4096
+#define NX_BATCH 64
+#define WORKING_SET (512u << 20) /* bytes of weights the decode reps rotate through */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) * 0x1p-53 - 0.5);
+}
+
+typedef struct {
+    int isa, type, nr, nx;
+    size_t ws, xs;
+    const uint8_t *w, *x;
+    float *y;
+} job;
+
+static void *run_job(void *p) {
+    job *j = p;
+    quant_gemm(j->isa, j->type, N, j->w, j->ws, j->nr, j->x, j->xs, j->nx, j->y, NR);
+    return NULL;
+}
+
+/* One gemm over rows [0, nr) split across nt threads (the calling thread is one); seconds taken. */
+static double timed_gemm(int nt, job j) {
+    pthread_t th[8];
+    job part[8];
+    double t0 = clock_now_ms();
+    for (int t = 0; t < nt; t++) {
+        int a = j.nr * t / nt, b = j.nr * (t + 1) / nt;
+        part[t] = j;
+        part[t].w = j.w + (size_t)a * j.ws;
+        part[t].nr = b - a;
+        part[t].y = j.y + a;
+        if (t) pthread_create(&th[t], NULL, run_job, &part[t]);
+    }
+    run_job(&part[0]);
+    for (int t = 1; t < nt; t++) pthread_join(th[t], NULL);
+    return (clock_now_ms() - t0) / 1e3;
+}
+
+static double memcpy_gbs(void) {
+    size_t half = WORKING_SET / 2;
+    char *a = malloc(half), *b = malloc(half);
+    if (!a || !b) return 0;
+    memset(a, 1, half);
+    memset(b, 2, half);
+    double t[5];
+    for (int r = 0; r < 5; r++) {
+        double t0 = clock_now_ms();
+        memcpy(r & 1 ? a : b, r & 1 ? b : a, half);
+        t[r] = (clock_now_ms() - t0) / 1e3;
+    }
+    free(a);
+    free(b);
+    return 2.0 * half / median(t, 5) / 1e9; /* read + write */
+}
+
+static void bench_type(int type) {
+    const quant_traits *tr = quant_traits_get(type), *at = quant_traits_get(tr->act_type);
+    size_t ws = quant_row_bytes(type, N), xs = quant_row_bytes(tr->act_type, N), mat = ws * NR;
+    int copies = (int)((WORKING_SET + mat - 1) / mat);
+    uint8_t *w = malloc(mat * (size_t)copies), *x = malloc(xs * NX_BATCH);
+    float *row = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * NR * NX_BATCH);
+    if (!w || !x || !row || !y) {
+        fprintf(stderr, "bench_quant: out of memory\n");
+        exit(1);
+    }
+    for (int i = 0; i < NR; i++) {
+        for (int k = 0; k < N; k++) row[k] = 0.16f * frand();
+        quant_quantize_row(type, row, w + (size_t)i * ws, N);
+    }
+    for (int c = 1; c < copies; c++) memcpy(w + mat * (size_t)c, w, mat);
+    for (int j = 0; j < NX_BATCH; j++) {
+        for (int k = 0; k < N; k++) row[k] = 2 * frand();
+        quant_quantize_row(tr->act_type, row, x + (size_t)j * xs, N);
+    }
+    const int best = quant_isa_best();
+    for (int isa = QUANT_ISA_SCALAR; isa <= best; isa++) {
+        double t[16];
+        int reps = isa == QUANT_ISA_SCALAR ? 3 : copies < 8 ? 8 : copies > 16 ? 16 : copies;
+        job j = {isa, type, NR, 1, ws, xs, w, x, y};
+        for (int r = 0; r < reps; r++) {
+            j.w = w + mat * (size_t)(r % copies);
+            t[r] = timed_gemm(1, j);
+        }
+        double dec1 = mat / median(t, reps) / 1e9, dec2 = 0;
+        if (isa == best) {
+            for (int r = 0; r < reps; r++) {
+                j.w = w + mat * (size_t)(r % copies);
+                t[r] = timed_gemm(2, j);
+            }
+            dec2 = mat / median(t, reps) / 1e9;
+        }
+        /* batch: the scalar reference gets 1/16 of the rows to keep the run short (a rate either way) */
+        j.w = w;
+        j.nx = NX_BATCH;
+        j.nr = isa == QUANT_ISA_SCALAR ? NR / 16 : NR;
+        for (int r = 0; r < 3; r++) t[r] = timed_gemm(1, j);
+        double gflops = 2.0 * N * j.nr * NX_BATCH / median(t, 3) / 1e9;
+        printf("%-5s x %-5s %-7s decode %6.1f GB/s 1t", tr->name, at->name, quant_isa_name(isa), dec1);
+        if (dec2 > 0)
+            printf(", %6.1f GB/s 2t", dec2);
+        else
+            printf("                 ");
+        printf("   batch%d %7.1f GFLOP/s 1t\n", NX_BATCH, gflops);
+        fflush(stdout);
+    }
+    free(w);
+    free(x);
+    free(row);
+    free(y);
+}
+
+int main(int argc, char **argv) {
+    static const int types[] = {DUET_TYPE_F32, DUET_TYPE_F16, DUET_TYPE_Q8_0,
+                                DUET_TYPE_Q4_0, DUET_TYPE_Q4_K, DUET_TYPE_Q6_K};
+    printf("bench_quant: n=%d, nr=%d, decode nx=1 (weights streamed from a %u MiB working set), batch nx=%d; "
+           "best ISA %s\n", N, NR, WORKING_SET >> 20, NX_BATCH, quant_isa_name(quant_isa_best()));
+    printf("memcpy %.1f GB/s (read + write, 1 thread)\n", memcpy_gbs());
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        int pick = argc < 2;
+        for (int a = 1; a < argc; a++) pick |= !strcmp(argv[a], quant_traits_get(types[i])->name);
+        if (pick) bench_type(types[i]);
+    }
+    return 0;
+}
