@@ -116,6 +116,18 @@ static inline void q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *
     }
 }
 
+/* All 8 scales and 8 mins of a Q4_K block at once, as bytes (sc8 byte j = scale j), by 32-bit masks:
+ * the same bit layout as q4k_scale_min, for the SIMD kernels. */
+static inline void q4k_unpack_scales(const uint8_t *q, uint64_t *sc8, uint64_t *m8) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    const uint32_t lo6 = 0x3f3f3f3f, lo4 = 0x0f0f0f0f, lo2 = 0x03030303;
+    *sc8 = (a & lo6) | (uint64_t)((c & lo4) | ((a >> 6) & lo2) << 4) << 32;
+    *m8 = (b & lo6) | (uint64_t)(((c >> 4) & lo4) | ((b >> 6) & lo2) << 4) << 32;
+}
+
 /* The 6-bit quant (0..63) of element 32*p + l (p < 4, l < 32) of a 128-element half of a Q6_K block. */
 static inline int q6k_quant(const uint8_t *ql, const uint8_t *qh, int p, int l) {
     int lo = (p & 1) ? ql[l + 32] : ql[l];
@@ -620,6 +632,15 @@ AVX2_INL void q4_0_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
     q32_tile_avx2(R, C, true, n, w, ws, x, xs, y, ldy);
 }
 
+/* sum_j m_j * (bsums[2j] + bsums[2j+1]) of a Q4_K block's mins m8 (bytes) and a Q8_K block. */
+AVX2_INL int32_t q4k_minsum_avx2(uint64_t m8, const int16_t *bsums) {
+    const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums), _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    __m128i s = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8)), pairs);
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
 /* Q4_K x Q8_K: exact int32 sums per block (sub-block scales applied with vpmaddwd), then kq_block. */
 AVX2_INL void q4_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
                              size_t xs, float *y, size_t ldy) {
@@ -629,44 +650,36 @@ AVX2_INL void q4_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
     for (int b = 0; b < n / QK_K; b++) {
         const block_q4_K *bw[RMAX];
         const block_q8_K *bx[4];
-        int16_t sc[RMAX][8];
-        __m256i mins[RMAX]; /* m_j in lanes 2j and 2j+1, to meet bsums[2j], bsums[2j+1] */
+        uint64_t sc8[RMAX], m8[RMAX];
         UNROLL for (int r = 0; r < R; r++) {
             bw[r] = (const block_q4_K *)(w + r * ws) + b;
-            int16_t mm[16];
-            for (int j = 0; j < 8; j++) {
-                uint8_t s, m;
-                q4k_scale_min(j, bw[r]->scales, &s, &m);
-                sc[r][j] = s;
-                mm[2 * j] = mm[2 * j + 1] = m;
-            }
-            mins[r] = _mm256_loadu_si256((const __m256i *)mm);
+            q4k_unpack_scales(bw[r]->scales, &sc8[r], &m8[r]);
         }
         UNROLL for (int c = 0; c < C; c++) bx[c] = (const block_q8_K *)(x + c * xs) + b;
         __m256i isum[RMAX][4];
         UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
         UNROLL for (int k = 0; k < 4; k++) {
-            __m256i lo[RMAX], hi[RMAX];
+            __m256i lo[RMAX], hi[RMAX], sl[RMAX], sh[RMAX];
             UNROLL for (int r = 0; r < R; r++) {
                 const __m256i q = _mm256_loadu_si256((const __m256i *)(bw[r]->qs + 32 * k));
                 lo[r] = _mm256_and_si256(q, m4);
                 hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                sl[r] = _mm256_set1_epi16((int16_t)(sc8[r] >> (16 * k) & 0xFF));
+                sh[r] = _mm256_set1_epi16((int16_t)(sc8[r] >> (16 * k + 8) & 0xFF));
             }
             UNROLL for (int c = 0; c < C; c++) {
                 const __m256i xl = _mm256_loadu_si256((const __m256i *)(bx[c]->qs + 64 * k));
                 const __m256i xh = _mm256_loadu_si256((const __m256i *)(bx[c]->qs + 64 * k + 32));
                 UNROLL for (int r = 0; r < R; r++) {
-                    const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], xl), _mm256_set1_epi16(sc[r][2 * k]));
-                    const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], xh), _mm256_set1_epi16(sc[r][2 * k + 1]));
+                    const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], xl), sl[r]);
+                    const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], xh), sh[r]);
                     isum[r][c] = _mm256_add_epi32(isum[r][c], _mm256_add_epi32(pl, ph));
                 }
             }
         }
-        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) {
-            const __m256i ms = _mm256_madd_epi16(mins[r], _mm256_loadu_si256((const __m256i *)bx[c]->bsums));
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++)
             sum[r][c] += kq_block(h2f_avx2(bw[r]->d), h2f_avx2(bw[r]->dmin), bx[c]->d, hsum_i32_avx2(isum[r][c]),
-                                  hsum_i32_avx2(ms));
-        }
+                                  q4k_minsum_avx2(m8[r], bx[c]->bsums));
     }
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
 }
@@ -824,10 +837,106 @@ AVX512_INL void q4_0_tile_avx512(const int R, const int C, int n, const uint8_t 
     q32_tile_avx512(R, C, true, n, w, ws, x, xs, y, ldy);
 }
 
+/* Q4_K x Q8_K, a 64-element chunk (two sub-blocks) per 512-bit vector: low nibbles in the low half, high
+ * nibbles in the high half, vpmaddubsw then vpdpwssd with sub-block scale 2k in the low 16 lanes and
+ * 2k+1 in the high 16. Exact int32 block sums, then kq_block: bit-identical to the reference. */
+AVX512_INL void q4_K_tile_avx512(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                                 size_t xs, float *y, size_t ldy) {
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    float sum[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) sum[r][c] = 0;
+    for (int b = 0; b < n / QK_K; b++) {
+        const block_q4_K *bw[RMAX];
+        const block_q8_K *bx[4];
+        uint64_t sc8[RMAX], m8[RMAX];
+        __m512i sc[RMAX]; /* int16 lanes 0..7: the 8 sub-block scales */
+        UNROLL for (int r = 0; r < R; r++) {
+            bw[r] = (const block_q4_K *)(w + r * ws) + b;
+            q4k_unpack_scales(bw[r]->scales, &sc8[r], &m8[r]);
+            sc[r] = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8[r])));
+        }
+        UNROLL for (int c = 0; c < C; c++) bx[c] = (const block_q8_K *)(x + c * xs) + b;
+        __m512i isum[RMAX][4];
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm512_setzero_si512();
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * k)), _mm256_set1_epi16((short)(2 * k + 1)), 1);
+            __m512i wv[RMAX], sv[RMAX];
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(bw[r]->qs + 32 * k));
+                wv[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m4);
+                sv[r] = _mm512_permutexvar_epi16(idx, sc[r]);
+            }
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m512i xv = _mm512_loadu_si512(bx[c]->qs + 64 * k);
+                UNROLL for (int r = 0; r < R; r++)
+                    isum[r][c] = _mm512_dpwssd_epi32(isum[r][c], _mm512_maddubs_epi16(wv[r], xv), sv[r]);
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++)
+            sum[r][c] += kq_block(h2f_avx2(bw[r]->d), h2f_avx2(bw[r]->dmin), bx[c]->d,
+                                  _mm512_reduce_add_epi32(isum[r][c]), q4k_minsum_avx2(m8[r], bx[c]->bsums));
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
+}
+
+/* Q6_K x Q8_K, 64 elements per 512-bit vector: half h, part 0 = quants 0..63 (low nibbles of ql[64h..],
+ * qh bits 0-1 | 2-3), part 1 = quants 64..127 (high nibbles, qh bits 4-5 | 6-7); the four 16-element
+ * groups' scales go to int16 lanes 0-7, 8-15, 16-23, 24-31. Bit-identical to the reference. */
+AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
+                                 size_t xs, float *y, size_t ldy) {
+    const __m512i m4 = _mm512_set1_epi8(0xF), m2h = _mm512_set1_epi8(0x30);
+    /* per 256-bit half: shift the qh bits of that part to bits 4-5 (left for part 0, right for part 1) */
+    const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    float sum[RMAX][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) sum[r][c] = 0;
+    for (int b = 0; b < n / QK_K; b++) {
+        const block_q6_K *bw[RMAX];
+        const block_q8_K *bx[4];
+        __m256i sc16[RMAX];
+        UNROLL for (int r = 0; r < R; r++) {
+            bw[r] = (const block_q6_K *)(w + r * ws) + b;
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw[r]->scales));
+        }
+        UNROLL for (int c = 0; c < C; c++) bx[c] = (const block_q8_K *)(x + c * xs) + b;
+        __m512i isum[RMAX][4];
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm512_setzero_si512();
+        UNROLL for (int h = 0; h < 2; h++) UNROLL for (int part = 0; part < 2; part++) {
+            const int g0 = 8 * h + 4 * part; /* first of the four groups */
+            const __m512i idx = _mm512_set_epi16(g0 + 3, g0 + 3, g0 + 3, g0 + 3, g0 + 3, g0 + 3, g0 + 3, g0 + 3,
+                                                 g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2,
+                                                 g0 + 1, g0 + 1, g0 + 1, g0 + 1, g0 + 1, g0 + 1, g0 + 1, g0 + 1,
+                                                 g0, g0, g0, g0, g0, g0, g0, g0);
+            __m512i wv[RMAX], sv[RMAX];
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m512i ql = _mm512_loadu_si512(bw[r]->ql + 64 * h);
+                const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bw[r]->qh + 32 * h)));
+                const __m512i lo = _mm512_and_si512(part ? _mm512_srli_epi16(ql, 4) : ql, m4);
+                const __m512i hi = _mm512_and_si512(part ? _mm512_srlv_epi16(qh, shr) : _mm512_sllv_epi16(qh, shl), m2h);
+                wv[r] = _mm512_or_si512(lo, hi);
+                sv[r] = _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(sc16[r]));
+            }
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m512i xv = _mm512_loadu_si512(bx[c]->qs + 128 * h + 64 * part);
+                UNROLL for (int r = 0; r < R; r++)
+                    isum[r][c] = _mm512_dpwssd_epi32(isum[r][c], _mm512_maddubs_epi16(wv[r], xv), sv[r]);
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) {
+            const __m256i off = _mm256_madd_epi16(sc16[r], _mm256_loadu_si256((const __m256i *)bx[c]->bsums));
+            const int32_t is = _mm512_reduce_add_epi32(isum[r][c]) - 32 * hsum_i32_avx2(off);
+            sum[r][c] += kq_block(h2f_avx2(bw[r]->d), 0, bx[c]->d, is, 0);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
+}
+
 GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, AVX512_FN)
 GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 4, AVX512_FN)
 GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, AVX512_FN)
 GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q6_K_avx512, q6_K_tile_avx512, 4, AVX512_FN)
 
 /* ---- dispatch ------------------------------------------------------------------------------------- */
 
@@ -845,7 +954,7 @@ static gemm_fn *gemm_simd(int isa, int type) {
     };
     static gemm_fn *const avx512[] = {
         [DUET_TYPE_F32] = gemm_f32_avx512, [DUET_TYPE_F16] = gemm_f16_avx512, [DUET_TYPE_Q8_0] = gemm_q8_0_avx512,
-        [DUET_TYPE_Q4_0] = gemm_q4_0_avx512, [DUET_TYPE_Q4_K] = gemm_q4_K_avx2, [DUET_TYPE_Q6_K] = gemm_q6_K_avx2,
+        [DUET_TYPE_Q4_0] = gemm_q4_0_avx512, [DUET_TYPE_Q4_K] = gemm_q4_K_avx512, [DUET_TYPE_Q6_K] = gemm_q6_K_avx512,
     };
     if (type < 0 || type > DUET_TYPE_Q6_K) return NULL;
     return isa == QUANT_ISA_AVX512 ? avx512[type] : isa == QUANT_ISA_AVX2 ? avx2[type] : NULL;
