@@ -226,7 +226,7 @@ static void quant_q8_0(const float *x, block_q8_0 *y, int64_t nb) {
         const float d = amax / 127.f;
         const float id = amax != 0.0f ? 127.f / amax : 0.0f;
         y[i].d = half_from_float(d);
-        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)nearbyintf(x[j] * id);
+        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)rintf(x[j] * id);
     }
 }
 
@@ -270,7 +270,7 @@ static void quant_q8_K(const float *x, block_q8_K *y, int64_t nb) {
         }
         const float iscale = -127.f / max;
         for (int j = 0; j < QK_K; j++) {
-            int v = (int)nearbyintf(iscale * x[j]); /* = ggml's nearest_int: round half to even */
+            int v = (int)rintf(iscale * x[j]); /* = ggml's nearest_int: round half to even (default rounding mode) */
             y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
             y[i].bsums[j / 16] += y[i].qs[j];
         }
@@ -307,7 +307,7 @@ static void quant_q4_K(const float *x, block_q4_K *y, int64_t nb) {
         const float d = half_to_float(y[i].d), dmin = half_to_float(y[i].dmin);
         uint8_t sc[8], m[8];
         for (int j = 0; j < 8; j++) {
-            float s = d > 0 ? ceilf(scale[j] / d) : 0, mm = dmin > 0 ? nearbyintf(mn[j] / dmin) : 0;
+            float s = d > 0 ? ceilf(scale[j] / d) : 0, mm = dmin > 0 ? rintf(mn[j] / dmin) : 0;
             sc[j] = (uint8_t)(s < 63 ? s : 63);
             m[j] = (uint8_t)(mm < 63 ? mm : 63);
         }
@@ -323,7 +323,7 @@ static void quant_q4_K(const float *x, block_q4_K *y, int64_t nb) {
         for (int j = 0; j < 8; j++) {
             const float step = d * sc[j], off = dmin * m[j], inv = step > 0 ? 1 / step : 0;
             for (int l = 0; l < 32; l++) {
-                float q = nearbyintf((x[32 * j + l] + off) * inv);
+                float q = rintf((x[32 * j + l] + off) * inv);
                 int qi = q < 0 ? 0 : q > 15 ? 15 : (int)q;
                 y[i].qs[32 * (j / 2) + l] |= (uint8_t)(qi << (4 * (j & 1)));
             }
@@ -350,7 +350,7 @@ static void quant_q6_K(const float *x, block_q6_K *y, int64_t nb) {
             y[i].scales[g] = (int8_t)(sc < 127 ? sc : 127);
             const float step = d * y[i].scales[g], inv = step > 0 ? 1 / step : 0;
             for (int l = 0; l < 16; l++) {
-                float v = nearbyintf(x[16 * g + l] * inv);
+                float v = rintf(x[16 * g + l] * inv);
                 q[16 * g + l] = (uint8_t)((v < -32 ? -32 : v > 31 ? 31 : (int)v) + 32);
             }
         }
