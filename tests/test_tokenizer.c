@@ -223,9 +223,9 @@ typedef struct spec {
 } spec;
 
 static const char *small_pieces[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>", "\xe2\x96\x81", "a",
-                                     "b", "aa", "ab", "\xe2\x96\x81" "a", "\xe2\x96\x81" "ab", "c"};
-static const int small_types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1};
-#define N_SMALL 14
+                                     "b", "aa", "ab", "\xe2\x96\x81" "a", "\xe2\x96\x81" "ab", "c", "xy"};
+static const int small_types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 4};
+#define N_SMALL 15
 
 static gguf *write_vocab(const spec *s, char *path, char *err, size_t errlen) {
     gguf_writer *w = gguf_writer_init();
@@ -282,16 +282,16 @@ TEST(test_tokenizer_malformed_vocab) {
     expect_refused(s, "no tokenizer.ggml.model");
     s = good_spec();
     s.n_scores = N_SMALL - 1;
-    expect_refused(s, "scores has 13 entries for 14 tokens");
+    expect_refused(s, "scores has 14 entries for 15 tokens");
     s = good_spec();
     s.n_types = N_SMALL - 2;
-    expect_refused(s, "token_type has 12 entries for 14 tokens");
+    expect_refused(s, "token_type has 13 entries for 15 tokens");
     s = good_spec();
     s.n_tokens = s.n_scores = s.n_types = 0;
     expect_refused(s, "empty vocabulary");
     s = good_spec();
     s.bos = 99;
-    expect_refused(s, "bos_token_id = 99 is outside the vocabulary of 14");
+    expect_refused(s, "bos_token_id = 99 is outside the vocabulary of 15");
     s = good_spec();
     s.bad_type_at = 7;
     expect_refused(s, "token 7 has an invalid token type");
@@ -326,6 +326,10 @@ TEST(test_tokenizer_merge_order_and_fallback) {
     n = duet_tokenize(t, "\xc3\xa9" "Az", 4, false, ids, 16);
     REQUIRE(n == 5);
     CHECK(ids[0] == 6 && ids[1] == 4 && ids[2] == 5 && ids[3] == 3 && ids[4] == 0);
+    char piece[8];
+    CHECK_EQ_INT(duet_token_piece(t, 0, piece, sizeof piece), 0); /* unknown prints nothing */
+    CHECK_EQ_INT(duet_token_piece(t, 14, piece, sizeof piece), 2); /* user-defined: verbatim */
+    CHECK(memcmp(piece, "xy", 2) == 0);
     tokenizer_free(t);
     gguf_close(g);
 
@@ -338,6 +342,29 @@ TEST(test_tokenizer_merge_order_and_fallback) {
     n = duet_tokenize(t, "baaa", 4, false, ids, 16);
     REQUIRE(n == 4);
     CHECK(ids[0] == 6 && ids[1] == 8 && ids[2] == 9 && ids[3] == 7);
+    tokenizer_free(t);
+    gguf_close(g);
+}
+
+/* User-defined tokens are split out before encoding, and the text after one gets a space prefix again,
+ * as in llama.cpp: "axyb" is ▁a xy ▁ b. */
+TEST(test_tokenizer_user_defined_split) {
+    char path[64], err[256];
+    spec s = good_spec();
+    gguf *g = write_vocab(&s, path, err, sizeof err);
+    REQUIRE_MSG(g, "%s", err);
+    duet_tokenizer *t = tokenizer_load(g, err, sizeof err);
+    REQUIRE_MSG(t, "%s", err);
+    int ids[16];
+    int n = duet_tokenize(t, "axyb", 4, false, ids, 16);
+    REQUIRE(n == 4);
+    CHECK(ids[0] == 11 && ids[1] == 14 && ids[2] == 6 && ids[3] == 8);
+    n = duet_tokenize(t, "xyxy", 4, true, ids, 16);
+    REQUIRE(n == 3);
+    CHECK(ids[0] == 1 && ids[1] == 14 && ids[2] == 14);
+    n = duet_tokenize(t, "xxyy", 4, false, ids, 16); /* unknown x, then xy, then ▁ + unknown y */
+    REQUIRE(n == 5);
+    CHECK(ids[0] == 6 && ids[1] == 0 && ids[2] == 14 && ids[3] == 6 && ids[4] == 0);
     tokenizer_free(t);
     gguf_close(g);
 }

@@ -34,6 +34,8 @@ struct duet_tokenizer {
     int32_t *slot;     /* [mask + 1] open-addressing piece -> id table, -1 empty */
     size_t mask;
     int byte_id[256];  /* token standing for each raw byte in fallback */
+    int *user;         /* [n_user] user-defined tokens, longest first: split out before encoding */
+    int n_user;
     int bos, eos, unk;
     bool add_space_prefix, add_bos;
 };
@@ -99,6 +101,37 @@ static int per_token_arr(const gguf *g, const char *key, size_t n, char *err, si
     if (rc == 0 && m != n)
         return err_set(err, errlen, DUET_EFORMAT, "tokenizer: %s has %zu entries for %zu tokens", key, m, n);
     return rc;
+}
+
+typedef struct len_id {
+    uint32_t len;
+    int id;
+} len_id;
+
+static int by_len_desc(const void *a, const void *b) {
+    const len_id *x = a, *y = b;
+    if (x->len != y->len) return x->len < y->len ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The user-defined tokens, longest first (the order llama.cpp splits them out in). */
+static int collect_user_tokens(duet_tokenizer *t) {
+    int n = 0;
+    for (int i = 0; i < t->n_vocab; i++) n += t->type[i] == TT_USER_DEFINED;
+    if (!n) return 0;
+    len_id *tmp = malloc((size_t)n * sizeof *tmp);
+    t->user = malloc((size_t)n * sizeof *t->user);
+    if (!tmp || !t->user) {
+        free(tmp);
+        return DUET_ENOMEM;
+    }
+    for (int i = 0, j = 0; i < t->n_vocab; i++)
+        if (t->type[i] == TT_USER_DEFINED) tmp[j++] = (len_id){t->len[i], i};
+    qsort(tmp, (size_t)n, sizeof *tmp, by_len_desc);
+    for (int j = 0; j < n; j++) t->user[j] = tmp[j].id;
+    t->n_user = n;
+    free(tmp);
+    return 0;
 }
 
 static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
@@ -183,6 +216,8 @@ static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
         (rc = get_flag(g, "tokenizer.ggml.add_bos_token", &t->add_bos, err, errlen)))
         return rc;
 
+    if ((rc = collect_user_tokens(t))) return err_set(err, errlen, rc, "tokenizer: out of memory");
+
     /* Byte fallback as llama.cpp's byte_to_token: the <0xXX> piece, else the one-byte piece, else unknown. */
     for (int b = 0; b < 256; b++) {
         char hex[7] = {'<', '0', 'x', "0123456789ABCDEF"[b >> 4], "0123456789ABCDEF"[b & 15], '>', 0};
@@ -216,6 +251,7 @@ void tokenizer_free(duet_tokenizer *t) {
     free(t->type);
     free(t->byte);
     free(t->slot);
+    free(t->user);
     free(t);
 }
 
@@ -293,8 +329,20 @@ static size_t char_len(const encoder *e, size_t off) {
     return k < e->m - off ? k : e->m - off;
 }
 
-/* Merges the symbols of e->s and appends their ids to ids[cap] from position *n on. */
-static int encode(encoder *e, int *ids, int cap, int *n) {
+/* Where encoded ids go: ids[cap] receives the first cap, n counts them all. */
+typedef struct sink {
+    int *ids;
+    int cap, n;
+    bool prev_special; /* the last thing emitted was BOS or a user-defined token (or nothing yet) */
+} sink;
+
+static void emit(sink *o, int id) {
+    if (o->n < o->cap) o->ids[o->n] = id;
+    o->n++;
+}
+
+/* Merges the symbols of e->s and emits their ids. */
+static int encode(encoder *e, sink *o) {
     for (size_t off = 0; off < e->m;) {
         size_t k = char_len(e, off);
         int i = e->n_syms++;
@@ -318,32 +366,21 @@ static int encode(encoder *e, int *ids, int cap, int *n) {
         const sym *y = &e->syms[i];
         int id = lookup(e->t, e->s + y->start, y->n);
         if (id >= 0) {
-            if (*n < cap) ids[*n] = id;
-            (*n)++;
+            emit(o, id);
             continue;
         }
-        for (uint32_t j = 0; j < y->n; j++) {
-            if (*n < cap) ids[*n] = e->t->byte_id[(uint8_t)e->s[y->start + j]];
-            (*n)++;
-        }
+        for (uint32_t j = 0; j < y->n; j++) emit(o, e->t->byte_id[(uint8_t)e->s[y->start + j]]);
     }
     return 0;
 }
 
-int duet_tokenize(const duet_tokenizer *t, const char *text, size_t len, bool add_bos, int *ids, int cap) {
-    if (!t || (!text && len) || cap < 0 || (cap > 0 && !ids) || len > TOK_MAX_TEXT) return DUET_EINVAL;
-    int n = 0;
-    /* add_bos asks for the special prefix; the vocabulary's add_bos_token decides, as in llama.cpp. */
-    if (add_bos && t->add_bos) {
-        if (cap > 0) ids[0] = t->bos;
-        n++;
-    }
-    if (len == 0) return n;
-
-    char *s = malloc(3 * (len + 1));
+/* Encodes one stretch of plain text (len > 0), with a leading space when it starts the text or follows
+ * a special token, as llama.cpp does. */
+static int encode_fragment(const duet_tokenizer *t, const char *text, size_t len, sink *o) {
+    char *s = malloc(3 * (len + 1)); /* [m] the text with the prefix and every ' ' as U+2581 */
     if (!s) return DUET_ENOMEM;
     encoder e = {.t = t, .s = s};
-    if (t->add_space_prefix) memcpy(s, "\xe2\x96\x81", 3), e.m = 3;
+    if (t->add_space_prefix && o->prev_special) memcpy(s, "\xe2\x96\x81", 3), e.m = 3;
     for (size_t i = 0; i < len; i++) {
         if (text[i] == ' ') memcpy(s + e.m, "\xe2\x96\x81", 3), e.m += 3;
         else s[e.m++] = text[i];
@@ -354,11 +391,44 @@ int duet_tokenize(const duet_tokenizer *t, const char *text, size_t len, bool ad
     e.cap = n_chars;
     e.syms = malloc(n_chars * sizeof *e.syms);
     e.heap = malloc(e.cap * sizeof *e.heap);
-    int rc = e.syms && e.heap ? encode(&e, ids, cap, &n) : DUET_ENOMEM;
+    int rc = e.syms && e.heap ? encode(&e, o) : DUET_ENOMEM;
     free(s);
     free(e.syms);
     free(e.heap);
-    return rc ? rc : n;
+    o->prev_special = false;
+    return rc;
+}
+
+/* Splits text[len] (len > 0) at the user-defined tokens from the k-th on (longest first), which
+ * llama.cpp does even when it does not parse special tokens, and encodes the pieces between. Taking
+ * one token at a time over every gap gives the same split as llama.cpp's pass-per-token. */
+static int partition(const duet_tokenizer *t, const char *text, size_t len, int k, sink *o) {
+    for (; k < t->n_user; k++) {
+        int id = t->user[k];
+        const char *piece = t->text + t->off[id];
+        size_t plen = t->len[id], at = 0;
+        const char *hit = memmem(text, len, piece, plen);
+        if (!hit) continue;
+        int rc;
+        for (; hit; hit = memmem(text + at, len - at, piece, plen)) {
+            size_t pos = (size_t)(hit - text);
+            if (pos > at && (rc = partition(t, text + at, pos - at, k + 1, o))) return rc;
+            emit(o, id);
+            o->prev_special = true;
+            at = pos + plen;
+        }
+        return at < len ? partition(t, text + at, len - at, k + 1, o) : 0;
+    }
+    return encode_fragment(t, text, len, o);
+}
+
+int duet_tokenize(const duet_tokenizer *t, const char *text, size_t len, bool add_bos, int *ids, int cap) {
+    if (!t || (!text && len) || cap < 0 || (cap > 0 && !ids) || len > TOK_MAX_TEXT) return DUET_EINVAL;
+    sink o = {ids, cap, 0, true};
+    /* add_bos asks for the special prefix; the vocabulary's add_bos_token decides, as in llama.cpp. */
+    if (add_bos && t->add_bos) emit(&o, t->bos);
+    int rc = len ? partition(t, text, len, 0, &o) : 0;
+    return rc ? rc : o.n;
 }
 
 int duet_token_piece(const duet_tokenizer *t, int id, char *buf, size_t cap) {
@@ -374,14 +444,13 @@ int duet_token_piece(const duet_tokenizer *t, int id, char *buf, size_t cap) {
             i += sp ? 3 : 1;
         }
         return (int)n;
-    case TT_UNKNOWN:
     case TT_USER_DEFINED:
         if (cap) memcpy(buf, s, len < cap ? len : cap);
         return (int)len;
     case TT_BYTE:
         if (cap) buf[0] = (char)t->byte[id];
         return 1;
-    default: /* control, unused and undefined tokens print nothing */
+    default: /* control, unknown, unused and undefined tokens print nothing (llama.cpp's special=false) */
         return 0;
     }
 }
