@@ -1,0 +1,56 @@
+/* server.h: the cloud: serves many devices at once, each connection one session with its own KV cache for
+ * the layers this process holds and its own context manager (hidden states uploaded but not yet run).
+ *
+ * Threads: one thread per connection, so a slow or stalled device only ever blocks its own thread; compute
+ * goes through one shared duet_pool (sessions take turns per forward call), each connection has its own
+ * duet_ctx. Ownership: the model is the caller's and must outlive the server; server_free stops and frees
+ * everything else. Library code: the server never prints; it hands one line per session to opts.log. */
+#ifndef DUET_CLOUD_SERVER_H
+#define DUET_CLOUD_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "duet.h"
+
+typedef struct server_opts {
+    const char *host;          /* NULL: all local addresses */
+    int port;                  /* 0: a free port (server_port tells which) */
+    int threads;               /* compute threads of the shared pool (default 1) */
+    int max_sessions;          /* concurrent sessions (default 64); more get ERROR LIMIT */
+    uint32_t max_frame;        /* largest payload accepted, bytes (default 64 MiB) */
+    size_t max_pending_bytes;  /* per session: uploaded hidden states not yet consumed (default 256 MiB) */
+    int max_ctx;               /* positions per session (default: the model's context length) */
+    int idle_timeout_ms;       /* a session silent this long is closed and freed (default 60000) */
+    int handshake_timeout_ms;  /* a connection must complete HELLO within this (default 5000) */
+    void (*log)(void *arg, const char *line); /* one line per session at its end, and errors; NULL: silent */
+    void *log_arg;
+} server_opts;
+
+server_opts server_opts_default(void);
+
+typedef struct server_stats {
+    uint64_t sessions_total, sessions_open;
+    uint64_t tokens, positions;        /* tokens returned, positions run through the cloud layers */
+    uint64_t bytes_up, bytes_down;
+    uint64_t errors;                   /* connections ended by an error (bad frames, limits, timeouts) */
+    double compute_ms;
+} server_stats;
+
+typedef struct cloud_server cloud_server;
+
+/* Binds the listening socket (so server_port is known at once). */
+cloud_server *server_init(duet_model *m, const server_opts *o, char *err, size_t errlen);
+int server_port(const cloud_server *s);
+/* Serves until server_stop: 0, or < 0 if the listener failed. */
+int server_run(cloud_server *s);
+/* server_run on a background thread (for `--cloud local` and tests). */
+int server_start(cloud_server *s, char *err, size_t errlen);
+/* Asks the server to stop: it refuses new connections, closes sessions and returns from server_run.
+ * Async-signal-safe (sets an atomic flag). */
+void server_stop(cloud_server *s);
+void server_stats_get(cloud_server *s, server_stats *out);
+/* Stops if running, joins every thread, frees every session. */
+void server_free(cloud_server *s);
+
+#endif
