@@ -1,0 +1,87 @@
+/* transport.h: one TCP connection between a device and the cloud, carrying frames (frame.h) over an emulated
+ * link (link.h). Used by both sides.
+ *
+ * Sending is asynchronous: transport_send encodes the frame into a slot of a bounded queue and returns; a
+ * sender thread writes each frame to the socket at its emulated delivery time (serialization paced by the
+ * bandwidth of this side's direction, then rtt/2 + jitter), so a caller can hand off a large upload and keep
+ * computing. The receiver therefore sees each frame exactly at its delivery time, without a shared clock.
+ * Receiving is synchronous, with a timeout; once a frame's first byte arrived, the rest must follow within
+ * io_timeout_ms, so a peer that vanishes mid-frame gives an error, never a hang.
+ *
+ * Threads: send, flush and stats may be called from any threads; recv/expect/hello from one thread at a time.
+ * Ownership: transport_connect/accept return a connection the caller frees with transport_free, which drops
+ * frames not yet written (call transport_flush first to deliver them). A frame_msg filled by recv points into
+ * the connection's receive buffer and is valid until the next recv.
+ *
+ * Status: 0 ok; TRANSPORT_TIMEOUT and TRANSPORT_CLOSED are recoverable conditions; < 0 errors (enum
+ * duet_status, or enum frame_err for a malformed or out-of-sequence frame; they stick: every later recv
+ * returns the same error). */
+#ifndef DUET_NET_TRANSPORT_H
+#define DUET_NET_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/frame.h"
+#include "net/link.h"
+
+#define TRANSPORT_TIMEOUT 100 /* nothing arrived within the timeout */
+#define TRANSPORT_CLOSED 101  /* the peer closed the connection cleanly between frames */
+
+typedef struct transport_opts {
+    link_params link;   /* emulated link; all zero: none */
+    int send_dir;       /* enum link_dir of this side's sends: LINK_UP on the device, LINK_DOWN on the cloud */
+    frame_limits limits; /* what recv accepts */
+    int queue_frames;   /* sender queue depth */
+    int io_timeout_ms;  /* connect; and the longest silence inside a frame, or while the socket refuses a write */
+} transport_opts;
+transport_opts transport_opts_default(int send_dir); /* no link, default limits, 16 frames, 10 s */
+
+/* Counters for DESIGN section 6. up/down name the link direction (device -> cloud is up), whichever side
+ * this connection is; bytes are real socket bytes including headers. */
+typedef struct transport_stats {
+    uint64_t bytes_up, bytes_down;
+    uint64_t frames_up, frames_down;
+    uint64_t round_trips;   /* receives that followed at least one send since the previous receive */
+    double comm_wait_ms;    /* time callers spent blocked: in recv, in flush, and in send on a full queue */
+} transport_stats;
+
+typedef struct transport transport;
+typedef struct transport_listener transport_listener;
+
+/* host NULL: every local address; port 0: a free port (read it with transport_listener_port). */
+transport_listener *transport_listen(const char *host, int port, char *err, size_t errlen);
+int transport_listener_port(const transport_listener *l);
+void transport_listener_free(transport_listener *l);
+/* Waits up to timeout_ms (< 0: forever) for a connection: 0 with *out, TRANSPORT_TIMEOUT, or < 0. */
+int transport_accept(transport_listener *l, const transport_opts *o, int timeout_ms, transport **out, char *err,
+                     size_t errlen);
+transport *transport_connect(const char *host, int port, const transport_opts *o, char *err, size_t errlen);
+void transport_free(transport *t);
+
+/* The emulated link for frames sent from now on (the cloud applies the one the device's HELLO carries). */
+void transport_set_link(transport *t, const link_params *lp);
+/* Queues m (the caller's arrays may be reused on return); blocks only while the queue is full. Numbers the
+ * frame with this direction's next sequence number. Fails if the sender thread has failed. */
+int transport_send(transport *t, const frame_msg *m, char *err, size_t errlen);
+/* Waits up to timeout_ms (< 0: forever) until every queued frame is on the socket: 0, TRANSPORT_TIMEOUT, < 0. */
+int transport_flush(transport *t, int timeout_ms, char *err, size_t errlen);
+/* Next frame into *m, checked against the limits and the sequence: 0, TRANSPORT_TIMEOUT (nothing started
+ * within timeout_ms; < 0 waits forever), TRANSPORT_CLOSED, or < 0. An ERROR frame is returned as a frame. */
+int transport_recv(transport *t, frame_msg *m, int timeout_ms, char *err, size_t errlen);
+/* recv wanting one type: a peer's ERROR becomes its code and "peer: <text>", another type FRAME_E_STATE. */
+int transport_expect(transport *t, int type, frame_msg *m, int timeout_ms, char *err, size_t errlen);
+
+/* Device side of the handshake: sends HELLO `want` (what the cloud should hold, and the link), expects
+ * HELLO_OK and checks it against want. *got (may be NULL) gets the cloud's HELLO_OK. */
+int transport_hello(transport *t, const frame_hello *want, frame_hello *got, int timeout_ms, char *err,
+                    size_t errlen);
+/* Cloud side: expects HELLO, checks it against `have` (what this side holds); on a mismatch sends ERROR and
+ * returns FRAME_E_REFUSED; else applies the HELLO's link to this side's sends and answers HELLO_OK (have,
+ * with that link). *got (may be NULL) gets the device's HELLO. */
+int transport_hello_answer(transport *t, const frame_hello *have, frame_hello *got, int timeout_ms, char *err,
+                           size_t errlen);
+
+void transport_stats_get(transport *t, transport_stats *out);
+
+#endif
