@@ -33,7 +33,7 @@ struct duet_ctx {
     float *att;     /* [B][dim]    attention output, before Wo */
     float *gate;    /* [B][ffn]    */
     float *up;      /* [B][ffn]    */
-    void *xq;       /* [B][xq_row] activations converted to a weight type's act_type */
+    void *xq;       /* [2][B][xq_row] activations converted to Q8_0 and to Q8_K */
     size_t xq_row;  /* bytes per row of xq */
     float *rope;    /* [B][head_dim/2][2] cos, sin of each position's rotations */
     float theta_scale; /* base^(-2/head_dim): ratio of successive rotation frequencies */
@@ -53,56 +53,84 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
 
 /* ---- matrix products ---------------------------------------------------------------------------------- */
 
-typedef struct mm_job {
-    int isa;
+/* Up to three products that share one input (q, k, v; gate, up) run as one job, so threads are woken once
+ * and the small matrices (k, v under grouped-query attention) do not leave a thread idle. */
+#define MM_MAX 3
+
+typedef struct mm_task {
     const model_mat *w;
     const void *x;    /* [nx] rows in w's act_type, x_stride bytes apart */
     size_t x_stride;
-    int nx;
     float *y;         /* y[j*ldy + i] for weight row i and input row j */
     size_t ldy;
-    int chunk;        /* rows per work item */
-    atomic_int next;  /* next unclaimed row */
+} mm_task;
+
+typedef struct mm_job {
+    int isa, nx, n_tasks, chunk;  /* chunk: rows per work item */
+    mm_task task[MM_MAX];
+    int first[MM_MAX + 1];        /* work items of task t are first[t] .. first[t+1]-1 */
+    atomic_int next;              /* next unclaimed work item */
 } mm_job;
 
 static void mm_work(void *arg, int ith, int nth) {
     mm_job *j = arg;
-    const model_mat *w = j->w;
+    int t = 0;
     for (;;) {
-        int r0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed);
-        if (r0 >= w->rows) break;
-        int nr = w->rows - r0 < j->chunk ? w->rows - r0 : j->chunk;
-        quant_gemm(j->isa, w->type, w->cols, (const char *)w->data + (size_t)r0 * w->row_bytes, w->row_bytes, nr,
-                   j->x, j->x_stride, j->nx, j->y + r0, j->ldy);
+        int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (item >= j->first[j->n_tasks]) break;
+        while (item >= j->first[t + 1]) t++;
+        const mm_task *k = &j->task[t];
+        int r0 = (item - j->first[t]) * j->chunk;
+        int nr = k->w->rows - r0 < j->chunk ? k->w->rows - r0 : j->chunk;
+        quant_gemm(j->isa, k->w->type, k->w->cols, (const char *)k->w->data + (size_t)r0 * k->w->row_bytes,
+                   k->w->row_bytes, nr, k->x, k->x_stride, j->nx, k->y + r0, k->ldy);
     }
 }
 
-/* y[n][ldy] (first w->rows columns) = x[n][w->cols] W^T. */
-static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float *y, size_t ldy) {
-    const quant_traits *tr = quant_traits_get(w->type);
-    mm_job j = {.isa = c->isa, .w = w, .nx = n, .y = y, .ldy = ldy};
-    if (tr->act_type == DUET_TYPE_F32) {
-        j.x = x;
-        j.x_stride = (size_t)w->cols * sizeof(float);
-    } else {
-        j.x = c->xq;
-        j.x_stride = c->xq_row;
-        for (int t = 0; t < n; t++)
-            quant_quantize_row(tr->act_type, x + (size_t)t * w->cols, (char *)c->xq + (size_t)t * c->xq_row, w->cols);
+/* For each i < n_w: y[i][n][ldy[i]] (first w[i]->rows columns) = x[n][cols] w[i]^T. */
+static void matmul_n(duet_ctx *c, int n_w, const model_mat *const *w, const float *x, int n, float *const *y,
+                     const size_t *ldy) {
+    mm_job j = {.isa = c->isa, .nx = n, .n_tasks = n_w};
+    int cols = w[0]->cols, converted[MM_MAX] = {0};
+    double work = 0;
+    int rows = 0;
+    for (int i = 0; i < n_w; i++) {
+        const quant_traits *tr = quant_traits_get(w[i]->type);
+        mm_task *k = &j.task[i];
+        k->w = w[i];
+        k->y = y[i];
+        k->ldy = ldy[i];
+        if (tr->act_type == DUET_TYPE_F32) {
+            k->x = x;
+            k->x_stride = (size_t)cols * sizeof(float);
+        } else { /* convert once per activation type (Q8_0 or Q8_K): mixed-type layers exist (Q4_K_M) */
+            int slot = tr->act_type == DUET_TYPE_Q8_0 ? 0 : 1;
+            char *xq = (char *)c->xq + (size_t)slot * c->xq_row * c->max_batch;
+            if (!converted[slot]) {
+                for (int t = 0; t < n; t++)
+                    quant_quantize_row(tr->act_type, x + (size_t)t * cols, xq + (size_t)t * c->xq_row, cols);
+                converted[slot] = 1;
+            }
+            k->x = xq;
+            k->x_stride = c->xq_row;
+        }
+        work += (double)w[i]->rows * cols * n;
+        rows += w[i]->rows;
     }
     /* Small products are not worth waking a thread for (stories260K's matrices are 64 wide). */
     int nth = duet_pool_threads(c->pool);
-    double work = (double)w->rows * w->cols * n;
-    if (nth == 1 || work < 65536) {
-        j.chunk = w->rows;
-        mm_work(&j, 0, 1);
-        return;
-    }
-    int chunk = (w->rows + nth * 4 - 1) / (nth * 4);
+    int chunk = nth == 1 || work < 65536 ? rows : (rows + nth * 4 - 1) / (nth * 4);
     chunk = (chunk + 15) & ~15;
-    j.chunk = chunk < 16 ? 16 : chunk;
+    j.chunk = chunk;
+    j.first[0] = 0;
+    for (int i = 0; i < n_w; i++) j.first[i + 1] = j.first[i] + (w[i]->rows + chunk - 1) / chunk;
     atomic_init(&j.next, 0);
-    pool_run(c->pool, mm_work, &j);
+    if (nth == 1 || work < 65536) mm_work(&j, 0, 1);
+    else pool_run(c->pool, mm_work, &j);
+}
+
+static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float *y, size_t ldy) {
+    matmul_n(c, 1, &w, x, n, &y, &ldy);
 }
 
 /* ---- attention ---------------------------------------------------------------------------------------- */
@@ -226,7 +254,7 @@ duet_ctx *duet_ctx_init(const duet_model *m, int max_batch, duet_pool *pool, cha
     c->att = malloc(sizeof(float) * B * cfg->dim);
     c->gate = malloc(sizeof(float) * B * cfg->ffn_dim);
     c->up = malloc(sizeof(float) * B * cfg->ffn_dim);
-    c->xq = malloc(c->xq_row * B);
+    c->xq = malloc(c->xq_row * B * 2);
     c->rope = malloc(sizeof(float) * B * cfg->head_dim);
     if (!c->x || !c->q || !c->att || !c->gate || !c->up || !c->xq || !c->rope) goto nomem;
     c->theta_scale = powf(cfg->rope_base, -2.0f / cfg->head_dim);
@@ -271,9 +299,10 @@ static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int p
     float *kc = kv->k[l] + (size_t)pos0 * kv_dim, *vc = kv->v[l] + (size_t)pos0 * kv_dim;
 
     for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->attn_norm, dim, cfg->rms_eps);
-    matmul(c, &L->wq, c->x, n, c->q, dim);
-    matmul(c, &L->wk, c->x, n, kc, kv_dim);
-    matmul(c, &L->wv, c->x, n, vc, kv_dim);
+    const model_mat *qkv[] = {&L->wq, &L->wk, &L->wv};
+    float *qkv_out[] = {c->q, kc, vc};
+    size_t qkv_ld[] = {(size_t)dim, (size_t)kv_dim, (size_t)kv_dim};
+    matmul_n(c, 3, qkv, c->x, n, qkv_out, qkv_ld);
     rope_apply(c, c->q, dim, n, cfg->n_heads);
     rope_apply(c, kc, kv_dim, n, cfg->n_kv_heads);
     kv->len[l] = pos0 + n;
@@ -283,8 +312,10 @@ static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int p
     for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];
 
     for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->ffn_norm, dim, cfg->rms_eps);
-    matmul(c, &L->gate, c->x, n, c->gate, ffn);
-    matmul(c, &L->up, c->x, n, c->up, ffn);
+    const model_mat *gu[] = {&L->gate, &L->up};
+    float *gu_out[] = {c->gate, c->up};
+    size_t gu_ld[] = {(size_t)ffn, (size_t)ffn};
+    matmul_n(c, 2, gu, c->x, n, gu_out, gu_ld);
     for (size_t i = 0; i < (size_t)n * ffn; i++) {
         float g = c->gate[i];
         c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
