@@ -96,22 +96,24 @@ TEST(test_frame_tokens_roundtrip) {
     float conf[3] = {0.5f, 0.25f, 1.0f}, logit[3] = {12.5f, -3.0f, 7.0f};
     frame_msg m = {.type = FRAME_TOKENS, .session = 9}, o;
     m.u.tokens = (frame_tokens){.pos0 = 17, .n = 3, .fields = FRAME_TOK_CONF | FRAME_TOK_LOGIT, .ids = ids,
-                                .conf = conf, .logit = logit};
+                                .conf = conf, .logit = logit, .compute_us = 777};
     size_t n;
     REQUIRE(roundtrip(&m, &o, &n) == 0);
-    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 12 + 3 * 12);
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16 + 3 * 12);
     int32_t gi[3];
     float gc[3], gl[3];
     frame_tokens_get(&o.u.tokens, gi, gc, gl);
     CHECK_EQ_INT(o.u.tokens.pos0, 17);
+    CHECK_EQ_INT(o.u.tokens.compute_us, 777);
     CHECK(memcmp(gi, ids, sizeof ids) == 0 && memcmp(gc, conf, sizeof conf) == 0 && memcmp(gl, logit, sizeof logit) == 0);
     /* ids sit right after the fixed part, little-endian */
-    CHECK(buf[32] == 1 && buf[36] == 0xff && buf[37] == 0x7c);
+    CHECK(buf[36] == 1 && buf[40] == 0xff && buf[41] == 0x7c);
 
     m.type = FRAME_PROMPT;
     m.u.tokens.fields = 0;
+    m.u.tokens.compute_us = 0;
     REQUIRE(roundtrip(&m, &o, &n) == 0);
-    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 12 + 3 * 4);
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16 + 3 * 4);
     frame_tokens_get(&o.u.tokens, gi, NULL, NULL);
     CHECK(memcmp(gi, ids, sizeof ids) == 0);
 }
@@ -130,14 +132,16 @@ TEST(test_frame_rows_fp32_fp16) {
     m.u.rows = (frame_rows){.pos0 = 10, .n = N, .dim = D, .enc = FRAME_ENC_F32, .x = x};
     size_t n;
     REQUIRE(roundtrip(&m, &o, &n) == 0);
-    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16 + N * D * 4);
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 20 + N * D * 4);
     frame_rows_get(&o.u.rows, y);
     CHECK(memcmp(x, y, sizeof x) == 0);
 
     m.type = FRAME_HIDDEN;
     m.u.rows.enc = FRAME_ENC_F16;
+    m.u.rows.compute_us = 4321;
     REQUIRE(roundtrip(&m, &o, &n) == 0);
-    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16 + N * D * 2);
+    CHECK_EQ_INT(o.u.rows.compute_us, 4321);
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 20 + N * D * 2);
     CHECK_EQ_INT(o.u.rows.pos0, 10);
     frame_rows_get(&o.u.rows, y);
     int exact = 1;
@@ -156,7 +160,7 @@ TEST(test_frame_rows_int8_error_bound) {
     m.u.rows = (frame_rows){.pos0 = 0, .n = N, .dim = D, .enc = FRAME_ENC_I8, .x = x};
     size_t n;
     REQUIRE(roundtrip(&m, &o, &n) == 0);
-    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16 + N * (4 + D));
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 20 + N * (4 + D));
     frame_rows_get(&o.u.rows, y);
     /* Bound: scale = max|x|/127 and round to nearest, so |x - q*scale| <= scale/2 = max|x|/254 (+ float rounding). */
     for (int i = 0; i < N; i++) {
@@ -167,7 +171,7 @@ TEST(test_frame_rows_int8_error_bound) {
         if (amax == 0) CHECK(worst == 0);
     }
     CHECK_NEAR(y[5 * D + 7], -100.0f, 1e-4);          /* the extreme maps to -127 * scale */
-    CHECK(buf[20 + 16 + N * 4 + 5 * D + 7] == (uint8_t)(int8_t)-127);
+    CHECK(buf[20 + 20 + N * 4 + 5 * D + 7] == (uint8_t)(int8_t)-127);
 }
 
 TEST(test_frame_encode_rejects) {
@@ -258,7 +262,7 @@ TEST(test_frame_bad_header) {
     frame_header h;
     frame_msg o;
     CHECK_EQ_INT(frame_decode(buf, n, &lim, &h, &o, NULL, 0), FRAME_E_TOO_BIG);
-    lim.max_payload = 16 + 256;
+    lim.max_payload = 20 + 256;
     CHECK_EQ_INT(frame_decode(buf, n, &lim, &h, &o, NULL, 0), 0);
 }
 
@@ -281,31 +285,37 @@ TEST(test_frame_bad_payloads) {
     EXPECT_DECODE(n, FRAME_E_ENCODING, "encoding 3 unknown");
     n = make(&m);
     put32le(p + 4, 3); /* claims 3 rows, carries 2 */
-    EXPECT_DECODE(n, FRAME_E_LENGTH, "3 rows of dim 4 in int8 need 40");
+    EXPECT_DECODE(n, FRAME_E_LENGTH, "3 rows of dim 4 in int8 need 44");
     n = make(&m);
-    put32le(p + 16 + 4, 0x7fc00000u); /* NaN scale of row 1 */
+    put32le(p + 20 + 4, 0x7fc00000u); /* NaN scale of row 1 */
     EXPECT_DECODE(n, FRAME_E_VALUE, "row 1 has int8 scale");
     n = make(&m);
-    put32le(p + 16, 0xbf800000u); /* negative scale */
+    put32le(p + 20, 0xbf800000u); /* negative scale */
     EXPECT_DECODE(n, FRAME_E_VALUE, "row 0 has int8 scale -1");
+    n = make(&m);
+    put32le(p + 16, 5);
+    EXPECT_DECODE(n, FRAME_E_VALUE, "UPLOAD compute_us 5");
     EXPECT_DECODE(FRAME_HEADER_SIZE, FRAME_E_TRUNCATED, "only 0 present");
 
     int32_t ids[2] = {4, 5};
     m = (frame_msg){.type = FRAME_TOKENS};
     m.u.tokens = (frame_tokens){.n = 2, .ids = ids};
     n = make(&m);
-    put32le(p + 12 + 4, 0xffffffffu);
+    put32le(p + 16 + 4, 0xffffffffu);
     EXPECT_DECODE(n, FRAME_E_VALUE, "token 1 has negative id -1");
     n = make(&m);
     put32le(p + 8, 4);
     EXPECT_DECODE(n, FRAME_E_VALUE, "fields 0x4");
     n = make(&m);
     put32le(p + 8, FRAME_TOK_CONF); /* claims confidences it does not carry */
-    EXPECT_DECODE(n, FRAME_E_LENGTH, "layout needs 28");
+    EXPECT_DECODE(n, FRAME_E_LENGTH, "layout needs 32");
     m.type = FRAME_PROMPT;
     n = make(&m);
     put32le(p + 8, FRAME_TOK_CONF);
     EXPECT_DECODE(n, FRAME_E_VALUE, "PROMPT fields");
+    n = make(&m);
+    put32le(p + 12, 9);
+    EXPECT_DECODE(n, FRAME_E_VALUE, "PROMPT compute_us 9");
     n = make(&m);
     put32le(p + 4, 70000);
     EXPECT_DECODE(n, FRAME_E_BOUNDS, "70000 tokens");

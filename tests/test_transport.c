@@ -118,7 +118,7 @@ TEST(test_transport_messages_and_counters) {
                                   .fields = FRAME_TOK_CONF};
     REQUIRE(transport_send(p.dev, &m, err, sizeof err) == 0);
     REQUIRE(transport_flush(p.dev, 5000, err, sizeof err) == 0);
-    uint64_t up = 3 * FRAME_HEADER_SIZE + (16 + 3 * 8 * 2) + (12 + 4 * 4) + 16;
+    uint64_t up = 3 * FRAME_HEADER_SIZE + (20 + 3 * 8 * 2) + (16 + 4 * 4) + 16;
 
     frame_msg g;
     REQUIRE_MSG(transport_expect(p.cloud, FRAME_UPLOAD, &g, 5000, err, sizeof err) == 0, "%s", err);
@@ -143,7 +143,7 @@ TEST(test_transport_messages_and_counters) {
     float gc;
     frame_tokens_get(&g.u.tokens, gi, &gc, NULL);
     CHECK(gi[0] == 99 && gc == 0.75f);
-    uint64_t down = FRAME_HEADER_SIZE + 12 + 8;
+    uint64_t down = FRAME_HEADER_SIZE + 16 + 8;
 
     transport_stats ds, cs;
     transport_stats_get(p.dev, &ds);
@@ -200,7 +200,7 @@ TEST(test_transport_upload_bandwidth) {
     char err[256];
     frame_msg m = {.type = FRAME_UPLOAD, .session = 1};
     m.u.rows = (frame_rows){.pos0 = 0, .n = ROWS, .dim = DIM, .enc = FRAME_ENC_F32, .x = x};
-    size_t bytes = FRAME_HEADER_SIZE + 16 + (size_t)ROWS * DIM * 4;
+    size_t bytes = FRAME_HEADER_SIZE + 20 + (size_t)ROWS * DIM * 4;
     double expect = bytes * 8.0 / 20e6 * 1e3 + 10.0; /* serialization + rtt/2 */
     double t0 = clock_now_ms();
     REQUIRE_MSG(transport_send(p.dev, &m, err, sizeof err) == 0, "%s", err);

@@ -161,7 +161,7 @@ int frame_payload_size(const frame_msg *m, size_t *size, char *err, size_t errle
     case FRAME_TOKENS: {
         const frame_tokens *t = &m->u.tokens;
         uint32_t allowed = m->type == FRAME_TOKENS ? FRAME_TOK_CONF | FRAME_TOK_LOGIT : 0;
-        if (t->n == 0 || !t->ids || (t->fields & ~allowed) || ((t->fields & FRAME_TOK_CONF) && !t->conf) ||
+        if (t->n == 0 || !t->ids || (t->fields & ~allowed) || (m->type == FRAME_PROMPT && t->compute_us) || ((t->fields & FRAME_TOK_CONF) && !t->conf) ||
             ((t->fields & FRAME_TOK_LOGIT) && !t->logit))
             return err_set(err, errlen, DUET_EINVAL, "frame: %s needs n >= 1, ids, and an array per field set",
                            frame_type_name(m->type));
@@ -171,8 +171,9 @@ int frame_payload_size(const frame_msg *m, size_t *size, char *err, size_t errle
     case FRAME_UPLOAD:
     case FRAME_HIDDEN: {
         const frame_rows *r = &m->u.rows;
-        if (r->n == 0 || r->dim == 0 || !r->x || !frame_row_bytes(r->enc, r->dim))
-            return err_set(err, errlen, DUET_EINVAL, "frame: %s needs n >= 1, dim >= 1, rows and a known encoding",
+        if (r->n == 0 || r->dim == 0 || !r->x || !frame_row_bytes(r->enc, r->dim) ||
+            (m->type == FRAME_UPLOAD && r->compute_us))
+            return err_set(err, errlen, DUET_EINVAL, "frame: %s needs n >= 1, dim >= 1, rows, a known encoding",
                            frame_type_name(m->type));
         s = FRAME_ROWS_FIXED + (uint64_t)r->n * frame_row_bytes(r->enc, r->dim);
         break;
@@ -210,6 +211,7 @@ static int rows_encode(uint8_t *p, const frame_rows *r, char *err, size_t errlen
     p = put32(p, r->n);
     p = put32(p, r->dim);
     p = put32(p, r->enc);
+    p = put32(p, r->compute_us);
     size_t total = (size_t)r->n * r->dim;
     switch (r->enc) {
     case FRAME_ENC_F32:
@@ -295,6 +297,7 @@ int frame_payload_encode(const frame_msg *m, uint8_t *p, size_t size, char *err,
         p = put32(p, t->pos0);
         p = put32(p, t->n);
         p = put32(p, t->fields);
+        p = put32(p, t->compute_us);
         for (uint32_t i = 0; i < t->n; i++) p = put32(p, (uint32_t)t->ids[i]);
         if (t->fields & FRAME_TOK_CONF)
             for (uint32_t i = 0; i < t->n; i++) p = putf(p, t->conf[i]);
@@ -360,6 +363,7 @@ static int rows_decode(const frame_header *h, const uint8_t *p, const frame_limi
     r->n = get32(&p);
     r->dim = get32(&p);
     r->enc = get32(&p);
+    r->compute_us = get32(&p);
     r->x = NULL;
     r->wire = p;
     if (r->n == 0 || r->n > lim->max_rows)
@@ -369,6 +373,8 @@ static int rows_decode(const frame_header *h, const uint8_t *p, const frame_limi
     if ((uint64_t)r->pos0 + r->n > lim->max_pos)
         return err_set(err, errlen, FRAME_E_BOUNDS, "frame: %s positions %u..%llu beyond the limit %u", tn, r->pos0,
                        (unsigned long long)r->pos0 + r->n - 1, lim->max_pos);
+    if (h->type == FRAME_UPLOAD && r->compute_us)
+        return err_set(err, errlen, FRAME_E_VALUE, "frame: UPLOAD compute_us %u (must be 0)", r->compute_us);
     size_t row = frame_row_bytes(r->enc, r->dim);
     if (!row) return err_set(err, errlen, FRAME_E_ENCODING, "frame: %s encoding %u unknown", tn, r->enc);
     uint64_t need = FRAME_ROWS_FIXED + (uint64_t)r->n * row;
@@ -394,12 +400,15 @@ static int tokens_decode(const frame_header *h, const uint8_t *p, const frame_li
     t->pos0 = get32(&p);
     t->n = get32(&p);
     t->fields = get32(&p);
+    t->compute_us = get32(&p);
     t->ids = NULL;
     t->conf = t->logit = NULL;
     t->wire = p;
     uint32_t allowed = h->type == FRAME_TOKENS ? FRAME_TOK_CONF | FRAME_TOK_LOGIT : 0;
     if (t->fields & ~allowed)
         return err_set(err, errlen, FRAME_E_VALUE, "frame: %s fields 0x%x has unknown bits", tn, t->fields);
+    if (h->type == FRAME_PROMPT && t->compute_us)
+        return err_set(err, errlen, FRAME_E_VALUE, "frame: PROMPT compute_us %u (must be 0)", t->compute_us);
     if (t->n == 0 || t->n > lim->max_rows)
         return err_set(err, errlen, FRAME_E_BOUNDS, "frame: %s of %u tokens (allowed 1..%u)", tn, t->n, lim->max_rows);
     if ((uint64_t)t->pos0 + t->n > lim->max_pos)

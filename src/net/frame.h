@@ -145,7 +145,7 @@ typedef struct frame_ping { /* PING and PONG: 16 bytes + pad bytes (ignored cont
 #define FRAME_PING_SIZE 16
 _Static_assert(sizeof(frame_ping) == FRAME_PING_SIZE, "frame_ping has padding");
 
-/* Variable-length types: the scalar prefix of each struct mirrors the wire's fixed part. */
+/* Variable-length types: the scalar prefix of each struct mirrors the wire's fixed part (asserted below). */
 typedef struct frame_error { /* ERROR: i32 code, u32 len, then len bytes of UTF-8 text */
     int32_t code;               /* enum frame_err or enum duet_status, < 0 */
     uint32_t len;
@@ -153,25 +153,33 @@ typedef struct frame_error { /* ERROR: i32 code, u32 len, then len bytes of UTF-
 } frame_error;
 #define FRAME_ERROR_FIXED 8
 
-typedef struct frame_tokens { /* PROMPT and TOKENS: u32 pos0, u32 n, u32 fields, i32 ids[n], then extras */
+/* compute_us (TOKENS, HIDDEN): microseconds the cloud computed for this answer, so the device can report
+ * cloud_compute_ms; 0 in PROMPT and UPLOAD. */
+typedef struct frame_tokens { /* PROMPT and TOKENS: u32 pos0, n, fields, compute_us; i32 ids[n]; extras */
     uint32_t pos0;              /* position of ids[0] (PROMPT) / position whose prediction ids[0] is (TOKENS) */
     uint32_t n;
     uint32_t fields;            /* TOKENS: enum frame_tok_field bits; PROMPT: 0 */
+    uint32_t compute_us;
     const int32_t *ids;         /* encode: [n] */
     const float *conf, *logit;  /* encode: [n] each, when its field bit is set */
     const uint8_t *wire;        /* decode: the arrays in the payload; read them with frame_tokens_get */
 } frame_tokens;
-#define FRAME_TOKENS_FIXED 12
+#define FRAME_TOKENS_FIXED 16
 
-typedef struct frame_rows { /* UPLOAD and HIDDEN: u32 pos0, u32 n, u32 dim, u32 enc, then the rows */
+typedef struct frame_rows { /* UPLOAD and HIDDEN: u32 pos0, n, dim, enc, compute_us; then the rows */
     uint32_t pos0;
     uint32_t n;
     uint32_t dim;
     uint32_t enc;               /* enum frame_enc */
+    uint32_t compute_us;
     const float *x;             /* encode: [n][dim] */
     const uint8_t *wire;        /* decode: encoded rows in the payload; read them with frame_rows_get */
 } frame_rows;
-#define FRAME_ROWS_FIXED 16
+#define FRAME_ROWS_FIXED 20
+
+_Static_assert(offsetof(frame_error, len) + 4 == FRAME_ERROR_FIXED, "ERROR fixed part");
+_Static_assert(offsetof(frame_tokens, compute_us) + 4 == FRAME_TOKENS_FIXED, "PROMPT/TOKENS fixed part");
+_Static_assert(offsetof(frame_rows, compute_us) + 4 == FRAME_ROWS_FIXED, "UPLOAD/HIDDEN fixed part");
 
 typedef struct frame_msg {
     uint8_t type;               /* enum frame_type */
