@@ -25,7 +25,7 @@ enum { TT_UNDEFINED, TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUS
 
 struct duet_tokenizer {
     int n_vocab;
-    char *text;        /* every piece, each followed by a NUL */
+    char *text;        /* every piece, each followed by a NUL (pieces are compared by length) */
     uint32_t *off;     /* [n_vocab] start of piece i in text */
     uint32_t *len;     /* [n_vocab] bytes of piece i */
     float *score;      /* [n_vocab] merge priority */
@@ -183,7 +183,6 @@ static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const char *s = gguf_arr_str(g, tk, i, &len);
-        if (memchr(s, '\0', len)) return err_set(err, errlen, DUET_EFORMAT, "tokenizer: token %zu holds a NUL byte", i);
         memcpy(t->text + at, s, len);
         t->text[at + len] = '\0';
         t->off[i] = (uint32_t)at;
