@@ -465,3 +465,38 @@ TEST(test_quant_isa_env_override) {
         unsetenv("DUET_ISA");
     CHECK(!strcmp(quant_isa_name(QUANT_ISA_AVX512), "avx512"));
 }
+
+/* Activation quantization (Q8_0, Q8_K) has SIMD versions that must give the scalar reference's bytes:
+ * compare with DUET_ISA=scalar on random rows, rows with exact .5 ties, zero blocks and max ties. */
+TEST(test_quant_activation_simd_matches_scalar) {
+    enum { N = 2048 };
+    float *x = malloc(N * sizeof(float));
+    unsigned char *a = malloc(N * 2), *b = malloc(N * 2);
+    REQUIRE(x && a && b);
+    const char *old = getenv("DUET_ISA");
+    for (int trial = 0; trial < 4; trial++) {
+        rng_seed(500 + trial);
+        fill_normal(x, N, trial == 3 ? 1e-30f : 1.0f);
+        if (trial == 1) /* amax 127: id = 1 and iscale = -1, so every k + 0.5 is a tie */
+            for (int i = 0; i < N; i++) x[i] = i % 64 == 0 ? 127.0f : (float)((int)(x[i] * 40) % 127) + 0.5f;
+        if (trial == 2) {
+            memset(x, 0, 256 * sizeof(float)); /* a zero block of both formats */
+            x[300] = 50, x[310] = -50;         /* +-amax ties: the first one decides the sign */
+        }
+        for (int ti = 0; ti < 2; ti++) {
+            const int type = ti ? DUET_TYPE_Q8_K : DUET_TYPE_Q8_0;
+            setenv("DUET_ISA", "scalar", 1);
+            REQUIRE(quant_quantize_row(type, x, a, N) == 0);
+            unsetenv("DUET_ISA");
+            REQUIRE(quant_quantize_row(type, x, b, N) == 0);
+            size_t bytes = quant_row_bytes(type, N), first = 0;
+            while (first < bytes && a[first] == b[first]) first++;
+            CHECK_MSG(first == bytes, "%s trial %d: SIMD and scalar differ at byte %zu of %zu",
+                      quant_traits_get(type)->name, trial, first, bytes);
+        }
+    }
+    if (old) setenv("DUET_ISA", old, 1);
+    free(x);
+    free(a);
+    free(b);
+}

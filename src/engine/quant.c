@@ -4,8 +4,8 @@
  * ISA rule: QUANT_ISA_AVX2 needs AVX2+FMA+F16C (Haswell, Zen1 and later); QUANT_ISA_AVX512 needs
  * AVX-512 F+BW+VL+VNNI (Ice Lake, Zen4 and later). The AVX-512 level uses VNNI (vpdpbusd/vpdpwssd) for
  * the integer types; a CPU with AVX-512 but without VNNI (Skylake-X) runs the AVX2 level, which is
- * within a few percent there. AVX-VNNI alone (Alder Lake) is not used: its only gain over the AVX2 level
- * would be the 8-bit dot products, and such CPUs are not our deployment targets.
+ * within a few percent there. CPUs with AVX-VNNI but no AVX-512 (Alder Lake) run the AVX2 level.
+ * Activation quantizers (Q8_0, Q8_K) run an AVX2 version at either SIMD level; it is bit-identical.
  *
  * Agreement with the scalar reference: the K-quant kernels sum each block's integer products exactly and
  * then do the reference's float operations in the reference's order, so every ISA gives the bit-identical
@@ -366,29 +366,6 @@ static void quant_q6_K(const float *x, block_q6_K *y, int64_t nb) {
     }
 }
 
-int quant_quantize_row(int type, const float *src, void *dst, int64_t n) {
-    const quant_traits *t = quant_traits_get(type);
-    if (!t || !t->supported) return DUET_EUNSUPPORTED;
-    if (n < 0 || n % t->block) return DUET_EINVAL;
-    int64_t nb = n / t->block;
-    switch (type) {
-    case DUET_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
-    case DUET_TYPE_F16:
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h = half_from_float(src[i]);
-            memcpy((uint8_t *)dst + 2 * i, &h, 2);
-        }
-        break;
-    case DUET_TYPE_Q4_0: quant_q4_0(src, dst, nb); break;
-    case DUET_TYPE_Q8_0: quant_q8_0(src, dst, nb); break;
-    case DUET_TYPE_Q4_K: quant_q4_K(src, dst, nb); break;
-    case DUET_TYPE_Q6_K: quant_q6_K(src, dst, nb); break;
-    case DUET_TYPE_Q8_K: quant_q8_K(src, dst, nb); break;
-    default: return DUET_EUNSUPPORTED;
-    }
-    return 0;
-}
-
 /* ---- scalar reference dot products ---------------------------------------------------------------- */
 
 /* The float tail of a K-quant block's dot product, shared by every ISA so all agree bit for bit. */
@@ -739,6 +716,71 @@ GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 2, AVX2_FN)
 GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 2, AVX2_FN)
 GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 2, AVX2_FN)
 
+/* Activation quantizers, bit-identical to quant_q8_0 / quant_q8_K: max, one division, products and
+ * round-half-even conversions are exact IEEE operations in any order. */
+AVX2_FN static void quant_q8_0_avx2(const float *x, block_q8_0 *y, int64_t nb) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undoes the lane-wise packs */
+    for (int64_t i = 0; i < nb; i++, x += QK) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        UNROLL for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT); /* = half_from_float */
+        __m256i q[4];
+        UNROLL for (int k = 0; k < 4; k++)
+            q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], _mm256_set1_ps(id)),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)y[i].qs, _mm256_permutevar8x32_epi32(p, order));
+    }
+}
+
+AVX2_FN static void quant_q8_K_avx2(const float *x, block_q8_K *y, int64_t nb) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), top = _mm256_set1_epi32(127);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t i = 0; i < nb; i++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        if (amax == 0) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        int first = 0; /* the reference keeps the first element of largest magnitude */
+        while (fabsf(x[first]) != amax) first++;
+        const float iscale = -127.f / x[first];
+        const __m256 s = _mm256_set1_ps(iscale);
+        for (int k = 0; k < QK_K / 32; k++) {
+            __m256i q[4];
+            UNROLL for (int j = 0; j < 4; j++)
+                q[j] = _mm256_min_epi32(top, _mm256_cvtps_epi32(_mm256_round_ps(
+                           _mm256_mul_ps(s, _mm256_loadu_ps(x + 32 * k + 8 * j)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, order);
+            _mm256_storeu_si256((__m256i *)(y[i].qs + 32 * k), p);
+            /* groups 2k (low 128 bits) and 2k+1 (high): pair sums, then two horizontal adds per lane */
+            __m256i g = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, p), ones16);
+            g = _mm256_hadd_epi32(g, g);
+            g = _mm256_hadd_epi32(g, g);
+            y[i].bsums[2 * k] = (int16_t)_mm256_extract_epi32(g, 0);
+            y[i].bsums[2 * k + 1] = (int16_t)_mm256_extract_epi32(g, 4);
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
 /* ---- AVX-512 F+BW+VL+VNNI -------------------------------------------------------------------------- */
 
 #define AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
@@ -940,9 +982,35 @@ GEMM_DRIVER(gemm_q6_K_avx512, q6_K_tile_avx512, 4, AVX512_FN)
 
 /* ---- dispatch ------------------------------------------------------------------------------------- */
 
+int quant_quantize_row(int type, const float *src, void *dst, int64_t n) {
+    const quant_traits *t = quant_traits_get(type);
+    if (!t || !t->supported) return DUET_EUNSUPPORTED;
+    if (n < 0 || n % t->block) return DUET_EINVAL;
+    int64_t nb = n / t->block;
+    /* activations are quantized for every matmul: SIMD here, bit-identical to the scalar versions */
+    const bool simd = (type == DUET_TYPE_Q8_0 || type == DUET_TYPE_Q8_K) && quant_isa_best() >= QUANT_ISA_AVX2;
+    switch (type) {
+    case DUET_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case DUET_TYPE_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h = half_from_float(src[i]);
+            memcpy((uint8_t *)dst + 2 * i, &h, 2);
+        }
+        break;
+    case DUET_TYPE_Q4_0: quant_q4_0(src, dst, nb); break;
+    case DUET_TYPE_Q8_0: (simd ? quant_q8_0_avx2 : quant_q8_0)(src, dst, nb); break;
+    case DUET_TYPE_Q4_K: quant_q4_K(src, dst, nb); break;
+    case DUET_TYPE_Q6_K: quant_q6_K(src, dst, nb); break;
+    case DUET_TYPE_Q8_K: (simd ? quant_q8_K_avx2 : quant_q8_K)(src, dst, nb); break;
+    default: return DUET_EUNSUPPORTED;
+    }
+    return 0;
+}
+
 static void gemm_scalar(int type, int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs,
                         int nx, float *y, size_t ldy) {
     dot_fn *dot = dot_scalar(type);
+    if (!dot) return; /* not a weight type: callers check traits->supported when they load a model */
     for (int j = 0; j < nx; j++)
         for (int i = 0; i < nr; i++) y[j * ldy + i] = dot(n, w + i * ws, x + j * xs);
 }
