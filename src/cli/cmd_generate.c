@@ -40,6 +40,7 @@ static void emit(void *arg, int id) {
     } else {
         char buf[256];
         int n = duet_token_piece(o->tok, id, buf, sizeof buf);
+        if (n > (int)sizeof buf) n = (int)sizeof buf; /* the count is the piece's length, even past cap */
         if (n > 0) fwrite(buf, 1, (size_t)n, o->f);
     }
     fflush(o->f);
