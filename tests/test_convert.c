@@ -21,21 +21,27 @@ static void tmp_path(char *out, size_t n, const char *name) {
     snprintf(out, n, "/tmp/duet-test-convert-%d-%s", (int)getpid(), name);
 }
 
-/* The checkpoint's floats (after the 7-int header), read whole: 1 MB. */
-static float *load_ckpt(size_t *n) {
-    FILE *f = fopen(CKPT, "rb");
+static uint8_t *read_all(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 28, SEEK_SET);
-    *n = (size_t)(len - 28) / 4;
-    float *x = malloc(*n * 4);
-    if (x && fread(x, 4, *n, f) != *n) {
-        free(x);
-        x = NULL;
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(*n);
+    if (b && fread(b, 1, *n, f) != *n) {
+        free(b);
+        b = NULL;
     }
     fclose(f);
-    return x;
+    return b;
+}
+
+/* The checkpoint's floats, after its 7-int header: *n of them at (float *)(*buf + 28). */
+static const float *load_ckpt(uint8_t **buf, size_t *n) {
+    size_t len = 0;
+    *buf = read_all(CKPT, &len);
+    *n = len > 28 ? (len - 28) / 4 : 0;
+    return *buf ? (const float *)(*buf + 28) : NULL;
 }
 
 static void check_u32(const gguf *g, const char *key, uint32_t want) {
@@ -95,7 +101,8 @@ TEST(test_convert_stories260K_f32) {
     /* The bytes are the checkpoint's: embedding first, w2 of layer 4 and rms_final at their read_checkpoint
      * offsets (emb 32768, rms_att 320, wq 20480, wk 10240, wv 10240, wo 20480, rms_ffn 320, w1 55040, w2 55040). */
     size_t n;
-    float *x = load_ckpt(&n);
+    uint8_t *ck;
+    const float *x = load_ckpt(&ck, &n);
     REQUIRE(x && n == 264128);
     const gguf_tensor *t = gguf_find_tensor(g, "token_embd.weight");
     CHECK(t && !memcmp(t->data, x, 512 * 64 * 4));
@@ -104,7 +111,7 @@ TEST(test_convert_stories260K_f32) {
     CHECK(t && !memcmp(t->data, x + w2 + 4 * 64 * 172, 64 * 172 * 4));
     t = gguf_find_tensor(g, "output_norm.weight");
     CHECK(t && !memcmp(t->data, x + w2 + 55040 + 55040, 64 * 4));
-    free(x);
+    free(ck);
 
     size_t len = 0;
     const char *tok = gguf_arr_str(g, "tokenizer.ggml.tokens", 259, &len);
@@ -187,7 +194,8 @@ TEST(test_convert_quantized_types) {
     check_shape(g, "blk.0.ffn_down.weight", DUET_TYPE_F16, 172, 64); /* 172 is no multiple of 32 */
     check_shape(g, "blk.0.ffn_norm.weight", DUET_TYPE_F32, 64, 1);
     size_t n;
-    float *x = load_ckpt(&n);
+    uint8_t *ck;
+    const float *x = load_ckpt(&ck, &n);
     const gguf_tensor *t = gguf_find_tensor(g, "token_embd.weight");
     REQUIRE(x && t && t->type == DUET_TYPE_Q8_0);
     float row[64];
@@ -201,7 +209,7 @@ TEST(test_convert_quantized_types) {
         }
     }
     CHECK_MSG(max_err > 0 && max_err <= max_abs / 127.0, "q8_0 error %g of max %g", max_err, max_abs);
-    free(x);
+    free(ck);
     gguf_close(g);
     unlink(out);
     /* K-quants need rows of 256: every stories260K matrix falls back to F16. */
@@ -297,21 +305,6 @@ TEST(test_convert_cli) {
 }
 
 /* ---- synth ---------------------------------------------------------------------------------------- */
-
-static uint8_t *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*n);
-    if (b && fread(b, 1, *n, f) != *n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
-}
 
 TEST(test_convert_synth_shape_and_determinism) {
     char a[256], b[256], err[512] = "";
