@@ -3,8 +3,8 @@
  *
  * ISA rule: QUANT_ISA_AVX2 needs AVX2+FMA+F16C (Haswell, Zen1 and later); QUANT_ISA_AVX512 needs
  * AVX-512 F+BW+VL+VNNI (Ice Lake, Zen4 and later). The AVX-512 level uses VNNI (vpdpbusd/vpdpwssd) for
- * the integer types; a CPU with AVX-512 but without VNNI (Skylake-X) runs the AVX2 level, which is
- * within a few percent there. CPUs with AVX-VNNI but no AVX-512 (Alder Lake) run the AVX2 level.
+ * the integer types; a CPU with AVX-512 but without VNNI (Skylake-X), or with AVX-VNNI but without
+ * AVX-512 (Alder Lake), runs the AVX2 level.
  * Activation quantizers (Q8_0, Q8_K) run an AVX2 version at either SIMD level; it is bit-identical.
  *
  * Agreement with the scalar reference: the K-quant kernels sum each block's integer products exactly and
