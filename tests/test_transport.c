@@ -240,7 +240,6 @@ TEST(test_transport_handshake_applies_link) {
     frame_hello want = hello_of(0x5eed), got;
     want.link.rtt_us = 30000;
     want.encodings = FRAME_ENC_ALL;
-    transport_set_link(p.dev, &want.link);
     REQUIRE_MSG(transport_hello(p.dev, &want, &got, 5000, err, sizeof err) == 0, "%s", err);
     CHECK_EQ_INT(got.link.rtt_us, 30000);
     CHECK_EQ_INT(got.encodings, 1u << FRAME_ENC_F16);

@@ -514,6 +514,7 @@ int transport_hello(transport *t, const frame_hello *want, frame_hello *got, int
                     size_t errlen) {
     frame_msg m = {.type = FRAME_HELLO};
     m.u.hello = *want;
+    transport_set_link(t, &want->link);
     int rc = transport_send(t, &m, err, errlen);
     if (!rc) rc = transport_expect(t, FRAME_HELLO_OK, &m, timeout_ms, err, errlen);
     if (rc) return rc;

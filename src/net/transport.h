@@ -72,8 +72,8 @@ int transport_recv(transport *t, frame_msg *m, int timeout_ms, char *err, size_t
 /* recv wanting one type: a peer's ERROR becomes its code and "peer: <text>", another type FRAME_E_STATE. */
 int transport_expect(transport *t, int type, frame_msg *m, int timeout_ms, char *err, size_t errlen);
 
-/* Device side of the handshake: sends HELLO `want` (what the cloud should hold, and the link), expects
- * HELLO_OK and checks it against want. *got (may be NULL) gets the cloud's HELLO_OK. */
+/* Device side of the handshake: applies want->link to this side's sends, sends HELLO `want` (what the cloud
+ * should hold, and the link), expects HELLO_OK and checks it against want. *got (may be NULL) gets it. */
 int transport_hello(transport *t, const frame_hello *want, frame_hello *got, int timeout_ms, char *err,
                     size_t errlen);
 /* Cloud side: expects HELLO, checks it against `have` (what this side holds); on a mismatch sends ERROR and
