@@ -116,6 +116,19 @@ TEST(test_frame_tokens_roundtrip) {
     CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16 + 3 * 4);
     frame_tokens_get(&o.u.tokens, gi, NULL, NULL);
     CHECK(memcmp(gi, ids, sizeof ids) == 0);
+
+    /* The end of a stream: TOKENS with no tokens; a PROMPT cannot be empty. */
+    m = (frame_msg){.type = FRAME_TOKENS, .session = 9};
+    m.u.tokens = (frame_tokens){.pos0 = 40, .n = 0};
+    REQUIRE(roundtrip(&m, &o, &n) == 0);
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + 16);
+    CHECK(o.u.tokens.n == 0 && o.u.tokens.pos0 == 40);
+    m.type = FRAME_PROMPT;
+    CHECK_EQ_INT(frame_encode(&m, 0, buf, sizeof buf, &n, NULL, 0), DUET_EINVAL);
+    buf[6] = FRAME_PROMPT; /* the TOKENS frame above, retyped */
+    frame_limits lim = frame_limits_default();
+    frame_header h;
+    CHECK_EQ_INT(frame_decode(buf, FRAME_HEADER_SIZE + 16, &lim, &h, &o, NULL, 0), FRAME_E_BOUNDS);
 }
 
 static void fill_rows(float *x, int n, int dim, unsigned seed) {

@@ -161,10 +161,11 @@ int frame_payload_size(const frame_msg *m, size_t *size, char *err, size_t errle
     case FRAME_TOKENS: {
         const frame_tokens *t = &m->u.tokens;
         uint32_t allowed = m->type == FRAME_TOKENS ? FRAME_TOK_CONF | FRAME_TOK_LOGIT : 0;
-        if (t->n == 0 || !t->ids || (t->fields & ~allowed) || (m->type == FRAME_PROMPT && t->compute_us) || ((t->fields & FRAME_TOK_CONF) && !t->conf) ||
+        uint32_t min_n = m->type == FRAME_TOKENS ? 0 : 1; /* TOKENS n = 0 ends a stream */
+        if (t->n < min_n || (t->n && !t->ids) || (t->fields & ~allowed) || (m->type == FRAME_PROMPT && t->compute_us) || ((t->fields & FRAME_TOK_CONF) && !t->conf) ||
             ((t->fields & FRAME_TOK_LOGIT) && !t->logit))
-            return err_set(err, errlen, DUET_EINVAL, "frame: %s needs n >= 1, ids, and an array per field set",
-                           frame_type_name(m->type));
+            return err_set(err, errlen, DUET_EINVAL, "frame: %s needs n >= %u, ids, and an array per field set",
+                           frame_type_name(m->type), min_n);
         s = tokens_bytes(t->n, t->fields);
         break;
     }
@@ -409,8 +410,10 @@ static int tokens_decode(const frame_header *h, const uint8_t *p, const frame_li
         return err_set(err, errlen, FRAME_E_VALUE, "frame: %s fields 0x%x has unknown bits", tn, t->fields);
     if (h->type == FRAME_PROMPT && t->compute_us)
         return err_set(err, errlen, FRAME_E_VALUE, "frame: PROMPT compute_us %u (must be 0)", t->compute_us);
-    if (t->n == 0 || t->n > lim->max_rows)
-        return err_set(err, errlen, FRAME_E_BOUNDS, "frame: %s of %u tokens (allowed 1..%u)", tn, t->n, lim->max_rows);
+    uint32_t min_n = h->type == FRAME_TOKENS ? 0 : 1; /* TOKENS n = 0 ends a stream */
+    if (t->n < min_n || t->n > lim->max_rows)
+        return err_set(err, errlen, FRAME_E_BOUNDS, "frame: %s of %u tokens (allowed %u..%u)", tn, t->n, min_n,
+                       lim->max_rows);
     if ((uint64_t)t->pos0 + t->n > lim->max_pos)
         return err_set(err, errlen, FRAME_E_BOUNDS, "frame: %s positions %u.. beyond the limit %u", tn, t->pos0,
                        lim->max_pos);

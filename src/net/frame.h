@@ -68,7 +68,8 @@ enum frame_mode { FRAME_MODE_CLOUD = 1, FRAME_MODE_SPLIT = 2, FRAME_MODE_EE = 3,
 enum frame_want {
     FRAME_WANT_TOKENS = 1, /* TOKENS: the next-token prediction at each of positions pos..pos+count-1 */
     FRAME_WANT_HIDDEN = 2, /* HIDDEN: the cloud part's output rows for positions pos..pos+count-1 */
-    FRAME_WANT_STREAM = 3, /* TOKENS frames, one per token, generating up to count tokens after position pos */
+    FRAME_WANT_STREAM = 3, /* generate up to count tokens, the first at position pos: one TOKENS frame per
+                            * token (pos0 = the position it takes), then a TOKENS frame with n = 0 */
 };
 enum frame_tok_field { FRAME_TOK_CONF = 1, FRAME_TOK_LOGIT = 2 }; /* TOKENS extras: max softmax prob, top logit */
 
@@ -156,8 +157,9 @@ typedef struct frame_error { /* ERROR: i32 code, u32 len, then len bytes of UTF-
 /* compute_us (TOKENS, HIDDEN): microseconds the cloud computed for this answer, so the device can report
  * cloud_compute_ms; 0 in PROMPT and UPLOAD. */
 typedef struct frame_tokens { /* PROMPT and TOKENS: u32 pos0, n, fields, compute_us; i32 ids[n]; extras */
-    uint32_t pos0;              /* position of ids[0] (PROMPT) / position whose prediction ids[0] is (TOKENS) */
-    uint32_t n;
+    uint32_t pos0;              /* position of ids[0] (PROMPT, streamed TOKENS); TOKENS answering
+                                 * FRAME_WANT_TOKENS: the position whose prediction ids[0] is */
+    uint32_t n;                 /* PROMPT >= 1; TOKENS >= 0 (0: end of a stream) */
     uint32_t fields;            /* TOKENS: enum frame_tok_field bits; PROMPT: 0 */
     uint32_t compute_us;
     const int32_t *ids;         /* encode: [n] */
