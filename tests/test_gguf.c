@@ -250,6 +250,48 @@ TEST(test_gguf_valid_handmade) {
     gguf_close(g);
 }
 
+/* Scalars of every numeric type, through the typed getters' conversion rules. */
+TEST(test_gguf_scalar_types) {
+    static const struct {
+        uint8_t raw[12];
+        size_t len;
+        int i64_rc;
+        int64_t i64;
+        int f32_rc;
+        float f32;
+    } cases[] = {
+        {{GGUF_I8, 0, 0, 0, 0xff}, 5, 0, -1, DUET_EFORMAT, 0},
+        {{GGUF_U8, 0, 0, 0, 0xff}, 5, 0, 255, DUET_EFORMAT, 0},
+        {{GGUF_I16, 0, 0, 0, 0x01, 0x80}, 6, 0, -32767, DUET_EFORMAT, 0},
+        {{GGUF_U16, 0, 0, 0, 0x01, 0x80}, 6, 0, 32769, DUET_EFORMAT, 0},
+        {{GGUF_I64, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 12, 0, -2, DUET_EFORMAT, 0},
+        {{GGUF_U64, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x80}, 12, DUET_EFORMAT, 0, DUET_EFORMAT, 0}, /* > INT64_MAX */
+        {{GGUF_F64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x04, 0x40}, 12, DUET_EFORMAT, 0, 0, 2.5f},
+        {{GGUF_BOOL, 0, 0, 0, 1}, 5, DUET_EFORMAT, 0, DUET_EFORMAT, 0},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        spec s = valid_spec();
+        s.key1 = "x";
+        s.kv1_raw = cases[k].raw;
+        s.kv1_raw_len = cases[k].len;
+        static buf o;
+        build(&s, &o);
+        char err[256] = "";
+        gguf *g = gguf_open_mem(o.b, o.n, err, sizeof err);
+        REQUIRE_MSG(g, "case %zu: %s", k, err);
+        int64_t i64 = 12345;
+        float f = 0;
+        bool b = false;
+        CHECK_EQ_INT(gguf_get_i64(g, "x", &i64), cases[k].i64_rc);
+        if (!cases[k].i64_rc) CHECK_EQ_INT(i64, cases[k].i64);
+        CHECK_EQ_INT(gguf_get_f32(g, "x", &f), cases[k].f32_rc);
+        if (!cases[k].f32_rc) CHECK(f == cases[k].f32);
+        CHECK_EQ_INT(gguf_get_bool(g, "x", &b), cases[k].raw[0] == GGUF_BOOL ? 0 : DUET_EFORMAT);
+        CHECK_EQ_INT(gguf_kv_type(g, 1), cases[k].raw[0]);
+        gguf_close(g);
+    }
+}
+
 TEST(test_gguf_bad_magic) {
     spec s = valid_spec();
     s.magic = "GGUG";

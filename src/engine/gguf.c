@@ -36,15 +36,17 @@ typedef struct gguf_kv {
     int type;      /* enum gguf_vtype */
     int elem_type; /* arrays */
     size_t n;      /* arrays: element count */
-    union {
-        uint64_t u;
-        int64_t i;
-        double f;
-        size_t str; /* arena offset */
-    } v;
-    size_t data;   /* numeric arrays: file offset of element 0 */
+    size_t str;    /* strings: arena offset */
+    size_t data;   /* numbers and numeric arrays: file offset of the value (element 0) */
     size_t *items; /* string arrays: [n][2] arena offset and length */
 } gguf_kv;
+
+/* A number widened from its file type: unsigned integers and bool in u, signed in i, floats in f. */
+typedef union gguf_num {
+    uint64_t u;
+    int64_t i;
+    double f;
+} gguf_num;
 
 struct gguf {
     const uint8_t *base;
@@ -143,21 +145,32 @@ static int rd_str(rd *r, size_t *off, size_t *len, const char *what) {
 static const char *kv_key(const gguf *g, const gguf_kv *kv) { return g->arena + kv->key; }
 
 static int rd_scalar(rd *r, gguf_kv *kv, const char *what) {
-    int rc;
-    switch (kv->type) {
-    case GGUF_U8: case GGUF_BOOL: { uint8_t x; rc = rd_raw(r, &x, 1, what); kv->v.u = x; return rc; }
-    case GGUF_I8: { int8_t x; rc = rd_raw(r, &x, 1, what); kv->v.i = x; return rc; }
-    case GGUF_U16: { uint16_t x; rc = rd_raw(r, &x, 2, what); kv->v.u = x; return rc; }
-    case GGUF_I16: { int16_t x; rc = rd_raw(r, &x, 2, what); kv->v.i = x; return rc; }
-    case GGUF_U32: { uint32_t x; rc = rd_raw(r, &x, 4, what); kv->v.u = x; return rc; }
-    case GGUF_I32: { int32_t x; rc = rd_raw(r, &x, 4, what); kv->v.i = x; return rc; }
-    case GGUF_F32: { float x; rc = rd_raw(r, &x, 4, what); kv->v.f = x; return rc; }
-    case GGUF_U64: return rd_raw(r, &kv->v.u, 8, what);
-    case GGUF_I64: return rd_raw(r, &kv->v.i, 8, what);
-    case GGUF_F64: return rd_raw(r, &kv->v.f, 8, what);
-    case GGUF_STR: return rd_str(r, &kv->v.str, NULL, what);
-    default: return err_set(r->err, r->errlen, DUET_EFORMAT, "%s: unknown value type %d", what, kv->type);
+    if (kv->type == GGUF_STR) return rd_str(r, &kv->str, NULL, what);
+    size_t es = elem_size(kv->type);
+    if (!es) return err_set(r->err, r->errlen, DUET_EFORMAT, "%s: unknown value type %d", what, kv->type);
+    int rc = need(r, es, what);
+    if (rc) return rc;
+    kv->data = r->pos;
+    r->pos += es;
+    return 0;
+}
+
+static gguf_num decode(int type, const uint8_t *p) {
+    gguf_num v = {0};
+    switch (type) {
+    case GGUF_U8: case GGUF_BOOL: v.u = p[0]; break;
+    case GGUF_I8: v.i = (int8_t)p[0]; break;
+    case GGUF_U16: { uint16_t x; memcpy(&x, p, 2); v.u = x; break; }
+    case GGUF_I16: { int16_t x; memcpy(&x, p, 2); v.i = x; break; }
+    case GGUF_U32: { uint32_t x; memcpy(&x, p, 4); v.u = x; break; }
+    case GGUF_I32: { int32_t x; memcpy(&x, p, 4); v.i = x; break; }
+    case GGUF_F32: { float x; memcpy(&x, p, 4); v.f = x; break; }
+    case GGUF_U64: memcpy(&v.u, p, 8); break;
+    case GGUF_I64: memcpy(&v.i, p, 8); break;
+    case GGUF_F64: memcpy(&v.f, p, 8); break;
+    default: break;
     }
+    return v;
 }
 
 static int rd_array(rd *r, gguf_kv *kv, const char *what) {
@@ -214,10 +227,11 @@ static int rd_alignment(rd *r) {
     if (kv->type != GGUF_U32)
         return err_set(r->err, r->errlen, DUET_EFORMAT, "general.alignment has type %s, expected u32",
                        vtype_name(kv->type));
-    if (!is_pow2(kv->v.u))
+    uint64_t a = decode(GGUF_U32, g->base + kv->data).u;
+    if (!is_pow2(a))
         return err_set(r->err, r->errlen, DUET_EFORMAT, "general.alignment %llu is not a power of two",
-                       (unsigned long long)kv->v.u);
-    g->alignment = (size_t)kv->v.u;
+                       (unsigned long long)a);
+    g->alignment = (size_t)a;
     return 0;
 }
 
@@ -462,22 +476,34 @@ static int is_int_type(int t) {
 }
 static int is_unsigned(int t) { return t == GGUF_U8 || t == GGUF_U16 || t == GGUF_U32 || t == GGUF_U64; }
 
-/* An integer value of type t stored as kv->v: as int64, failing for u64 values above INT64_MAX. */
-static int int_value(int t, uint64_t u, int64_t i, int64_t *out) {
-    if (!is_int_type(t)) return DUET_EFORMAT;
-    if (is_unsigned(t)) {
-        if (u > INT64_MAX) return DUET_EFORMAT;
-        *out = (int64_t)u;
-    } else {
-        *out = i;
-    }
+/* Conversions shared by scalar getters and array elements: DUET_EFORMAT when the type does not convert. */
+static int num_to_i64(int type, gguf_num v, int64_t *out) {
+    if (!is_int_type(type) || (is_unsigned(type) && v.u > INT64_MAX)) return DUET_EFORMAT;
+    *out = is_unsigned(type) ? (int64_t)v.u : v.i;
+    return 0;
+}
+
+static int num_to_f32(int type, gguf_num v, float *out) {
+    if (type != GGUF_F32 && type != GGUF_F64) return DUET_EFORMAT;
+    *out = (float)v.f;
+    return 0;
+}
+
+/* A scalar number: 1 absent, DUET_EFORMAT if the key holds a string or an array. */
+static int scalar(const gguf *g, const char *key, int *type, gguf_num *v) {
+    const gguf_kv *kv = find_kv(g, key);
+    if (!kv) return 1;
+    if (kv->type == GGUF_STR || kv->type == GGUF_ARR) return DUET_EFORMAT;
+    *type = kv->type;
+    *v = decode(kv->type, g->base + kv->data);
     return 0;
 }
 
 int gguf_get_i64(const gguf *g, const char *key, int64_t *out) {
-    const gguf_kv *kv = find_kv(g, key);
-    if (!kv) return 1;
-    return int_value(kv->type, kv->v.u, kv->v.i, out);
+    int type;
+    gguf_num v;
+    int rc = scalar(g, key, &type, &v);
+    return rc ? rc : num_to_i64(type, v, out);
 }
 
 int gguf_get_u32(const gguf *g, const char *key, uint32_t *out) {
@@ -490,18 +516,19 @@ int gguf_get_u32(const gguf *g, const char *key, uint32_t *out) {
 }
 
 int gguf_get_f32(const gguf *g, const char *key, float *out) {
-    const gguf_kv *kv = find_kv(g, key);
-    if (!kv) return 1;
-    if (kv->type != GGUF_F32 && kv->type != GGUF_F64) return DUET_EFORMAT;
-    *out = (float)kv->v.f;
-    return 0;
+    int type;
+    gguf_num v;
+    int rc = scalar(g, key, &type, &v);
+    return rc ? rc : num_to_f32(type, v, out);
 }
 
 int gguf_get_bool(const gguf *g, const char *key, bool *out) {
-    const gguf_kv *kv = find_kv(g, key);
-    if (!kv) return 1;
-    if (kv->type != GGUF_BOOL) return DUET_EFORMAT;
-    *out = kv->v.u != 0;
+    int type;
+    gguf_num v;
+    int rc = scalar(g, key, &type, &v);
+    if (rc) return rc;
+    if (type != GGUF_BOOL) return DUET_EFORMAT;
+    *out = v.u != 0;
     return 0;
 }
 
@@ -509,7 +536,7 @@ int gguf_get_str(const gguf *g, const char *key, const char **out) {
     const gguf_kv *kv = find_kv(g, key);
     if (!kv) return 1;
     if (kv->type != GGUF_STR) return DUET_EFORMAT;
-    *out = g->arena + kv->v.str;
+    *out = g->arena + kv->str;
     return 0;
 }
 
@@ -529,48 +556,27 @@ const char *gguf_arr_str(const gguf *g, const char *key, size_t i, size_t *len) 
     return g->arena + kv->items[2 * i];
 }
 
-/* Element i of a numeric array: its type and raw little-endian bytes in *raw (zero-extended). */
-static int arr_elem(const gguf *g, const char *key, size_t i, int *type, uint64_t *raw) {
+/* Element i of a numeric array. */
+static int arr_elem(const gguf *g, const char *key, size_t i, int *type, gguf_num *v) {
     const gguf_kv *kv = find_kv(g, key);
     if (!kv || kv->type != GGUF_ARR || kv->elem_type == GGUF_STR || i >= kv->n) return DUET_EINVAL;
-    size_t es = elem_size(kv->elem_type);
-    *raw = 0;
-    memcpy(raw, g->base + kv->data + i * es, es);
     *type = kv->elem_type;
+    *v = decode(kv->elem_type, g->base + kv->data + i * elem_size(kv->elem_type));
     return 0;
 }
 
 int gguf_arr_f32(const gguf *g, const char *key, size_t i, float *out) {
     int type;
-    uint64_t raw;
-    int rc = arr_elem(g, key, i, &type, &raw);
-    if (rc) return rc;
-    if (type == GGUF_F32) {
-        uint32_t b = (uint32_t)raw;
-        memcpy(out, &b, 4);
-    } else if (type == GGUF_F64) {
-        double d;
-        memcpy(&d, &raw, 8);
-        *out = (float)d;
-    } else {
-        return DUET_EFORMAT;
-    }
-    return 0;
+    gguf_num v;
+    int rc = arr_elem(g, key, i, &type, &v);
+    return rc ? rc : num_to_f32(type, v, out);
 }
 
 int gguf_arr_i64(const gguf *g, const char *key, size_t i, int64_t *out) {
     int type;
-    uint64_t raw;
-    int rc = arr_elem(g, key, i, &type, &raw);
-    if (rc) return rc;
-    int64_t s;
-    switch (type) { /* sign-extend the signed types from their width */
-    case GGUF_I8: s = (int8_t)raw; break;
-    case GGUF_I16: s = (int16_t)raw; break;
-    case GGUF_I32: s = (int32_t)raw; break;
-    default: memcpy(&s, &raw, 8); break;
-    }
-    return int_value(type, raw, s, out);
+    gguf_num v;
+    int rc = arr_elem(g, key, i, &type, &v);
+    return rc ? rc : num_to_i64(type, v, out);
 }
 
 int gguf_n_tensors(const gguf *g) { return g->n_t; }
