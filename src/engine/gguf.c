@@ -218,6 +218,9 @@ static int rd_kv(rd *r, int idx) {
 
 static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 
+/* x rounded up to a multiple of a (a power of two); callers keep x far from overflow. */
+static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+
 static int rd_alignment(rd *r) {
     gguf *g = r->g;
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -368,11 +371,11 @@ static int parse(gguf *g, char *err, size_t errlen) {
     }
     free(names);
     if (rc || !g->n_t) return rc;
-    size_t data_start = r.pos + (g->alignment - r.pos % g->alignment) % g->alignment;
+    uint64_t data_start = align_up(r.pos, g->alignment);
     if (data_start > g->len)
-        return err_set(err, errlen, DUET_EFORMAT, "data section starts at %zu, past the end of the file (%zu)",
-                       data_start, g->len);
-    for (int i = 0; i < g->n_t && !rc; i++) rc = check_tensor_data(&r, data_start, i);
+        return err_set(err, errlen, DUET_EFORMAT, "data section starts at %llu, past the end of the file (%zu)",
+                       (unsigned long long)data_start, g->len);
+    for (int i = 0; i < g->n_t && !rc; i++) rc = check_tensor_data(&r, (size_t)data_start, i);
     return rc;
 }
 
@@ -758,14 +761,15 @@ int gguf_add_tensor(gguf_writer *w, const char *name, int type, int n_dims, cons
     if (!row || (uint64_t)(nel / t.ne[0]) > (SIZE_MAX - GGUF_DEFAULT_ALIGNMENT) / row) return DUET_EINVAL;
     t.nbytes = row * (size_t)(nel / t.ne[0]);
     if (grow((void **)&w->t, &w->t_cap, w->n_t + 1, sizeof *w->t) || !(t.name = strdup(name))) return DUET_ENOMEM;
-    w->data_len += (t.nbytes + GGUF_DEFAULT_ALIGNMENT - 1) / GGUF_DEFAULT_ALIGNMENT * GGUF_DEFAULT_ALIGNMENT;
+    w->data_len += align_up(t.nbytes, GGUF_DEFAULT_ALIGNMENT);
     w->t[w->n_t++] = t;
     return 0;
 }
 
+/* Zeros from pos up to the next multiple of the alignment. */
 static int put_pad(FILE *f, uint64_t pos) {
     static const uint8_t zeros[GGUF_DEFAULT_ALIGNMENT];
-    size_t pad = (size_t)((GGUF_DEFAULT_ALIGNMENT - pos % GGUF_DEFAULT_ALIGNMENT) % GGUF_DEFAULT_ALIGNMENT);
+    size_t pad = (size_t)(align_up(pos, GGUF_DEFAULT_ALIGNMENT) - pos);
     return fwrite(zeros, 1, pad, f) == pad ? 0 : -1;
 }
 
@@ -793,7 +797,7 @@ static int write_all(gguf_writer *w, FILE *f, void *buf, void (*progress)(void *
                      char *err, size_t errlen) {
     uint64_t pos = write_head(w, f);
     if (!pos || put_pad(f, pos)) return err_set(err, errlen, DUET_EIO, "write failed in the header");
-    size_t head = (size_t)(pos + (GGUF_DEFAULT_ALIGNMENT - pos % GGUF_DEFAULT_ALIGNMENT) % GGUF_DEFAULT_ALIGNMENT);
+    size_t head = (size_t)align_up(pos, GGUF_DEFAULT_ALIGNMENT);
     size_t total = head + (size_t)w->data_len;
     for (int i = 0; i < w->n_t; i++) {
         const wtensor *t = &w->t[i];
@@ -806,7 +810,7 @@ static int write_all(gguf_writer *w, FILE *f, void *buf, void (*progress)(void *
         }
         if (fwrite(src, 1, t->nbytes, f) != t->nbytes || put_pad(f, t->nbytes))
             return err_set(err, errlen, DUET_EIO, "tensor '%s': write failed", t->name);
-        if (progress) progress(arg, head + (size_t)t->offset + t->nbytes, total);
+        if (progress) progress(arg, head + (size_t)align_up(t->offset + t->nbytes, GGUF_DEFAULT_ALIGNMENT), total);
     }
     return 0;
 }
