@@ -839,9 +839,10 @@ AVX512_INL __m512i load2x32_avx512(const void *p0, const void *p1) {
               : _mm512_zextsi256_si512(lo);
 }
 
-/* Scale d0 in the low 8 lanes, d1 in the high 8. */
-AVX512_INL __m512 scale2_avx512(float d0, float d1) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(d0)), _mm256_castps_pd(_mm256_set1_ps(d1)), 1));
+/* fp16 scales d0 in the low 8 lanes, d1 in the high 8, as floats (one conversion for both). */
+AVX512_INL __m512 scale2_avx512(uint16_t d0, uint16_t d1) {
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)d0)),
+                                                   _mm_set1_epi16((short)d1), 1));
 }
 
 /* Q8_0 (q4 = false) or Q4_0 (q4 = true) x Q8_0, two blocks per 512-bit vector. vpdpbusd wants an
@@ -866,17 +867,17 @@ AVX512_INL void q32_tile_avx512(const int R, const int C, const bool q4, int n, 
                                        : _mm256_setzero_si256();
                 const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
                 uw[r] = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, q, _mm512_srli_epi16(q, 4)), m4);
-                dw[r] = scale2_avx512(h2f_avx2(bw[0].d), two ? h2f_avx2(bw[1].d) : 0);
+                dw[r] = scale2_avx512(bw[0].d, two ? bw[1].d : 0);
             } else {
                 const block_q8_0 *bw = (const block_q8_0 *)(w + r * ws) + b;
                 uw[r] = _mm512_xor_si512(load2x32_avx512(bw[0].qs, two ? bw[1].qs : NULL), bias);
-                dw[r] = scale2_avx512(h2f_avx2(bw[0].d), two ? h2f_avx2(bw[1].d) : 0);
+                dw[r] = scale2_avx512(bw[0].d, two ? bw[1].d : 0);
             }
         }
         UNROLL for (int c = 0; c < C; c++) {
             const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
             const __m512i xq = load2x32_avx512(bx[0].qs, two ? bx[1].qs : NULL);
-            const __m512 dx = scale2_avx512(h2f_avx2(bx[0].d), two ? h2f_avx2(bx[1].d) : 0);
+            const __m512 dx = scale2_avx512(bx[0].d, two ? bx[1].d : 0);
             const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, xq));
             UNROLL for (int r = 0; r < R; r++) {
                 const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, uw[r], xq));
