@@ -6,5 +6,6 @@
 int cmd_generate(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_cloud(int argc, char **argv);
 
 #endif

@@ -12,6 +12,7 @@ static const struct {
     {"generate", cmd_generate, "generate text on this machine alone (device-only)"},
     {"convert", cmd_convert, "import a llama2.c checkpoint + tokenizer.bin as GGUF"},
     {"synth", cmd_synth, "write a random-weight GGUF with a real model's shape (for timing)"},
+    {"cloud", cmd_cloud, "serve a model part to devices (the cloud side of every collaborative mode)"},
 };
 
 static void usage(FILE *f) {
