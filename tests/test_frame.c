@@ -454,3 +454,39 @@ TEST(test_frame_hello_check) {
     CHECK_EQ_INT(frame_hello_check(&have, &want, err, sizeof err), FRAME_E_REFUSED);
     CHECK_MSG(strstr(err, "no common hidden-state encoding"), "%s", err);
 }
+
+TEST(test_frame_f16_simd_matches_scalar) {
+    enum { N = 4099 }; /* not a multiple of 8: the tail takes the scalar path */
+    static float x[N], a[N], b[N];
+    static uint8_t s[2 * N], v[2 * N];
+    srand(7);
+    for (int i = 0; i < N; i++) { /* every exponent range: subnormal halves, normal, overflow */
+        float m = (float)rand() / RAND_MAX;
+        x[i] = ldexpf(m, rand() % 50 - 30) * (rand() & 1 ? -1.0f : 1.0f);
+    }
+    const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 65504.0f, 65520.0f, 65519.99f, 5.96e-8f,
+                             2.98e-8f, 2.99e-8f, 6.1035156e-05f, 1.0f + 0x1p-11f, 1.0f + 0x1p-11f + 0x1p-23f};
+    memcpy(x + 100, special, sizeof special);
+    frame_f16_from_f32(s, x, N, false);
+    frame_f16_from_f32(v, x, N, true);
+    CHECK(memcmp(s, v, sizeof s) == 0);
+    /* spot values of the reference: 1 + 2^-11 is a tie that rounds to even (1.0), 65520 overflows to inf */
+    CHECK(s[2 * 112] == 0x00 && s[2 * 112 + 1] == 0x3c);
+    CHECK(s[2 * 113] == 0x01 && s[2 * 113 + 1] == 0x3c);
+    CHECK(s[2 * 106] == 0x00 && s[2 * 106 + 1] == 0x7c);
+    frame_f16_to_f32(a, s, N, false);
+    frame_f16_to_f32(b, s, N, true);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    CHECK(a[100 + 5] == 65504.0f && isnan(a[104]));
+}
+
+TEST(test_frame_int8_rounding) {
+    /* scale = 127/127 = 1: halves round away from zero, just below a half rounds down */
+    float x[6] = {127.0f, 2.5f, -2.5f, 0.49999997f, 1.5f, -126.5f};
+    frame_msg m = {.type = FRAME_UPLOAD}, o;
+    m.u.rows = (frame_rows){.n = 1, .dim = 6, .enc = FRAME_ENC_I8, .x = x};
+    REQUIRE(roundtrip(&m, &o, NULL) == 0);
+    const uint8_t *q = buf + FRAME_HEADER_SIZE + FRAME_ROWS_FIXED + 4;
+    static const int8_t want[6] = {127, 3, -3, 0, 2, -127};
+    for (int i = 0; i < 6; i++) CHECK_MSG((int8_t)q[i] == want[i], "x=%g -> %d, want %d", (double)x[i], (int8_t)q[i], want[i]);
+}

@@ -429,10 +429,9 @@ static void *sender_main(void *arg) {
     return NULL;
 }
 
-TEST(test_transport_concurrent_senders) {
+static void concurrent_senders(const link_params *lp) {
     pair p;
-    link_params lp = {.up_bps = 1000000}; /* 0.3 ms per frame: the queue fills and producers wait */
-    REQUIRE(pair_open(&p, &lp, NULL, 5000) == 0);
+    REQUIRE(pair_open(&p, lp, NULL, 5000) == 0);
     sender_arg a = {p.dev, 0, 0}, b = {p.dev, 1000, 0};
     pthread_t ta, tb;
     REQUIRE(pthread_create(&ta, NULL, sender_main, &a) == 0);
@@ -455,4 +454,10 @@ TEST(test_transport_concurrent_senders) {
     transport_stats_get(p.cloud, &s);
     CHECK_EQ_INT(s.frames_up, 100);
     pair_close(&p);
+}
+
+TEST(test_transport_concurrent_senders) {
+    link_params paced = {.up_bps = 1000000}; /* 0.3 ms per frame: the queue fills and producers wait */
+    concurrent_senders(&paced);
+    concurrent_senders(NULL); /* due at once: frames go straight to the socket when the queue is empty */
 }

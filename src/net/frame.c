@@ -1,5 +1,6 @@
 #include "net/frame.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,6 +52,97 @@ static float getf(const uint8_t **p) {
 
 static int popcount3(uint32_t x) {
     return (int)(x & 1) + (int)((x >> 1) & 1) + (int)((x >> 2) & 1);
+}
+
+/* ---- bulk conversions of hidden-state rows ---- */
+
+/* Arrays are little-endian on the wire: on a little-endian host they are the in-memory bytes. */
+#define LITTLE_HOST (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+
+#if defined(__x86_64__) && LITTLE_HOST
+#include <cpuid.h>
+#include <immintrin.h>
+#define F16C_PATH 1
+
+static bool cpu_f16c(void) { /* clang 14 does not know __builtin_cpu_supports("f16c") */
+    unsigned a, b, c, d;
+    return __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
+/* Both return how many leading elements they converted (a multiple of 8). */
+__attribute__((target("avx,f16c"))) static size_t f16_from_f32_f16c(uint8_t *dst, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + 2 * i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    return i;
+}
+
+__attribute__((target("avx,f16c"))) static size_t f16_to_f32_f16c(float *x, const uint8_t *src, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+    return i;
+}
+#endif
+
+void frame_f16_from_f32(uint8_t *dst, const float *x, size_t n, bool simd) {
+    size_t i = 0;
+#ifdef F16C_PATH
+    if (simd && cpu_f16c()) i = f16_from_f32_f16c(dst, x, n);
+#endif
+    for (; i < n; i++) put16(dst + 2 * i, half_from_float(x[i]));
+}
+
+void frame_f16_to_f32(float *x, const uint8_t *src, size_t n, bool simd) {
+    size_t i = 0;
+#ifdef F16C_PATH
+    if (simd && cpu_f16c()) i = f16_to_f32_f16c(x, src, n);
+#endif
+    for (; i < n; i++) {
+        const uint8_t *p = src + 2 * i;
+        x[i] = half_to_float(get16(&p));
+    }
+}
+
+static void f32_put(uint8_t *dst, const float *x, size_t n) {
+#if LITTLE_HOST
+    memcpy(dst, x, n * 4);
+#else
+    for (size_t i = 0; i < n; i++) dst = putf(dst, x[i]);
+#endif
+}
+
+static void f32_get(float *x, const uint8_t *src, size_t n) {
+#if LITTLE_HOST
+    memcpy(x, src, n * 4);
+#else
+    for (size_t i = 0; i < n; i++) x[i] = getf(&src);
+#endif
+}
+
+/* One int8 row: q[dim] and the returned scale; < 0 if the row holds NaN or infinity. */
+static int i8_row(const float *row, uint32_t dim, int8_t *q, float *scale_out) {
+    float amax = 0;
+    int bad = 0;
+    for (uint32_t j = 0; j < dim; j++) {
+        float a = fabsf(row[j]);
+        bad |= !(a <= FLT_MAX);
+        amax = a > amax ? a : amax;
+    }
+    if (bad) return -1;
+    float scale = amax / 127.0f;
+    *scale_out = scale;
+    if (!(scale > 0)) {
+        memset(q, 0, dim);
+        return 0;
+    }
+    for (uint32_t j = 0; j < dim; j++) {
+        float v = row[j] / scale;
+        float t = truncf(v), r = v - t;                 /* exact: |v| <= 127 */
+        t += (float)(r >= 0.5f) - (float)(r <= -0.5f); /* round half away from zero, as roundf */
+        t = t > 127 ? 127 : t < -127 ? -127 : t;
+        q[j] = (int8_t)t;
+    }
+    return 0;
 }
 
 /* ---- names ---- */
@@ -215,31 +307,15 @@ static int rows_encode(uint8_t *p, const frame_rows *r, char *err, size_t errlen
     p = put32(p, r->compute_us);
     size_t total = (size_t)r->n * r->dim;
     switch (r->enc) {
-    case FRAME_ENC_F32:
-        for (size_t i = 0; i < total; i++) p = putf(p, r->x[i]);
-        break;
-    case FRAME_ENC_F16:
-        for (size_t i = 0; i < total; i++) p = put16(p, half_from_float(r->x[i]));
-        break;
+    case FRAME_ENC_F32: f32_put(p, r->x, total); break;
+    case FRAME_ENC_F16: frame_f16_from_f32(p, r->x, total, true); break;
     default: { /* I8: n scales, then n*dim values; scale = max|x|/127 so the row's extreme maps to +-127 */
-        uint8_t *q = p + (size_t)r->n * 4;
-        for (uint32_t i = 0; i < r->n; i++) {
-            const float *row = r->x + (size_t)i * r->dim;
-            float amax = 0;
-            for (uint32_t j = 0; j < r->dim; j++) {
-                float a = fabsf(row[j]);
-                if (!(a <= 3.4e38f)) /* NaN or inf */
-                    return err_set(err, errlen, DUET_EINVAL, "frame: int8 rows: row %u holds a non-finite value", i);
-                if (a > amax) amax = a;
-            }
-            float scale = amax / 127.0f;
+        int8_t *q = (int8_t *)(p + (size_t)r->n * 4);
+        for (uint32_t i = 0; i < r->n; i++, q += r->dim) {
+            float scale;
+            if (i8_row(r->x + (size_t)i * r->dim, r->dim, q, &scale))
+                return err_set(err, errlen, DUET_EINVAL, "frame: int8 rows: row %u holds a non-finite value", i);
             p = putf(p, scale);
-            for (uint32_t j = 0; j < r->dim; j++) {
-                float v = scale > 0 ? roundf(row[j] / scale) : 0.0f;
-                if (v > 127) v = 127;
-                if (v < -127) v = -127;
-                *q++ = (uint8_t)(int8_t)v;
-            }
         }
     }
     }
@@ -567,12 +643,8 @@ void frame_rows_get(const frame_rows *r, float *x) {
     const uint8_t *p = r->wire;
     size_t total = (size_t)r->n * r->dim;
     switch (r->enc) {
-    case FRAME_ENC_F32:
-        for (size_t i = 0; i < total; i++) x[i] = getf(&p);
-        break;
-    case FRAME_ENC_F16:
-        for (size_t i = 0; i < total; i++) x[i] = half_to_float(get16(&p));
-        break;
+    case FRAME_ENC_F32: f32_get(x, p, total); break;
+    case FRAME_ENC_F16: frame_f16_to_f32(x, p, total, true); break;
     default: {
         const uint8_t *q = p + (size_t)r->n * 4;
         for (uint32_t i = 0; i < r->n; i++) {

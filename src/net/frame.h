@@ -12,6 +12,7 @@
 #ifndef DUET_NET_FRAME_H
 #define DUET_NET_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -224,6 +225,10 @@ int frame_decode(const uint8_t *buf, size_t len, const frame_limits *lim, frame_
 void frame_rows_get(const frame_rows *r, float *x);
 /* Reads decoded tokens; conf and logit may be NULL, and are left alone when their field is absent. */
 void frame_tokens_get(const frame_tokens *t, int32_t *ids, float *conf, float *logit);
+/* fp16 arrays as on the wire (n little-endian IEEE halves). simd: use F16C where the CPU has it (the
+ * encoders do); false runs the portable scalar reference, which gives the same bits. */
+void frame_f16_from_f32(uint8_t *dst, const float *x, size_t n, bool simd);
+void frame_f16_to_f32(float *x, const uint8_t *src, size_t n, bool simd);
 /* Bytes one row takes in an encoding (0 for an unknown one). */
 size_t frame_row_bytes(uint32_t enc, uint32_t dim);
 
