@@ -4,6 +4,7 @@
 #define DUET_CLI_H
 
 int cmd_generate(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_cloud(int argc, char **argv);

@@ -10,6 +10,11 @@
 
 int mode_device_run(const duet_model *m, duet_pool *pool, const mode_request *rq, mode_emit_fn emit, void *arg,
                     metrics *mt, char *err, size_t errlen) {
+    return mode_device_run_slowed(m, pool, 1, rq, emit, arg, mt, err, errlen);
+}
+
+int mode_device_run_slowed(const duet_model *m, duet_pool *pool, double slowdown, const mode_request *rq,
+                           mode_emit_fn emit, void *arg, metrics *mt, char *err, size_t errlen) {
     const duet_config *c = duet_model_config(m);
     const duet_part *part = duet_model_part(m);
     if (!part->embed || !part->head || part->n_spans != 1 || part->span[0].a != 0 || part->span[0].b != c->n_layers)
@@ -34,7 +39,7 @@ int mode_device_run(const duet_model *m, duet_pool *pool, const mode_request *rq
         (rc = duet_forward(ctx, kv, 0, c->n_layers, h, rq->n_prompt, 0, err, errlen)) ||
         (rc = duet_head(ctx, h + (size_t)(rq->n_prompt - 1) * c->dim, 1, logits, err, errlen)))
         goto out;
-    mt->prefill_ms = clock_now_ms() - t0;
+    mt->prefill_ms = remote_device_step(t0, slowdown);
     mt->device_compute_ms += mt->prefill_ms;
 
     int pos = rq->n_prompt;
@@ -51,7 +56,7 @@ int mode_device_run(const duet_model *m, duet_pool *pool, const mode_request *rq
             (rc = duet_forward(ctx, kv, 0, c->n_layers, h, 1, pos, err, errlen)) ||
             (rc = duet_head(ctx, h, 1, logits, err, errlen)))
             goto out;
-        mt->device_compute_ms += clock_now_ms() - t0;
+        mt->device_compute_ms += remote_device_step(t0, slowdown);
         pos++;
     }
     rc = DUET_OK;

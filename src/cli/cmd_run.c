@@ -1,0 +1,235 @@
+/* duet run: one request in one of the baseline modes (device, cloud, split) over the real protocol, streaming
+ * the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "modes/mode.h"
+
+static const char *USAGE =
+    "usage: duet run --mode device|cloud|split -m MODEL [-p TEXT] [-n N] [options]\n"
+    "\n"
+    "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
+    "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
+    "  device  every layer on this machine\n"
+    "  cloud   the prompt's tokens go up, the cloud runs every layer and streams the tokens down\n"
+    "  split   this machine runs layers [0,A) and uploads each position's hidden state; the cloud runs [A,L)\n"
+    "          and the head and sends each token down (one round trip per token)\n"
+    "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
+    "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
+    "\n"
+    "  --mode MODE            device, cloud or split (required)\n"
+    "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
+    "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
+    "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
+    "      --split A          split mode: the device holds layers [0,A), the cloud [A,L); 1 <= A < L\n"
+    "                         (default L/2)\n"
+    "      --cloud WHERE      HOST:PORT of a running `duet cloud`, or `local` (default): an in-process cloud\n"
+    "                         on 127.0.0.1, same server and protocol code, holding exactly the part needed\n"
+    "      --link SPEC        emulated link, applied at both ends: none (default), lan, wifi, wan, 4g, or\n"
+    "                         overrides like up=20mbit,down=50mbit,rtt=40ms,jitter=5ms (after a profile too)\n"
+    "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
+    "                         t ms, sleep (X-1)*t ms (default 1: none)\n"
+    "      --hidden-enc ENC   split mode: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
+    "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
+    "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
+    "      --seed S           random seed for sampling (default 1); the cloud samples in cloud and split mode\n"
+    "  -t, --threads N        device compute threads (default 1; 0 = all CPUs)\n"
+    "      --cloud-threads N  compute threads of the local cloud (default 1)\n"
+    "      --no-bos           do not put BOS before the prompt\n"
+    "      --compare          first run the request device-only on this machine and report fidelity\n"
+    "                         (exact token match rate and ROUGE-L F1 against it)\n"
+    "      --json             print the metrics as one JSON object on stdout; the text then goes to stderr\n"
+    "  -h, --help             this text\n"
+    "\n"
+    "Exit status: 0 ok, 1 runtime failure (cloud unreachable or refusing, model error), 2 usage error.\n";
+
+typedef struct out_ctx {
+    const duet_tokenizer *tok;
+    FILE *f;
+} out_ctx;
+
+static void emit(void *arg, int id) {
+    out_ctx *o = arg;
+    char buf[256];
+    int n = duet_token_piece(o->tok, id, buf, sizeof buf);
+    if (n > (int)sizeof buf) n = sizeof buf; /* the piece's full length is reported */
+    if (n > 0) fwrite(buf, 1, (size_t)n, o->f);
+    fflush(o->f);
+}
+
+static int usage_error(const char *msg) {
+    fprintf(stderr, "duet run: %s (see duet run --help)\n", msg);
+    return 2;
+}
+
+static const char *MODES[] = {"device", "cloud", "split"};
+static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
+
+static int lookup(const char *v, const char **names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(v, names[i])) return i;
+    return -1;
+}
+
+int cmd_run(int argc, char **argv) {
+    const char *model = NULL, *prompt = "", *link_spec = "none";
+    int mode = -1, n_tokens = 64, split = -1, threads = 1, json = 0, bos = 1, compare = 0;
+    float slowdown = 1;
+    duet_sampling s = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1};
+    remote_opts ro = remote_opts_default();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strcmp(a, "--no-bos")) {
+            bos = 0;
+        } else if (!strcmp(a, "--compare")) {
+            compare = 1;
+        } else {
+            if (a[0] != '-' || !(v = args_value("run", argc, argv, &i))) {
+                if (a[0] != '-') fprintf(stderr, "duet run: unexpected argument '%s' (see duet run --help)\n", a);
+                return 2;
+            }
+            int bad = 0;
+            if (!strcmp(a, "--mode")) {
+                if ((mode = lookup(v, MODES, 3)) < 0) return usage_error("--mode must be device, cloud or split");
+            } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+                model = v;
+            } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+                prompt = v;
+            } else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) {
+                bad = args_int("run", a, v, 0, 1 << 20, &n_tokens);
+            } else if (!strcmp(a, "--split")) {
+                bad = args_int("run", a, v, 0, 1 << 20, &split);
+            } else if (!strcmp(a, "--cloud")) {
+                ro.cloud = v;
+            } else if (!strcmp(a, "--link")) {
+                link_spec = v;
+            } else if (!strcmp(a, "--device-slowdown")) {
+                bad = args_float("run", a, v, 1, 1000, &slowdown);
+            } else if (!strcmp(a, "--hidden-enc")) {
+                if ((ro.enc = lookup(v, ENCS, 3)) < 0) return usage_error("--hidden-enc must be fp16, fp32 or int8");
+            } else if (!strcmp(a, "--temp")) {
+                bad = args_float("run", a, v, 0, 100, &s.temperature);
+            } else if (!strcmp(a, "--top-k")) {
+                bad = args_int("run", a, v, 0, 1 << 24, &s.top_k);
+            } else if (!strcmp(a, "--top-p")) {
+                bad = args_float("run", a, v, 0, 1, &s.top_p);
+            } else if (!strcmp(a, "--seed")) {
+                bad = args_u64("run", a, v, &s.seed);
+            } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+                bad = args_int("run", a, v, 0, 256, &threads);
+            } else if (!strcmp(a, "--cloud-threads")) {
+                bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
+            } else {
+                fprintf(stderr, "duet run: unknown option '%s' (see duet run --help)\n", a);
+                return 2;
+            }
+            if (bad) return 2;
+        }
+    }
+    char err[512];
+    if (mode < 0) return usage_error("--mode device|cloud|split is required");
+    if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
+    if (split >= 0 && mode != 2) return usage_error("--split applies to --mode split only");
+    if (link_parse(link_spec, &ro.link, err, sizeof err)) {
+        fprintf(stderr, "duet run: --link: %s\n", err);
+        return 2;
+    }
+    char host[256];
+    int port;
+    if (mode != 0 && strcmp(ro.cloud, "local") && remote_parse_addr(ro.cloud, host, sizeof host, &port, err, sizeof err)) {
+        fprintf(stderr, "duet run: --cloud: %s\n", err);
+        return 2;
+    }
+    ro.model_path = model;
+    ro.device_slowdown = slowdown;
+
+    int status = 1;
+    duet_part none = {0};
+    duet_model *meta = duet_model_load(model, &none, err, sizeof err); /* config, tokenizer, fingerprint */
+    duet_model *dev = NULL, *full = NULL;
+    duet_pool *pool = NULL;
+    int *prompt_ids = NULL;
+    remote r = {0};
+    metrics mt, ref;
+    metrics_start(&mt, MODES[mode]);
+    metrics_start(&ref, "device");
+    if (!meta) goto fail;
+    const duet_config *c = duet_model_config(meta);
+    if (mode == 2 && split < 0) split = c->n_layers / 2;
+    if (mode == 2 && (split < 1 || split >= c->n_layers)) {
+        fprintf(stderr, "duet run: --split %d: this model has %d layers, so the split must be in 1..%d\n", split,
+                c->n_layers, c->n_layers - 1);
+        status = 2;
+        goto out;
+    }
+    const duet_tokenizer *tok = duet_model_tokenizer(meta, err, sizeof err);
+    if (!tok || !(pool = duet_pool_init(threads, err, sizeof err))) goto fail;
+    size_t len = strlen(prompt);
+    int cap = (int)len + 2;
+    prompt_ids = malloc(sizeof(int) * (size_t)cap);
+    int n_prompt = prompt_ids ? duet_tokenize(tok, prompt, len, bos, prompt_ids, cap) : -1;
+    if (n_prompt < 0 || n_prompt > cap) {
+        snprintf(err, sizeof err, "cannot tokenize the prompt");
+        goto fail;
+    }
+    if (n_prompt == 0) {
+        snprintf(err, sizeof err, "the prompt is empty and --no-bos was given: nothing to start from");
+        goto fail;
+    }
+    mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
+    if ((mode == 0 || compare) && !(full = duet_model_load(model, NULL, err, sizeof err))) goto fail;
+    if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
+    if (mode == 2) {
+        duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
+        if (!(dev = duet_model_load(model, &part, err, sizeof err))) goto fail;
+    }
+    if (mode != 0 && remote_open(&r, dev ? dev : meta, &ro, mode == 1 ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+                                 mode == 1 ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
+        goto fail;
+
+    out_ctx o = {tok, json ? stderr : stdout};
+    fputs(prompt, o.f);
+    metrics_start(&mt, MODES[mode]);
+    int rc = mode == 0   ? mode_device_run_slowed(full, pool, slowdown, &rq, emit, &o, &mt, err, sizeof err)
+             : mode == 1 ? mode_cloud_run(&r, &rq, emit, &o, &mt, err, sizeof err)
+                         : mode_split_run(dev, pool, &r, &rq, emit, &o, &mt, err, sizeof err);
+    fputc('\n', o.f);
+    fflush(o.f);
+    if (rc || remote_close(&r, err, sizeof err)) goto fail;
+    if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
+
+    char where[128] = "";
+    if (mode == 1) snprintf(where, sizeof where, " over link %.64s", link_spec);
+    if (mode == 2) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
+    fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
+                    "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
+            MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
+            (unsigned long long)mt.bytes_up, (unsigned long long)mt.bytes_down, (unsigned long long)mt.round_trips,
+            mt.device_compute_ms, mt.cloud_compute_ms, mt.comm_wait_ms);
+    if (compare) fprintf(stderr, "; vs device-only: exact %.4f, ROUGE-L F1 %.4f", mt.exact_match_rate, mt.rouge_l_f1);
+    fputc('\n', stderr);
+    if (json) metrics_print_json(&mt, stdout);
+    status = 0;
+    goto out;
+fail:
+    fprintf(stderr, "duet run: %s\n", err);
+out:
+    remote_free(&r);
+    metrics_free(&mt);
+    metrics_free(&ref);
+    free(prompt_ids);
+    duet_pool_free(pool);
+    duet_model_free(full);
+    duet_model_free(dev);
+    duet_model_free(meta);
+    return status;
+}

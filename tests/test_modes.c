@@ -1,0 +1,481 @@
+/* The baselines over the real protocol: device, cloud and split give llama.cpp's greedy tokens, the metrics
+ * count what the transport carried, the link and the device slowdown show up, failures are clear, and one
+ * cloud serves 16 devices at once. Every cloud here is an in-process server on a free loopback port. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "base/json.h"
+#include "modes/mode.h"
+#include "test.h"
+
+#define MODEL "models/stories260K.gguf"
+#define N_CASES 6
+
+typedef struct ref_case {
+    int prompt[64], n_prompt;
+    int out[64], n_out;
+    char text[128];
+} ref_case;
+
+/* llama.cpp's greedy generations (prompt ids, output ids) from the reference data. */
+static int load_cases(ref_case *c, int cap) {
+    char err[256];
+    FILE *f = fopen(TEST_DATA "/stories260K-greedy.jsonl", "r");
+    if (!f) return 0;
+    static char line[1 << 16];
+    int n = 0;
+    while (n < cap && fgets(line, sizeof line, f)) {
+        json *doc = json_parse(line, strlen(line), err, sizeof err);
+        if (!doc) break;
+        const json_val *r = json_root(doc), *p = json_get(r, "prompt_ids"), *o = json_get(r, "output_ids");
+        c[n].n_prompt = (int)json_len(p);
+        c[n].n_out = (int)json_len(o);
+        for (int i = 0; i < c[n].n_prompt && i < 64; i++) c[n].prompt[i] = (int)json_num(json_at(p, i));
+        for (int i = 0; i < c[n].n_out && i < 64; i++) c[n].out[i] = (int)json_num(json_at(o, i));
+        snprintf(c[n].text, sizeof c[n].text, "%s", json_str(json_get(r, "prompt"), NULL));
+        json_free(doc);
+        if (c[n].n_prompt > 64 || c[n].n_out > 64) break;
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+static mode_request request(const ref_case *c, int n) {
+    mode_request rq = {c->prompt, c->n_prompt, n, {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1}, -1};
+    return rq;
+}
+
+/* One request in cloud (a == 0) or split mode over a fresh session; m is the device's model. */
+static int run_remote(duet_model *m, duet_pool *pool, const remote_opts *o, int a, const mode_request *rq,
+                      metrics *mt, transport_stats *total, char *err, size_t errlen) {
+    remote r;
+    metrics_start(mt, a ? "split" : "cloud");
+    int rc = remote_open(&r, m, o, a ? FRAME_MODE_SPLIT : FRAME_MODE_CLOUD, a, rq->n_prompt + rq->max_tokens,
+                         &rq->sampling, err, errlen);
+    if (!rc) {
+        metrics_start(mt, a ? "split" : "cloud");
+        rc = a ? mode_split_run(m, pool, &r, rq, NULL, NULL, mt, err, errlen)
+               : mode_cloud_run(&r, rq, NULL, NULL, mt, err, errlen);
+    }
+    if (!rc && total) transport_stats_get(r.t, total);
+    if (!rc) return remote_close(&r, err, errlen);
+    remote_free(&r);
+    return rc;
+}
+
+static remote_opts local_opts(int enc) {
+    remote_opts o = remote_opts_default();
+    o.model_path = MODEL;
+    o.enc = enc;
+    o.timeout_ms = 20000;
+    return o;
+}
+
+static int same_ids(const metrics *mt, const int *want, int n) {
+    if (mt->tokens != n) return 0;
+    for (int i = 0; i < n; i++)
+        if (mt->ids[i] != want[i]) return 0;
+    return 1;
+}
+
+TEST(test_modes_greedy_identical_to_llamacpp) {
+    char err[512];
+    ref_case c[N_CASES];
+    int n_cases = load_cases(c, N_CASES);
+    REQUIRE(n_cases == N_CASES);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    int L = duet_model_config(m)->n_layers;
+    REQUIRE(L == 5);
+    remote_opts o = local_opts(FRAME_ENC_F32);
+    for (int k = 0; k < n_cases; k++) {
+        mode_request rq = request(&c[k], c[k].n_out);
+        metrics mt;
+        metrics_start(&mt, "device");
+        CHECK_EQ_INT(mode_device_run(m, pool, &rq, NULL, NULL, &mt, err, sizeof err), 0);
+        CHECK_MSG(same_ids(&mt, c[k].out, c[k].n_out), "device, prompt '%s'", c[k].text);
+        metrics_free(&mt);
+        for (int a = 0; a < L; a++) { /* a == 0: cloud mode; else split at a */
+            int rc = run_remote(m, pool, &o, a, &rq, &mt, NULL, err, sizeof err);
+            CHECK_MSG(rc == 0, "split %d: %s", a, err);
+            CHECK_MSG(same_ids(&mt, c[k].out, c[k].n_out), "%s at %d, prompt '%s': %d tokens", a ? "split" : "cloud",
+                      a, c[k].text, mt.tokens);
+            metrics_free(&mt);
+        }
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* Bytes and round trips are the transport's counts and follow from the frames the protocol sends. */
+TEST(test_modes_bytes_and_round_trips) {
+    char err[512];
+    ref_case c[1];
+    REQUIRE(load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    const uint64_t H = FRAME_HEADER_SIZE, P = (uint64_t)c[0].n_prompt, dim = (uint64_t)duet_model_config(m)->dim;
+    /* connection setup, outside the request: HELLO and OPEN up, HELLO_OK and OPENED down */
+    const uint64_t setup_up = 2 * H + FRAME_HELLO_SIZE + FRAME_OPEN_SIZE, setup_down = 2 * H + FRAME_HELLO_SIZE + FRAME_OPENED_SIZE;
+    mode_request rq = request(&c[0], 12);
+    metrics mt;
+    transport_stats tot;
+
+    remote_opts o = local_opts(FRAME_ENC_F32);
+    REQUIRE_MSG(run_remote(m, pool, &o, 2, &rq, &mt, &tot, err, sizeof err) == 0, "%s", err);
+    uint64_t T = (uint64_t)mt.tokens;
+    CHECK_EQ_INT(T, 12);
+    CHECK_EQ_INT(mt.round_trips, T); /* one per token */
+    CHECK_EQ_INT(mt.cloud_requests, T);
+    CHECK_EQ_INT(mt.bytes_up, (H + FRAME_ROWS_FIXED + P * dim * 4) + (T - 1) * (H + FRAME_ROWS_FIXED + dim * 4) +
+                                  T * (H + FRAME_REQUEST_SIZE));
+    CHECK(mt.bytes_up >= (P + T - 1) * dim * 4);
+    CHECK_EQ_INT(mt.bytes_down, T * (H + FRAME_TOKENS_FIXED + 4));
+    CHECK_EQ_INT(tot.bytes_up, setup_up + mt.bytes_up);
+    CHECK_EQ_INT(tot.bytes_down, setup_down + mt.bytes_down);
+    CHECK(mt.cloud_compute_ms > 0);
+    CHECK(mt.device_compute_ms > 0);
+    metrics_free(&mt);
+
+    o.enc = FRAME_ENC_F16; /* half the row bytes */
+    REQUIRE_MSG(run_remote(m, pool, &o, 2, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK_EQ_INT(mt.bytes_up, (H + FRAME_ROWS_FIXED + P * dim * 2) + (T - 1) * (H + FRAME_ROWS_FIXED + dim * 2) +
+                                  T * (H + FRAME_REQUEST_SIZE));
+    metrics_free(&mt);
+
+    /* cloud: the prompt up, one stream down ended by an empty TOKENS frame; one round trip */
+    REQUIRE_MSG(run_remote(m, pool, &o, 0, &rq, &mt, &tot, err, sizeof err) == 0, "%s", err);
+    CHECK_EQ_INT(mt.tokens, 12);
+    CHECK_EQ_INT(mt.round_trips, 1);
+    CHECK_EQ_INT(mt.cloud_requests, 1);
+    CHECK_EQ_INT(mt.bytes_up, (H + FRAME_TOKENS_FIXED + 4 * P) + (H + FRAME_REQUEST_SIZE));
+    CHECK_EQ_INT(mt.bytes_down, T * (H + FRAME_TOKENS_FIXED + 4) + (H + FRAME_TOKENS_FIXED));
+    CHECK_EQ_INT(tot.bytes_up, setup_up + mt.bytes_up);
+    CHECK_EQ_INT(tot.bytes_down, setup_down + mt.bytes_down);
+    CHECK_EQ_INT(mt.device_compute_ms, 0);
+    metrics_free(&mt);
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* fp16 and int8 hidden states are lossy: split reports its fidelity against device-only, which stays high. */
+TEST(test_modes_split_lossy_fidelity) {
+    char err[512];
+    ref_case c[N_CASES];
+    REQUIRE(load_cases(c, N_CASES) == N_CASES);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    int encs[2] = {FRAME_ENC_F16, FRAME_ENC_I8};
+    for (int e = 0; e < 2; e++) {
+        double sum = 0;
+        remote_opts o = local_opts(encs[e]);
+        for (int k = 0; k < N_CASES; k++) {
+            mode_request rq = request(&c[k], c[k].n_out);
+            metrics mt;
+            REQUIRE_MSG(run_remote(m, pool, &o, 3, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
+            metrics_fidelity(&mt, c[k].out, c[k].n_out);
+            CHECK(mt.has_reference);
+            CHECK(mt.exact_match_rate >= 0 && mt.exact_match_rate <= 1 && mt.rouge_l_f1 <= 1);
+            CHECK_EQ_INT(mt.ids[0], c[k].out[0]); /* the first token comes from a well-separated top logit */
+            sum += mt.rouge_l_f1;
+            metrics_free(&mt);
+        }
+        CHECK_MSG(sum / N_CASES > 0.5, "%s: mean ROUGE-L F1 %.3f", e ? "int8" : "fp16", sum / N_CASES);
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* Each of 10 steps waits for one emulated round trip of 20 ms. */
+TEST(test_modes_link_rtt_shows) {
+    char err[512];
+    ref_case c[1];
+    REQUIRE(load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    remote_opts o = local_opts(FRAME_ENC_F32);
+    REQUIRE(link_parse("rtt=20ms", &o.link, err, sizeof err) == 0);
+    mode_request rq = request(&c[0], 10);
+    metrics mt;
+    REQUIRE_MSG(run_remote(m, pool, &o, 2, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(same_ids(&mt, c[0].out, 10));
+    CHECK_MSG(mt.total_ms >= 10 * 20.0, "total %.1f ms", mt.total_ms);
+    CHECK_MSG(mt.comm_wait_ms >= 10 * 20.0 * 0.9, "waited %.1f ms", mt.comm_wait_ms);
+    CHECK_MSG(mt.t_token[0] >= 20.0, "ttft %.1f ms", mt.t_token[0]);
+    metrics_free(&mt);
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* --device-slowdown 3: device compute comes out about 3x (loose bounds: the machine is shared). */
+TEST(test_modes_device_slowdown) {
+    char err[512];
+    ref_case c[1];
+    REQUIRE(load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    mode_request rq = request(&c[0], 64);
+    double base = 1e30;
+    metrics mt;
+    for (int i = 0; i < 2; i++) {
+        metrics_start(&mt, "device");
+        CHECK_EQ_INT(mode_device_run(m, pool, &rq, NULL, NULL, &mt, err, sizeof err), 0);
+        if (mt.device_compute_ms < base) base = mt.device_compute_ms;
+        metrics_free(&mt);
+    }
+    metrics_start(&mt, "device");
+    CHECK_EQ_INT(mode_device_run_slowed(m, pool, 3, &rq, NULL, NULL, &mt, err, sizeof err), 0);
+    CHECK(same_ids(&mt, c[0].out, 64));
+    CHECK_MSG(mt.device_compute_ms >= 1.5 * base && mt.device_compute_ms <= 10 * base, "%.3f ms vs %.3f ms",
+              mt.device_compute_ms, base);
+    CHECK(mt.total_ms >= mt.device_compute_ms);
+    metrics_free(&mt);
+
+    remote_opts o = local_opts(FRAME_ENC_F32); /* split applies it to the device's layers */
+    o.device_slowdown = 4;
+    REQUIRE_MSG(run_remote(m, pool, &o, 4, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(same_ids(&mt, c[0].out, 64));
+    CHECK_MSG(mt.device_compute_ms >= 1.5 * base * 4 / 5, "split device %.3f ms", mt.device_compute_ms);
+    metrics_free(&mt);
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+TEST(test_modes_cloud_missing_or_silent) {
+    char err[512] = "";
+    ref_case c[1];
+    REQUIRE(load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    REQUIRE_MSG(m, "%s", err);
+    mode_request rq = request(&c[0], 4);
+    /* a port nobody listens on any more */
+    transport_listener *l = transport_listen("127.0.0.1", 0, err, sizeof err);
+    REQUIRE(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", transport_listener_port(l));
+    transport_listener_free(l);
+    remote_opts o = local_opts(FRAME_ENC_F32);
+    o.cloud = addr;
+    remote r;
+    CHECK(remote_open(&r, m, &o, FRAME_MODE_SPLIT, 2, 16, &rq.sampling, err, sizeof err) < 0);
+    CHECK_MSG(strstr(err, "cannot reach the cloud at 127.0.0.1:") != NULL, "%s", err);
+    remote_free(&r);
+
+    /* a listener that accepts (backlog) and never answers: the handshake times out */
+    l = transport_listen("127.0.0.1", 0, err, sizeof err);
+    REQUIRE(l);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", transport_listener_port(l));
+    o.timeout_ms = 200;
+    CHECK(remote_open(&r, m, &o, FRAME_MODE_SPLIT, 2, 16, &rq.sampling, err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "handshake") != NULL, "%s", err);
+    remote_free(&r);
+    transport_listener_free(l);
+
+    o.cloud = "nohost";
+    CHECK_EQ_INT(remote_open(&r, m, &o, FRAME_MODE_SPLIT, 2, 16, &rq.sampling, err, sizeof err), DUET_EINVAL);
+    remote_free(&r);
+    duet_model_free(m);
+}
+
+/* A device whose model differs in one byte of weights is refused by the cloud's handshake. */
+TEST(test_modes_fingerprint_refused) {
+    char err[512] = "";
+    FILE *f = fopen(MODEL, "rb");
+    REQUIRE(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n);
+    REQUIRE(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    buf[n - 1] ^= 1; /* the last tensor's last byte */
+    char path[] = "/tmp/duet-test-modes-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    FILE *g = fdopen(fd, "wb");
+    REQUIRE(g && fwrite(buf, 1, (size_t)n, g) == (size_t)n);
+    fclose(g);
+    free(buf);
+    duet_model *m = duet_model_load(path, NULL, err, sizeof err);
+    REQUIRE_MSG(m, "%s", err);
+    remote_opts o = local_opts(FRAME_ENC_F32);
+    remote r;
+    duet_sampling s = {0, 0, 1, 1};
+    CHECK(remote_open(&r, m, &o, FRAME_MODE_SPLIT, 2, 16, &s, err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "model mismatch") != NULL, "%s", err);
+    remote_free(&r);
+    duet_model_free(m);
+    remove(path);
+}
+
+typedef struct device_job {
+    duet_model *m;
+    const char *cloud;
+    const ref_case *c;
+    int ok, tokens;
+    char err[256];
+} device_job;
+
+static void *device_thread(void *arg) {
+    device_job *j = arg;
+    char err[256] = "";
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    remote_opts o = local_opts(FRAME_ENC_F32);
+    o.cloud = j->cloud;
+    mode_request rq = request(j->c, 24);
+    metrics mt;
+    int rc = pool ? run_remote(j->m, pool, &o, 2, &rq, &mt, NULL, err, sizeof err) : -1;
+    j->ok = rc == 0 && same_ids(&mt, j->c->out, 24);
+    j->tokens = rc == 0 ? mt.tokens : -1;
+    snprintf(j->err, sizeof j->err, "%s", err);
+    if (rc == 0) metrics_free(&mt);
+    duet_pool_free(pool);
+    return NULL;
+}
+
+/* 16 devices at once against one cloud, each with its own prompt, all correct. */
+TEST(test_modes_sixteen_devices_at_once) {
+    char err[512];
+    ref_case c[N_CASES];
+    REQUIRE(load_cases(c, N_CASES) == N_CASES);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    duet_tokenizer const *tok = duet_model_tokenizer(m, err, sizeof err);
+    REQUIRE(tok);
+    /* 16 different prompts: the 6 reference ones, then 10 more whose device-only output is the reference */
+    enum { N = 16 };
+    ref_case cases[N];
+    const char *extra[N - N_CASES] = {"A cat", "The sun was hot", "Mom said", "He ran", "They played ball",
+                                      "Once there was a frog", "Sam had a red car", "The bird sang", "It was night",
+                                      "Anna liked cake"};
+    for (int i = 0; i < N; i++) {
+        if (i < N_CASES) {
+            cases[i] = c[i];
+            continue;
+        }
+        ref_case *k = &cases[i];
+        k->n_prompt = duet_tokenize(tok, extra[i - N_CASES], strlen(extra[i - N_CASES]), true, k->prompt, 64);
+        REQUIRE(k->n_prompt > 1 && k->n_prompt <= 64);
+        snprintf(k->text, sizeof k->text, "%s", extra[i - N_CASES]);
+        mode_request rq = request(k, 24);
+        metrics mt;
+        metrics_start(&mt, "device");
+        REQUIRE(mode_device_run(m, pool, &rq, NULL, NULL, &mt, err, sizeof err) == 0);
+        k->n_out = mt.tokens;
+        memcpy(k->out, mt.ids, sizeof(int) * (size_t)mt.tokens);
+        metrics_free(&mt);
+    }
+    duet_part part = {.n_spans = 1, .span = {{2, 5}}, .head = true};
+    duet_model *cm = duet_model_load(MODEL, &part, err, sizeof err);
+    REQUIRE_MSG(cm, "%s", err);
+    server_opts so = server_opts_default();
+    so.host = "127.0.0.1";
+    cloud_server *srv = server_init(cm, &so, err, sizeof err);
+    REQUIRE_MSG(srv && server_start(srv, err, sizeof err) == 0, "%s", err);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", server_port(srv));
+    duet_model_fingerprint(m); /* once, before the threads share it */
+    device_job jobs[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (device_job){.m = m, .cloud = addr, .c = &cases[i]};
+        REQUIRE(pthread_create(&th[i], NULL, device_thread, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++)
+        CHECK_MSG(jobs[i].ok, "device %d ('%s'): %d tokens %s", i, cases[i].text, jobs[i].tokens, jobs[i].err);
+    server_stats st;
+    server_stats_get(srv, &st);
+    CHECK_EQ_INT(st.sessions_total, N); /* (its token count is added when a session's thread ends: racy here) */
+    server_free(srv);
+    duet_model_free(cm);
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* ---- the CLI ---- */
+
+/* Runs `$DUET_BIN args` with stderr in the output unless keep_err is 0; returns stdout (caller frees). */
+static char *run_cli(const char *args, int *status, int keep_err) {
+    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s %s %s", bin, args, keep_err ? "2>&1" : "2>/dev/null");
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, n = 0, got;
+    char *out = malloc(cap);
+    while (out && (got = fread(out + n, 1, cap - n - 1, p)) > 0) n += got;
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (out) out[n] = 0;
+    return out;
+}
+
+TEST(test_modes_cli_three_baselines_same_text) {
+    const char *modes[3] = {"--mode device", "--mode cloud --link wan", "--mode split --split 3 --hidden-enc fp32 --link lan"};
+    char *first = NULL;
+    for (int i = 0; i < 3; i++) {
+        char args[512];
+        snprintf(args, sizeof args, "run %s -m " MODEL " -p 'Once upon a time' -n 48 --compare --json",
+                 modes[i]);
+        int st;
+        char *out = run_cli(args, &st, 0);
+        REQUIRE(out);
+        CHECK_MSG(st == 0, "%s: %s", modes[i], out);
+        char err[256];
+        json *doc = json_parse(out, strlen(out), err, sizeof err);
+        REQUIRE_MSG(doc, "%s: not JSON (%s): %s", modes[i], err, out);
+        const json_val *r = json_root(doc);
+        CHECK_EQ_INT(json_num(json_get(r, "tokens")), 48);
+        CHECK_NEAR(json_num(json_get(json_get(r, "fidelity"), "exact_match_rate")), 1.0, 0);
+        CHECK(json_num(json_get(r, "bytes_up")) > (i ? 0 : -1));
+        CHECK_EQ_INT(json_num(json_get(r, "round_trips")), i == 0 ? 0 : i == 1 ? 1 : 48);
+        json_free(doc);
+        free(out);
+        /* the streamed text itself */
+        snprintf(args, sizeof args, "run %s -m " MODEL " -p 'Once upon a time' -n 48", modes[i]);
+        out = run_cli(args, &st, 0);
+        REQUIRE(out);
+        const char *want = "Once upon a time, there was a little girl named Lily.";
+        CHECK_MSG(!strncmp(out, want, strlen(want)), "%s: %s", modes[i], out);
+        if (!first) first = out;
+        else {
+            CHECK_MSG(!strcmp(out, first), "%s: %s", modes[i], out);
+            free(out);
+        }
+    }
+    free(first);
+}
+
+TEST(test_modes_cli_errors) {
+    struct { const char *args, *msg; int status; } cases[] = {
+        {"run --help", "--device-slowdown", 0},
+        {"run -m " MODEL, "--mode", 2},
+        {"run --mode fog -m " MODEL, "--mode", 2},
+        {"run --mode split --split 5 -m " MODEL, "1..4", 2},
+        {"run --mode split --split 0 -m " MODEL, "1..4", 2},
+        {"run --mode cloud --split 2 -m " MODEL, "--split", 2},
+        {"run --mode split --link 'up=fast' -m " MODEL, "--link", 2},
+        {"run --mode split --hidden-enc fp8 -m " MODEL, "--hidden-enc", 2},
+        {"run --mode cloud --cloud nowhere -m " MODEL, "HOST:PORT", 2},
+        {"run --mode cloud --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
+        {"run --mode device -m /nonexistent.gguf", "nonexistent", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st;
+        char *out = run_cli(cases[i].args, &st, 1);
+        REQUIRE(out);
+        CHECK_MSG(st == cases[i].status, "%s: status %d: %s", cases[i].args, st, out);
+        CHECK_MSG(strstr(out, cases[i].msg) != NULL, "%s: %s", cases[i].args, out);
+        free(out);
+    }
+}
