@@ -5,6 +5,8 @@
  * sender thread writes each frame to the socket at its emulated delivery time (serialization paced by the
  * bandwidth of this side's direction, then rtt/2 + jitter), so a caller can hand off a large upload and keep
  * computing. The receiver therefore sees each frame exactly at its delivery time, without a shared clock.
+ * (A frame that is due at once and finds the queue empty is written by the caller itself, saving two thread
+ * handoffs per round trip; whatever the socket does not take at once still goes through the thread.)
  * Receiving is synchronous, with a timeout; once a frame's first byte arrived, the rest must follow within
  * io_timeout_ms, so a peer that vanishes mid-frame gives an error, never a hang.
  *
