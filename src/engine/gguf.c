@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/mapfile.h"
 #include "duet.h"
 #include "engine/quant.h"
 
@@ -399,36 +400,15 @@ gguf *gguf_open_mem(const void *buf, size_t len, char *err, size_t errlen) {
 }
 
 gguf *gguf_open(const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        err_set(err, errlen, DUET_EIO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        err_set(err, errlen, DUET_EIO, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if (st.st_size < GGUF_HEADER_BYTES) { /* mmap cannot map an empty file: say what is wrong instead */
-        err_set(err, errlen, DUET_EFORMAT, "%s: truncated: %lld bytes, a GGUF header alone is %d", path,
-                (long long)st.st_size, GGUF_HEADER_BYTES);
-        close(fd);
-        return NULL;
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        err_set(err, errlen, DUET_EIO, "%s: mmap failed: %s", path, strerror(errno));
-        return NULL;
-    }
-    gguf *g = gguf_open_mem(map, (size_t)st.st_size, err, errlen);
+    mapfile mf;
+    if (mapfile_open(path, &mf, err, errlen)) return NULL;
+    gguf *g = gguf_open_mem(mf.p, mf.len, err, errlen);
     if (!g) {
-        munmap(map, (size_t)st.st_size);
+        mapfile_close(&mf);
         err_prefix(err, errlen, "%s", path);
         return NULL;
     }
-    g->map_len = (size_t)st.st_size;
+    g->map_len = mf.len;
     return g;
 }
 

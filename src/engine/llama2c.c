@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/mapfile.h"
 #include "duet.h"
 #include "engine/quant.h"
 
@@ -31,29 +32,11 @@
 /* llama.cpp's llama_token_type numbers */
 enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_BYTE = 6 };
 
-typedef struct mapped {
-    const uint8_t *p;
-    size_t len;
-} mapped;
-
-static int map_file(const char *path, const char *what, mapped *m, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_set(err, errlen, DUET_EIO, "%s %s: cannot open: %s", what, path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size == 0) {
-        close(fd);
-        return err_set(err, errlen, DUET_EFORMAT, "%s %s: empty or not a regular file", what, path);
-    }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (p == MAP_FAILED) return err_set(err, errlen, DUET_EIO, "%s %s: mmap failed: %s", what, path, strerror(errno));
-    m->p = p;
-    m->len = (size_t)st.st_size;
-    return 0;
-}
-
-static void unmap_file(mapped *m) {
-    if (m->p) munmap((void *)m->p, m->len);
+/* Maps a named input file ("tokenizer", "checkpoint") so errors say which input was wrong. */
+static int map_input(const char *path, const char *what, mapfile *m, char *err, size_t errlen) {
+    int rc = mapfile_open(path, m, err, errlen);
+    if (rc) err_prefix(err, errlen, "%s", what);
+    return rc;
 }
 
 static int32_t get_i32(const uint8_t *p) {
@@ -72,7 +55,7 @@ static bool is_byte_piece(const uint8_t *s, int32_t n) {
 }
 
 /* Walks the pieces once to count and validate them, so the second walk can trust every length. */
-static int count_pieces(const mapped *m, const char *path, int *count, size_t *text_bytes, char *err, size_t errlen) {
+static int count_pieces(const mapfile *m, const char *path, int *count, size_t *text_bytes, char *err, size_t errlen) {
     if (m->len < 4 || get_i32(m->p) <= 0)
         return err_set(err, errlen, DUET_EFORMAT, "tokenizer %s: bad header (max_token_length must be > 0)", path);
     size_t pos = 4, bytes = 0;
@@ -99,8 +82,8 @@ static int count_pieces(const mapped *m, const char *path, int *count, size_t *t
 }
 
 int llama2c_add_vocab(gguf_writer *w, const char *tok_path, int n_vocab, int *n_read, char *err, size_t errlen) {
-    mapped m = {0};
-    int n = 0, rc = map_file(tok_path, "tokenizer", &m, err, errlen);
+    mapfile m = {0};
+    int n = 0, rc = map_input(tok_path, "tokenizer", &m, err, errlen);
     size_t text_bytes = 0;
     if (!rc) rc = count_pieces(&m, tok_path, &n, &text_bytes, err, errlen);
     if (!rc && n <= ID_EOS)
@@ -109,7 +92,7 @@ int llama2c_add_vocab(gguf_writer *w, const char *tok_path, int n_vocab, int *n_
         rc = err_set(err, errlen, DUET_EFORMAT, "tokenizer %s has %d pieces, the model's vocabulary is %d", tok_path,
                      n, n_vocab);
     if (rc) {
-        unmap_file(&m);
+        mapfile_close(&m);
         return rc;
     }
     const char **piece = malloc((size_t)n * sizeof *piece);
@@ -168,7 +151,7 @@ done:
     free(scores);
     free(types);
     free(text);
-    unmap_file(&m);
+    mapfile_close(&m);
     return rc;
 }
 
@@ -303,8 +286,8 @@ int llama2c_convert(const char *ckpt_path, const char *tok_path, const char *out
     if (llama2c_file_type(type) < 0)
         return err_set(err, errlen, DUET_EINVAL, "cannot convert to tensor type %d (F32, F16, Q8_0, Q4_0, Q4_K, Q6_K)",
                        type);
-    mapped m = {0};
-    int rc = map_file(ckpt_path, "checkpoint", &m, err, errlen);
+    mapfile m = {0};
+    int rc = map_input(ckpt_path, "checkpoint", &m, err, errlen);
     if (rc) return rc;
     llama2c_config c;
     int32_t h[HEADER_INTS];
@@ -356,6 +339,6 @@ int llama2c_convert(const char *ckpt_path, const char *tok_path, const char *out
 done:
     gguf_writer_free(w);
     free(t);
-    unmap_file(&m);
+    mapfile_close(&m);
     return rc;
 }
