@@ -593,7 +593,7 @@ AVX2_INL void q32_tile_avx2(const int R, const int C, const bool q4, int n, cons
             const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
             const __m256i xq = _mm256_loadu_si256((const __m256i *)bx->qs);
             const __m256 dx = _mm256_set1_ps(h2f_avx2(bx->d));
-            const __m256i xs8 = q4 ? _mm256_maddubs_epi16(eight, xq) : ones; /* 8 * pair sums of x */
+            const __m256i xs8 = q4 ? _mm256_maddubs_epi16(eight, xq) : _mm256_setzero_si256(); /* Q4_0: 8 * pair sums of x */
             UNROLL for (int r = 0; r < R; r++) {
                 __m256i p16 = q4 ? _mm256_sub_epi16(_mm256_maddubs_epi16(aw[r], xq), xs8)
                                  : _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xq, wq[r]));
