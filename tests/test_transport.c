@@ -461,3 +461,32 @@ TEST(test_transport_concurrent_senders) {
     concurrent_senders(&paced);
     concurrent_senders(NULL); /* due at once: frames go straight to the socket when the queue is empty */
 }
+
+/* The cloud's sends take the down direction: 500 KB at 50 Mbit/s is 80 ms (at the uplink's 20 Mbit/s it
+ * would be 200 ms). */
+TEST(test_transport_download_bandwidth) {
+    enum { ROWS = 500, DIM = 250 };
+    link_params lp = {.up_bps = 20000000, .down_bps = 50000000, .rtt_us = 20000};
+    pair p;
+    REQUIRE(pair_open(&p, &lp, &lp, 5000) == 0);
+    float *x = calloc((size_t)ROWS * DIM, sizeof *x);
+    REQUIRE(x);
+    char err[256];
+    frame_msg m = {.type = FRAME_HIDDEN, .session = 1};
+    m.u.rows = (frame_rows){.pos0 = 0, .n = ROWS, .dim = DIM, .enc = FRAME_ENC_F32, .x = x};
+    size_t bytes = FRAME_HEADER_SIZE + 20 + (size_t)ROWS * DIM * 4;
+    double expect = bytes * 8.0 / 50e6 * 1e3 + 10.0;
+    double t0 = clock_now_ms();
+    REQUIRE_MSG(transport_send(p.cloud, &m, err, sizeof err) == 0, "%s", err);
+    REQUIRE_MSG(transport_expect(p.dev, FRAME_HIDDEN, &m, 5000, err, sizeof err) == 0, "%s", err);
+    double took = clock_now_ms() - t0;
+    CHECK_MSG(took >= expect && took <= expect * 1.5, "500 KB at 50 Mbit/s took %.1f ms, expected ~%.1f", took,
+              expect);
+    transport_stats s;
+    transport_stats_get(p.dev, &s);
+    CHECK_EQ_INT(s.bytes_down, bytes);
+    CHECK_EQ_INT(s.bytes_up, 0);
+    CHECK(s.comm_wait_ms >= expect - 1.0);
+    free(x);
+    pair_close(&p);
+}
