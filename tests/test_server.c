@@ -795,3 +795,109 @@ TEST(test_server_cli) {
     CHECK_MSG(strstr(out, "serving " MODEL " layers 2:5 on *:") && strstr(out, "(fingerprint "), "%s", out);
     CHECK_MSG(strstr(out, "stopped: 0 sessions"), "%s", out);
 }
+
+TEST(test_server_close_stops_a_stream) {
+    fixture f;
+    if (fx_init(&f, NULL)) {
+        fx_free(&f);
+        return;
+    }
+    for (int i = 0; i < N_GEN; i++) REQUIRE_MSG(f.ref[i] != f.eos, "the reference ends early: pick another prompt");
+    transport *t = NULL;
+    char err[256];
+    frame_hello h = hello_for(&f, 0, (uint32_t)f.L, FRAME_PART_EMBED | FRAME_PART_HEAD);
+    /* a slow downlink paces the stream, so the CLOSE arrives while most tokens are still to come */
+    REQUIRE(link_parse("down=100kbit", &h.link, err, sizeof err) == 0);
+    REQUIRE_MSG(tc_hello(&f, &h, &t, err, sizeof err) == 0, "%s", err);
+    frame_msg m = {.type = FRAME_OPEN};
+    m.u.open = (frame_open){.seed = 1, .n_ctx = 256, .mode = FRAME_MODE_PD, .temperature = 0, .top_p = 1};
+    REQUIRE(transport_send(t, &m, NULL, 0) == 0 && transport_expect(t, FRAME_OPENED, &m, WAIT_MS, NULL, 0) == 0);
+    uint32_t sid = m.session;
+    m = (frame_msg){.type = FRAME_PROMPT, .session = sid};
+    m.u.tokens = (frame_tokens){.pos0 = 0, .n = (uint32_t)f.n_prompt, .ids = f.prompt};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_request(t, sid, FRAME_WANT_STREAM, (uint32_t)f.n_prompt, 200, FRAME_KEEP_ALL), 0);
+    REQUIRE(transport_expect(t, FRAME_TOKENS, &m, WAIT_MS, NULL, 0) == 0 && m.u.tokens.n == 1);
+    int id, got = 1;
+    frame_tokens_get(&m.u.tokens, &id, NULL, NULL);
+    CHECK_EQ_INT(id, f.ref[0]);
+    m = (frame_msg){.type = FRAME_CLOSE, .session = sid};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    for (;;) { /* tokens already on their way, then CLOSE, and no end-of-stream marker */
+        REQUIRE(transport_recv(t, &m, WAIT_MS, NULL, 0) == 0);
+        if (m.type == FRAME_CLOSE) break;
+        REQUIRE(m.type == FRAME_TOKENS && m.u.tokens.n == 1);
+        frame_tokens_get(&m.u.tokens, &id, NULL, NULL);
+        if (got < N_GEN) CHECK_EQ_INT(id, f.ref[got]);
+        got++;
+    }
+    CHECK_MSG(got < 100, "%d of 200 tokens streamed after CLOSE", got);
+    transport_free(t);
+    CHECK(fx_log_has(&f, "mode pd", "ended: closed"));
+    fx_free(&f);
+}
+
+TEST(test_server_bad_message_order) {
+    fixture f;
+    if (fx_init(&f, NULL)) {
+        fx_free(&f);
+        return;
+    }
+    good g;
+    good_start(&g, &f, 2);
+    char err[256];
+    transport *t = NULL;
+    int rc;
+    /* PING is answered in any state after the handshake, with the pad asked for */
+    frame_hello h = hello_for(&f, 2, (uint32_t)f.L, FRAME_PART_HEAD);
+    REQUIRE(tc_hello(&f, &h, &t, err, sizeof err) == 0);
+    frame_msg m = {.type = FRAME_PING};
+    m.u.ping = (frame_ping){.stamp = 12345, .reply_pad = 100};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    REQUIRE(transport_expect(t, FRAME_PONG, &m, WAIT_MS, NULL, 0) == 0);
+    CHECK_EQ_INT(m.u.ping.stamp, 12345);
+    CHECK_EQ_INT(m.u.ping.pad, 100);
+    m = (frame_msg){.type = FRAME_HELLO}; /* a second HELLO */
+    m.u.hello = h;
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_error(t), FRAME_E_STATE);
+    transport_free(t);
+    /* a second OPEN on one connection */
+    REQUIRE(tc_open(&f, &t, 2, (uint32_t)f.L, FRAME_PART_HEAD, FRAME_MODE_SPLIT, 32, &rc));
+    m = (frame_msg){.type = FRAME_OPEN};
+    m.u.open = (frame_open){.n_ctx = 32, .mode = FRAME_MODE_SPLIT, .top_p = 1};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_error(t), FRAME_E_STATE);
+    transport_free(t);
+    /* cloud mode on a part without the embedding; PROMPT to a session that takes hidden states */
+    CHECK_EQ_INT(tc_open(&f, &t, 2, (uint32_t)f.L, FRAME_PART_HEAD, FRAME_MODE_CLOUD, 32, &rc), 0);
+    CHECK_EQ_INT(rc, FRAME_E_STATE);
+    transport_free(t);
+    uint32_t sid = tc_open(&f, &t, 2, (uint32_t)f.L, FRAME_PART_HEAD, FRAME_MODE_SPLIT, 32, &rc);
+    REQUIRE(sid);
+    m = (frame_msg){.type = FRAME_PROMPT, .session = sid};
+    m.u.tokens = (frame_tokens){.pos0 = 0, .n = (uint32_t)f.n_prompt, .ids = f.prompt};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_error(t), FRAME_E_STATE);
+    transport_free(t);
+    /* a frame out of sequence (raw: HELLO numbered 5) */
+    uint8_t buf[256];
+    m = (frame_msg){.type = FRAME_HELLO};
+    m.u.hello = h;
+    size_t len = 0;
+    REQUIRE(frame_encode(&m, 5, buf, sizeof buf, &len, NULL, 0) == 0);
+    CHECK_EQ_INT(raw_exchange(&f, buf, FRAME_HEADER_SIZE, 0), FRAME_E_SEQ); /* the header alone: the server reads all */
+    /* a token id outside the vocabulary */
+    sid = tc_open(&f, &t, 0, (uint32_t)f.L, FRAME_PART_EMBED | FRAME_PART_HEAD, FRAME_MODE_CLOUD, 32, &rc);
+    REQUIRE(sid);
+    int bad_id = 1 << 20;
+    m = (frame_msg){.type = FRAME_PROMPT, .session = sid};
+    m.u.tokens = (frame_tokens){.pos0 = 0, .n = 1, .ids = &bad_id};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_error(t), FRAME_E_BOUNDS);
+    transport_free(t);
+    CHECK(fx_log_has(&f, "ended: error: out of sequence", NULL));
+    good_finish(&g, __LINE__);
+    CHECK_EQ_INT(fx_stats(&f).errors, 6);
+    fx_free(&f);
+}
