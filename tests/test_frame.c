@@ -89,6 +89,9 @@ TEST(test_frame_fixed_types_roundtrip) {
     REQUIRE(roundtrip(&m, &o, NULL) == 0);
     CHECK_EQ_INT(o.u.error.code, FRAME_E_REFUSED);
     CHECK(o.u.error.len == 14 && memcmp(o.u.error.text, "model mismatch", 14) == 0);
+    frame_error_msg(&m, 3, DUET_EIO, "line\tone\nline two");
+    REQUIRE(roundtrip(&m, &o, NULL) == 0); /* control bytes travel as spaces */
+    CHECK(o.u.error.len == 17 && memcmp(o.u.error.text, "line one line two", 17) == 0);
 }
 
 TEST(test_frame_tokens_roundtrip) {
@@ -396,6 +399,9 @@ TEST(test_frame_bad_payloads) {
     n = make(&m);
     put32le(p + 4, 5);
     EXPECT_DECODE(n, FRAME_E_LENGTH, "its layout needs 13");
+    n = make(&m);
+    p[8 + 3] = 0x1b; /* a terminal escape */
+    EXPECT_DECODE(n, FRAME_E_VALUE, "control byte 0x1b at 3");
 
     m = (frame_msg){.type = FRAME_PONG};
     n = make(&m);

@@ -50,6 +50,10 @@ static float getf(const uint8_t **p) {
     return f;
 }
 
+static bool is_control(uint8_t c) {
+    return c < 0x20 || c == 0x7f;
+}
+
 static int popcount3(uint32_t x) {
     return (int)(x & 1) + (int)((x >> 1) & 1) + (int)((x >> 2) & 1);
 }
@@ -366,7 +370,8 @@ int frame_payload_encode(const frame_msg *m, uint8_t *p, size_t size, char *err,
     case FRAME_ERROR:
         p = put32(p, (uint32_t)m->u.error.code);
         p = put32(p, m->u.error.len);
-        if (m->u.error.len) memcpy(p, m->u.error.text, m->u.error.len);
+        for (uint32_t i = 0; i < m->u.error.len; i++) /* control bytes would reach logs and terminals */
+            p[i] = is_control((uint8_t)m->u.error.text[i]) ? ' ' : (uint8_t)m->u.error.text[i];
         break;
     case FRAME_PROMPT:
     case FRAME_TOKENS: {
@@ -596,6 +601,9 @@ int frame_payload_decode(const frame_header *h, const uint8_t *p, const frame_li
                            FRAME_ERROR_TEXT_MAX);
         if ((rc = want_len(h, FRAME_ERROR_FIXED + (size_t)e->len, err, errlen))) return rc;
         if (e->code >= 0) return err_set(err, errlen, FRAME_E_VALUE, "frame: ERROR code %d is not an error", e->code);
+        for (uint32_t i = 0; i < e->len; i++)
+            if (is_control(p[i]))
+                return err_set(err, errlen, FRAME_E_VALUE, "frame: ERROR text has control byte 0x%02x at %u", p[i], i);
         return 0;
     }
     case FRAME_PROMPT:
