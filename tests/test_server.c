@@ -901,3 +901,48 @@ TEST(test_server_bad_message_order) {
     CHECK_EQ_INT(fx_stats(&f).errors, 6);
     fx_free(&f);
 }
+
+/* A device stalled inside a frame and one that never reads its stream hold only their own threads. */
+TEST(test_server_stalled_devices_do_not_delay_others) {
+    server_opts o = server_opts_default();
+    o.handshake_timeout_ms = 2000; /* also bounds the wait inside a frame, so the stop below is prompt */
+    fixture f;
+    if (fx_init(&f, &o)) {
+        fx_free(&f);
+        return;
+    }
+    good g;
+    good_start(&g, &f, 3);
+    uint8_t buf[256];
+    size_t len = hello_bytes(&f, buf, sizeof buf);
+    int stalled = raw_connect(&f);
+    REQUIRE(stalled >= 0);
+    CHECK(send(stalled, buf, len - 8, MSG_NOSIGNAL) == (ssize_t)(len - 8)); /* and then nothing, socket open */
+    /* a stream paced by a 10 kbit/s downlink: its server thread soon blocks on a full send queue */
+    transport *t = NULL;
+    char err[256];
+    frame_hello h = hello_for(&f, 0, (uint32_t)f.L, FRAME_PART_EMBED | FRAME_PART_HEAD);
+    REQUIRE(link_parse("down=10kbit", &h.link, err, sizeof err) == 0);
+    REQUIRE_MSG(tc_hello(&f, &h, &t, err, sizeof err) == 0, "%s", err);
+    frame_msg m = {.type = FRAME_OPEN};
+    m.u.open = (frame_open){.seed = 1, .n_ctx = 256, .mode = FRAME_MODE_PD, .temperature = 0, .top_p = 1};
+    REQUIRE(transport_send(t, &m, NULL, 0) == 0 && transport_expect(t, FRAME_OPENED, &m, WAIT_MS, NULL, 0) == 0);
+    uint32_t sid = m.session;
+    m = (frame_msg){.type = FRAME_PROMPT, .session = sid};
+    m.u.tokens = (frame_tokens){.pos0 = 0, .n = 1, .ids = f.prompt};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_request(t, sid, FRAME_WANT_STREAM, 1, 200, FRAME_KEEP_ALL), 0); /* never read */
+    sleep_ms(50);
+    good_finish(&g, __LINE__);
+    server_stats st = fx_stats(&f);
+    CHECK_EQ_INT(st.sessions_open, 1); /* the paced stream is still being served */
+    CHECK_EQ_INT(st.sessions_total, 2);
+    CHECK_EQ_INT(st.tokens, N_GEN);
+    server_stop(f.srv); /* while one thread waits inside a frame and one on its send queue */
+    server_free(f.srv);
+    f.srv = NULL;
+    CHECK(fx_log_has(&f, "mode pd", "ended: shutdown"));
+    close(stalled);
+    transport_free(t);
+    fx_free(&f);
+}

@@ -268,11 +268,19 @@ static uint32_t elapsed_us(double t0) {
     return us > 4e9 ? UINT32_MAX : (uint32_t)us;
 }
 
+/* The server is stopping: the cloud sends no more, and CLOSE tells a device waiting for an answer so. */
+static int stop_session(serve *v) {
+    frame_msg r = {.type = FRAME_CLOSE, .session = v->sid};
+    if (transport_send(v->t, &r, NULL, 0) == 0) transport_flush(v->t, ERROR_FLUSH_MS, NULL, 0);
+    snprintf(v->end, sizeof v->end, "shutdown");
+    return -1;
+}
+
 /* Between streamed tokens: a CLOSE ends the stream, a PING is answered, anything else is out of place. */
 static int stream_poll(serve *v) {
     frame_msg m;
     char e[512];
-    if (atomic_load(&v->srv->stop)) return SERVE_STOP;
+    if (atomic_load(&v->srv->stop)) return stop_session(v);
     int rc = transport_recv(v->t, &m, 0, e, sizeof e);
     if (rc == TRANSPORT_TIMEOUT) return 0;
     if (rc == TRANSPORT_CLOSED) {
@@ -394,10 +402,7 @@ static void serve_loop(serve *v) {
         char e[512];
         int rc = recv_sliced(v, &m, s->o.idle_timeout_ms, e, sizeof e);
         if (rc == SERVE_STOP) {
-            /* the cloud sends no more: CLOSE says so to a device waiting for an answer */
-            frame_msg r = {.type = FRAME_CLOSE, .session = v->sid};
-            if (transport_send(v->t, &r, NULL, 0) == 0) transport_flush(v->t, ERROR_FLUSH_MS, NULL, 0);
-            snprintf(v->end, sizeof v->end, "shutdown");
+            stop_session(v);
             return;
         }
         if (rc == TRANSPORT_TIMEOUT) {
@@ -538,7 +543,9 @@ static void refuse(cloud_server *s, transport *t, int n_conns) {
 int server_run(cloud_server *s) {
     transport_opts to = transport_opts_default(LINK_DOWN);
     to.limits.max_payload = s->o.max_frame;
+    /* the longest silence inside a frame; also how long a stop may wait for a thread stuck in one */
     if (to.io_timeout_ms > s->o.idle_timeout_ms) to.io_timeout_ms = s->o.idle_timeout_ms;
+    if (to.io_timeout_ms > s->o.handshake_timeout_ms) to.io_timeout_ms = s->o.handshake_timeout_ms;
     while (!atomic_load(&s->stop)) {
         reap(s, 0);
         transport *t;
