@@ -946,3 +946,71 @@ TEST(test_server_stalled_devices_do_not_delay_others) {
     transport_free(t);
     fx_free(&f);
 }
+
+/* TOKENS extras equal the engine's logits; a stream ends with the session's context, marker included. */
+TEST(test_server_token_fields_and_context_end) {
+    fixture f;
+    if (fx_init(&f, NULL)) {
+        fx_free(&f);
+        return;
+    }
+    const duet_config *c = duet_model_config(f.m);
+    const int n = f.n_prompt;
+    char err[256];
+    duet_kv *kv = duet_kv_init(f.m, duet_model_part(f.m), 64, err, sizeof err);
+    duet_ctx *ctx = duet_ctx_init(f.m, 16, NULL, err, sizeof err);
+    float *h = malloc(sizeof(float) * (size_t)n * c->dim), *logits = malloc(sizeof(float) * (size_t)c->vocab_size);
+    REQUIRE(kv && ctx && h && logits);
+    CHECK_EQ_INT(duet_embed(ctx, f.prompt, n, h, err, sizeof err), 0);
+    CHECK_EQ_INT(duet_forward(ctx, kv, 0, c->n_layers, h, n, 0, err, sizeof err), 0);
+    CHECK_EQ_INT(duet_head(ctx, h + (size_t)(n - 1) * c->dim, 1, logits, err, sizeof err), 0);
+    float top = logits[0];
+    for (int i = 1; i < c->vocab_size; i++) top = logits[i] > top ? logits[i] : top;
+    double sum = 0;
+    for (int i = 0; i < c->vocab_size; i++) sum += exp((double)(logits[i] - top));
+
+    transport *t = NULL;
+    int rc;
+    uint32_t sid = tc_open(&f, &t, 0, (uint32_t)f.L, FRAME_PART_EMBED | FRAME_PART_HEAD, FRAME_MODE_CLOUD,
+                           (uint32_t)n + 5, &rc);
+    REQUIRE_MSG(sid, "open: %d", rc);
+    frame_msg m = {.type = FRAME_PROMPT, .session = sid};
+    m.u.tokens = (frame_tokens){.pos0 = 0, .n = (uint32_t)n, .ids = f.prompt};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    m = (frame_msg){.type = FRAME_REQUEST, .session = sid};
+    m.u.request = (frame_request){.pos = (uint32_t)n - 1, .count = 1, .kv_keep = FRAME_KEEP_ALL,
+                                  .want = FRAME_WANT_TOKENS, .fields = FRAME_TOK_CONF | FRAME_TOK_LOGIT};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    REQUIRE(transport_expect(t, FRAME_TOKENS, &m, WAIT_MS, NULL, 0) == 0 && m.u.tokens.n == 1);
+    int32_t id;
+    float conf = -1, logit = -1;
+    frame_tokens_get(&m.u.tokens, &id, &conf, &logit);
+    CHECK_EQ_INT(id, f.ref[0]);
+    CHECK(logit == top);
+    CHECK_NEAR(conf, 1.0 / sum, 1e-6);
+    CHECK(conf > 0 && conf <= 1);
+    /* n_ctx is n + 5: a stream asked for 100 tokens gives 5, then the end marker at position n + 5 */
+    CHECK_EQ_INT(tc_request(t, sid, FRAME_WANT_STREAM, (uint32_t)n, 100, FRAME_KEEP_ALL), 0);
+    for (int i = 0;; i++) {
+        REQUIRE(transport_expect(t, FRAME_TOKENS, &m, WAIT_MS, NULL, 0) == 0);
+        if (m.u.tokens.n == 0) {
+            CHECK_EQ_INT(i, 5);
+            CHECK_EQ_INT(m.u.tokens.pos0, n + 5);
+            break;
+        }
+        REQUIRE(i < 5);
+        frame_tokens_get(&m.u.tokens, &id, NULL, NULL);
+        CHECK_EQ_INT(id, f.ref[i]);
+    }
+    /* the session now holds all n + 5 positions: more input is over its context */
+    m = (frame_msg){.type = FRAME_PROMPT, .session = sid};
+    m.u.tokens = (frame_tokens){.pos0 = (uint32_t)n + 5, .n = 1, .ids = f.prompt};
+    CHECK_EQ_INT(transport_send(t, &m, NULL, 0), 0);
+    CHECK_EQ_INT(tc_error(t), FRAME_E_LIMIT);
+    transport_free(t);
+    free(h);
+    free(logits);
+    duet_ctx_free(ctx);
+    duet_kv_free(kv);
+    fx_free(&f);
+}

@@ -310,7 +310,9 @@ static int stream(serve *v, const frame_request *q) {
         double t0 = clock_now_ms();
         int32_t id;
         float conf, logit;
-        if ((rc = session_run(ss, e, sizeof e)) || (rc = session_predict(ss, p - 1, &id, &conf, &logit, e, sizeof e)))
+        if ((rc = session_run(ss, e, sizeof e)) ||
+            (rc = session_predict(ss, p - 1, &id, q->fields & FRAME_TOK_CONF ? &conf : NULL,
+                                  q->fields & FRAME_TOK_LOGIT ? &logit : NULL, e, sizeof e)))
             return fail(v, rc, "%s", e);
         frame_msg r = {.type = FRAME_TOKENS, .session = v->sid};
         r.u.tokens = (frame_tokens){.pos0 = p, .n = 1, .fields = q->fields, .compute_us = elapsed_us(t0),
@@ -318,11 +320,15 @@ static int stream(serve *v, const frame_request *q) {
         if ((rc = send_msg(v, &r))) return rc;
         v->tokens++;
         if ((rc = session_push_tokens(ss, p, &id, 1, e, sizeof e))) return fail(v, rc, "%s", e);
-        if (id == v->srv->eos) break;
+        if (id == v->srv->eos) {
+            p++;
+            break;
+        }
         if ((rc = stream_poll(v))) return rc;
     }
+    int32_t none = 0;
     frame_msg r = {.type = FRAME_TOKENS, .session = v->sid};
-    r.u.tokens = (frame_tokens){.pos0 = p, .n = 0, .ids = v->ids};
+    r.u.tokens = (frame_tokens){.pos0 = p, .n = 0, .ids = &none};
     return send_msg(v, &r);
 }
 
@@ -345,7 +351,8 @@ static int request(serve *v, const frame_request *q) {
     }
     if ((rc = reserve_tokens(v, q->count))) return rc;
     for (uint32_t i = 0; i < q->count; i++)
-        if ((rc = session_predict(ss, q->pos + i, &v->ids[i], &v->conf[i], &v->logit[i], e, sizeof e)))
+        if ((rc = session_predict(ss, q->pos + i, &v->ids[i], q->fields & FRAME_TOK_CONF ? &v->conf[i] : NULL,
+                                  q->fields & FRAME_TOK_LOGIT ? &v->logit[i] : NULL, e, sizeof e)))
             return fail(v, rc, "TOKENS: %s", e);
     r.type = FRAME_TOKENS;
     r.u.tokens = (frame_tokens){.pos0 = q->pos, .n = q->count, .fields = q->fields, .compute_us = elapsed_us(t0),

@@ -231,14 +231,17 @@ int session_predict(session *s, uint32_t pos, int32_t *id, float *conf, float *l
     char e[256];
     if (duet_head(s->ctx, row, 1, s->logits, e, sizeof e))
         return err_set(err, errlen, FRAME_E_INTERNAL, "session: %s", e);
-    /* confidence from the raw logits, before the sampler's temperature and filters overwrite them */
-    float top = s->logits[0];
-    for (int i = 1; i < s->vocab; i++)
-        if (s->logits[i] > top) top = s->logits[i];
-    double sum = 0;
-    for (int i = 0; i < s->vocab; i++) sum += exp((double)(s->logits[i] - top));
-    *conf = (float)(1.0 / sum);
-    *logit = top;
+    if (conf || logit) { /* from the raw logits, before the sampler's temperature and filters overwrite them */
+        float top = s->logits[0];
+        for (int i = 1; i < s->vocab; i++)
+            if (s->logits[i] > top) top = s->logits[i];
+        if (logit) *logit = top;
+        if (conf) {
+            double sum = 0;
+            for (int i = 0; i < s->vocab; i++) sum += exp((double)(s->logits[i] - top));
+            *conf = (float)(1.0 / sum);
+        }
+    }
     *id = duet_sample(s->smp, s->logits);
     s->cnt.compute_ms += clock_now_ms() - t0;
     return 0;

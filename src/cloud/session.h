@@ -50,8 +50,8 @@ void session_truncate(session *s, uint32_t n);
 int session_run(session *s, char *err, size_t errlen);
 /* The output rows of positions pos..pos+n-1 (*rows: [n][dim]); they must be in the last batch run. */
 int session_rows(const session *s, uint32_t pos, uint32_t n, const float **rows, char *err, size_t errlen);
-/* Head and sampler on the output row of position pos: the token that follows it, with the maximum softmax
- * probability (conf) and the top logit of the raw logits. */
+/* Head and sampler on the output row of position pos: the token that follows it, and where not NULL the
+ * maximum softmax probability (conf) and the top logit of the raw logits. */
 int session_predict(session *s, uint32_t pos, int32_t *id, float *conf, float *logit, char *err, size_t errlen);
 
 #endif
