@@ -15,6 +15,7 @@
 
 #include "base/clock.h"
 #include "cloud/server.h"
+#include "cloud/session.h"
 #include "duet.h"
 #include "net/transport.h"
 #include "test.h"
@@ -1013,4 +1014,87 @@ TEST(test_server_token_fields_and_context_end) {
     duet_ctx_free(ctx);
     duet_kv_free(kv);
     fx_free(&f);
+}
+
+/* An UPLOAD of x[n][dim] at pos0 as the server's session sees it: encoded, then decoded (rows point into buf). */
+static int rows_frame(uint8_t *buf, size_t cap, const float *x, uint32_t pos0, uint32_t n, uint32_t dim,
+                      frame_msg *out) {
+    frame_msg m = {.type = FRAME_UPLOAD, .session = 1};
+    m.u.rows = (frame_rows){.pos0 = pos0, .n = n, .dim = dim, .enc = FRAME_ENC_F32, .x = x};
+    size_t len;
+    frame_header h;
+    frame_limits lim = frame_limits_default();
+    return frame_encode(&m, 0, buf, cap, &len, NULL, 0) || frame_decode(buf, len, &lim, &h, out, NULL, 0);
+}
+
+/* The context manager under a random mix of valid and invalid uploads, rollbacks, runs and reads: only the
+ * documented codes, limits kept, and after it all a rollback to 0 gives the exact device-only token. */
+TEST(test_server_session_random_ops) {
+    char err[256];
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    REQUIRE_MSG(m, "%s", err);
+    const duet_config *c = duet_model_config(m);
+    const int dim = c->dim, A = 2, n_ctx = 24;
+    const duet_tokenizer *tok = duet_model_tokenizer(m, err, sizeof err);
+    int prompt[16], ref[1];
+    int n = duet_tokenize(tok, "Once upon a time", 16, true, prompt, 16);
+    REQUIRE(n > 1 && n <= 16 && ref_generate(m, prompt, n, 1, ref) == 0);
+    float ha[16 * 64], x[8 * 64]; /* h_A of the prompt; random rows */
+    REQUIRE(dim == 64);
+    duet_part dev = {.n_spans = 1, .span = {{0, A}}, .embed = true};
+    duet_kv *kv = duet_kv_init(m, &dev, 16, err, sizeof err);
+    duet_ctx *ctx = duet_ctx_init(m, 16, NULL, err, sizeof err);
+    REQUIRE(kv && ctx && duet_embed(ctx, prompt, n, ha, err, sizeof err) == 0 &&
+            duet_forward(ctx, kv, 0, A, ha, n, 0, err, sizeof err) == 0);
+    session_params p = {.part = {.n_spans = 1, .span = {{A, c->n_layers}}, .head = true}, .n_ctx = n_ctx,
+                        .max_pending_bytes = 10 * 64 * sizeof(float), .sampling = {.top_p = 1}};
+    session *ss = session_init(m, NULL, &p, err, sizeof err);
+    REQUIRE_MSG(ss, "%s", err);
+    static uint8_t buf[1 << 16];
+    uint64_t rng = 42;
+    int counts[4] = {0}; /* ok, STATE, LIMIT, other */
+    for (int op = 0; op < 3000; op++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t r = (uint32_t)(rng >> 33), end = (uint32_t)session_end(ss);
+        uint32_t pos = r % (end + 3), cnt = 1 + (r >> 8) % 7;
+        frame_msg fm;
+        const float *rows;
+        int32_t id;
+        float conf, logit;
+        int rc = 0;
+        switch ((r >> 16) % 5) {
+        case 0:
+        case 1:
+            for (uint32_t i = 0; i < cnt * 64; i++) x[i] = (float)((r >> (i % 17)) % 7) * 0.25f - 0.75f;
+            REQUIRE(rows_frame(buf, sizeof buf, x, pos, cnt, 64, &fm) == 0);
+            rc = session_push_rows(ss, &fm.u.rows, err, sizeof err);
+            break;
+        case 2: session_truncate(ss, pos); break;
+        case 3: rc = session_run(ss, err, sizeof err); break;
+        default:
+            rc = session_run(ss, err, sizeof err);
+            if (!rc) rc = (r & 1) ? session_rows(ss, pos, cnt, &rows, err, sizeof err)
+                                  : session_predict(ss, pos, &id, &conf, &logit, err, sizeof err);
+            if (!rc && !(r & 1)) CHECK(id >= 0 && id < c->vocab_size && conf > 0 && conf <= 1);
+        }
+        CHECK_MSG(rc == 0 || rc == FRAME_E_STATE || rc == FRAME_E_LIMIT, "op %d: %d %s", op, rc, err);
+        counts[rc == 0 ? 0 : rc == FRAME_E_STATE ? 1 : rc == FRAME_E_LIMIT ? 2 : 3]++;
+        CHECK(session_end(ss) <= n_ctx && session_pending_bytes(ss) <= p.max_pending_bytes);
+    }
+    CHECK(counts[0] > 1000 && counts[1] > 50 && counts[2] > 10); /* every path was taken */
+    session_truncate(ss, 0);
+    frame_msg fm;
+    int32_t id;
+    REQUIRE(rows_frame(buf, sizeof buf, ha, 0, (uint32_t)n, 64, &fm) == 0);
+    CHECK_EQ_INT(session_push_rows(ss, &fm.u.rows, err, sizeof err), 0);
+    CHECK_EQ_INT(session_run(ss, err, sizeof err), 0);
+    CHECK_EQ_INT(session_predict(ss, (uint32_t)n - 1, &id, NULL, NULL, err, sizeof err), 0);
+    CHECK_EQ_INT(id, ref[0]);
+    session_counters sc;
+    session_counters_get(ss, &sc);
+    CHECK(sc.positions >= (uint64_t)n);
+    session_free(ss);
+    duet_ctx_free(ctx);
+    duet_kv_free(kv);
+    duet_model_free(m);
 }

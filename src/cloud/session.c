@@ -16,7 +16,6 @@
 #define KEEP_ROWS 64 /* rows the buffer shrinks back to after a larger batch */
 
 struct session {
-    const duet_model *m;
     session_params p;
     int a, b, dim, vocab;
     duet_kv *kv;
@@ -39,7 +38,6 @@ session *session_init(const duet_model *m, duet_pool *pool, const session_params
         err_set(err, errlen, FRAME_E_INTERNAL, "session: out of memory");
         return NULL;
     }
-    s->m = m;
     s->p = *p;
     s->a = p->part.n_spans ? p->part.span[0].a : 0;
     s->b = p->part.n_spans ? p->part.span[0].b : 0;
