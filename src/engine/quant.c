@@ -17,6 +17,7 @@
 #include "base/half.h"
 #include "duet.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -1055,10 +1056,16 @@ void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr
         gemm_scalar(type, n, w, w_stride, nr, x, x_stride, nx, y, ldy);
 }
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c". */
+static bool cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 int quant_isa_best(void) {
     __builtin_cpu_init();
     int best = QUANT_ISA_SCALAR;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
         best = QUANT_ISA_AVX2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
