@@ -479,3 +479,86 @@ TEST(test_modes_cli_errors) {
         free(out);
     }
 }
+
+/* ---- a misbehaving cloud ---- */
+
+enum fake_act { FAKE_BAD_POS, FAKE_EXTRA, FAKE_DROP, FAKE_ERROR };
+
+typedef struct fake_cloud {
+    transport_listener *l;
+    int act;
+} fake_cloud;
+
+/* Speaks the handshake like a real cloud, then answers the first REQUEST wrongly. */
+static void *fake_main(void *arg) {
+    fake_cloud *f = arg;
+    transport_opts o = transport_opts_default(LINK_DOWN);
+    transport *t = NULL;
+    frame_msg m;
+    if (transport_accept(f->l, &o, 5000, &t, NULL, 0)) return NULL;
+    if (transport_expect(t, FRAME_HELLO, &m, 5000, NULL, 0) == 0) {
+        m.type = FRAME_HELLO_OK;
+        transport_send(t, &m, NULL, 0);
+    }
+    uint32_t n_ctx = 0;
+    if (transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
+        n_ctx = m.u.open.n_ctx;
+        m = (frame_msg){.type = FRAME_OPENED, .session = 7};
+        m.u.opened.n_ctx = n_ctx;
+        transport_send(t, &m, NULL, 0);
+    }
+    while (transport_recv(t, &m, 5000, NULL, 0) == 0 && m.type != FRAME_REQUEST) {}
+    frame_request q = m.u.request;
+    int32_t id = 42;
+    m = (frame_msg){.type = FRAME_TOKENS, .session = 7};
+    m.u.tokens = (frame_tokens){.pos0 = q.pos + 1, .n = 1, .ids = &id};
+    if (f->act == FAKE_BAD_POS) transport_send(t, &m, NULL, 0);
+    for (uint32_t i = 0; f->act == FAKE_EXTRA && i <= q.count; i++) transport_send(t, &m, NULL, 0);
+    if (f->act == FAKE_ERROR) {
+        frame_error_msg(&m, 7, FRAME_E_INTERNAL, "out of cheese");
+        transport_send(t, &m, NULL, 0);
+    }
+    if (f->act != FAKE_DROP) /* then wait until the device hangs up */
+        while (transport_recv(t, &m, 5000, NULL, 0) == 0) {}
+    transport_flush(t, 1000, NULL, 0);
+    transport_free(t);
+    return NULL;
+}
+
+TEST(test_modes_bad_cloud_answers) {
+    char err[512];
+    ref_case c[1];
+    REQUIRE(load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    struct { int act, split; const char *msg; } cases[] = {
+        {FAKE_BAD_POS, 2, "asked 1 at"},
+        {FAKE_EXTRA, 0, "more tokens than asked"},
+        {FAKE_DROP, 2, "closed the connection"},
+        {FAKE_DROP, 0, "closed the connection"},
+        {FAKE_ERROR, 2, "out of cheese"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fake_cloud f = {transport_listen("127.0.0.1", 0, err, sizeof err), cases[i].act};
+        REQUIRE(f.l);
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, fake_main, &f) == 0);
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", transport_listener_port(f.l));
+        remote_opts o = local_opts(FRAME_ENC_F32);
+        o.cloud = addr;
+        o.timeout_ms = 3000;
+        mode_request rq = request(&c[0], 4);
+        metrics mt;
+        err[0] = 0;
+        int rc = run_remote(m, pool, &o, cases[i].split, &rq, &mt, NULL, err, sizeof err);
+        CHECK_MSG(rc != 0, "case %zu: no error", i);
+        CHECK_MSG(strstr(err, cases[i].msg) != NULL, "case %zu: %s", i, err);
+        metrics_free(&mt);
+        pthread_join(th, NULL);
+        transport_listener_free(f.l);
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
