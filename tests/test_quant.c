@@ -425,6 +425,37 @@ TEST(test_quant_gemm_simd_matches_scalar) {
     for (int isa = QUANT_ISA_AVX2; isa <= best; isa++) printf("    (checked %s)\n", quant_isa_name(isa));
 }
 
+/* Batch invariance (quant.h): for every ISA, each output has the same bits whatever tile it lands in,
+ * i.e. a 9 x 7 call, every smaller call, and one output at a time all agree exactly. The forward pass relies
+ * on it for batched verification to equal one-token decoding. n = 1024 exercises every unrolled path. */
+TEST(test_quant_gemm_batch_invariant) {
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+        const int type = weight_types[ti], n = 1024;
+        rng_seed(77 + type);
+        gemm_case g;
+        REQUIRE(case_make(&g, type, n, 9, 7) == 0);
+        for (int isa = QUANT_ISA_SCALAR; isa <= quant_isa_best(); isa++) {
+            float all[7][9], part[7][9], one;
+            quant_gemm(isa, type, n, g.w, g.ws, 9, g.x, g.xs, 7, &all[0][0], 9);
+            for (int nr = 1; nr <= 9; nr++)
+                for (int nx = 1; nx <= 7; nx++) {
+                    quant_gemm(isa, type, n, g.w, g.ws, nr, g.x, g.xs, nx, &part[0][0], 9);
+                    for (int j = 0; j < nx; j++)
+                        for (int i = 0; i < nr; i++)
+                            CHECK_MSG(!memcmp(&part[j][i], &all[j][i], sizeof(float)), "%s %s: y[%d][%d] of a %dx%d call differs",
+                                      quant_traits_get(type)->name, quant_isa_name(isa), j, i, nr, nx);
+                }
+            for (int j = 0; j < 7; j++)
+                for (int i = 0; i < 9; i++) {
+                    quant_gemm(isa, type, n, g.w + i * g.ws, g.ws, 1, g.x + j * g.xs, g.xs, 1, &one, 1);
+                    CHECK_MSG(!memcmp(&one, &all[j][i], sizeof(float)), "%s %s: y[%d][%d] alone differs",
+                              quant_traits_get(type)->name, quant_isa_name(isa), j, i);
+                }
+        }
+        case_free(&g);
+    }
+}
+
 /* The scalar reference against plain double math on the dequantized weights and activations: the
  * integer kernels must compute exactly sum w_k x_k up to float rounding of the block sums. */
 TEST(test_quant_gemm_scalar_matches_dequantized_math) {

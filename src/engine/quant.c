@@ -798,19 +798,9 @@ AVX512_INL void float_tile_avx512(const int R, const int C, const bool f16, int 
                                   size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     __m512 acc[RMAX][4];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
-    int k0 = 0;
-    if (R == 1 && C == 1) { /* one row streaming: four independent FMA chains instead of rows' */
-        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (; k0 + 64 <= n; k0 += 64)
-            UNROLL for (int u = 0; u < 4; u++) {
-                const int k = k0 + 16 * u;
-                const __m512 wv = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * k)))
-                                      : _mm512_loadu_ps((const float *)w + k);
-                a[u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float *)x + k), a[u]);
-            }
-        acc[0][0] = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-    }
-    for (int k = k0; k < n; k += 16) {
+    /* One FMA chain per output in every tile shape, so an output has the same bits in a batch and alone
+     * (quant.h); decode gets its parallelism from four rows at a time instead. */
+    for (int k = 0; k < n; k += 16) {
         const __mmask16 m = n - k >= 16 ? 0xFFFF : (__mmask16)((1u << (n - k)) - 1);
         __m512 wv[RMAX];
         UNROLL for (int r = 0; r < R; r++)
@@ -993,7 +983,7 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
 }
 
 GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, 4, AVX512_FN)
-GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 4, 1, AVX512_FN)
+GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 4, 4, AVX512_FN)
 GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 1, AVX512_FN)
