@@ -469,6 +469,8 @@ TEST(test_modes_cli_errors) {
         {"run --mode cloud --cloud nowhere -m " MODEL, "HOST:PORT", 2},
         {"run --mode cloud --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
         {"run --mode device -m /nonexistent.gguf", "nonexistent", 1},
+        {"run --mode cloud -n 0 -m " MODEL, "0 tokens", 0}, /* nothing to ask the cloud */
+        {"run --mode split -n 0 -m " MODEL, "0 tokens", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st;

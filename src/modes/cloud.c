@@ -11,10 +11,13 @@ int mode_cloud_run(remote *r, const mode_request *rq, mode_emit_fn emit, void *a
                    size_t errlen) {
     if (r->layer_a != 0) return err_set(err, errlen, DUET_EINVAL, "cloud mode needs a cloud holding every layer");
     if (rq->n_prompt < 1) return err_set(err, errlen, DUET_EINVAL, "the prompt is empty (add BOS)");
-    int cap = rq->max_tokens > 0 ? rq->max_tokens : 1;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)cap); /* [max_tokens] of one TOKENS frame */
-    if (!ids) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
     mt->prompt_tokens = rq->n_prompt;
+    if (rq->max_tokens < 1) { /* nothing to ask for (a STREAM asks for at least one token) */
+        metrics_finish(mt);
+        return DUET_OK;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)rq->max_tokens); /* [max_tokens] of one TOKENS frame */
+    if (!ids) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
     remote_begin(r);
     double t0 = clock_now_ms();
     frame_msg msg = {.type = FRAME_PROMPT, .session = r->session};
