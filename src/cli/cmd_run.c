@@ -66,7 +66,8 @@ static int usage_error(const char *msg) {
     return 2;
 }
 
-static const char *MODES[] = {"device", "cloud", "split"};
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT };
+static const char *MODES[] = {"device", "cloud", "split"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static int lookup(const char *v, const char **names, int n) {
@@ -138,14 +139,14 @@ int cmd_run(int argc, char **argv) {
     char err[512];
     if (mode < 0) return usage_error("--mode device|cloud|split is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
-    if (split >= 0 && mode != 2) return usage_error("--split applies to --mode split only");
+    if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
     if (link_parse(link_spec, &ro.link, err, sizeof err)) {
         fprintf(stderr, "duet run: --link: %s\n", err);
         return 2;
     }
     char host[256];
     int port;
-    if (mode != 0 && strcmp(ro.cloud, "local") && remote_parse_addr(ro.cloud, host, sizeof host, &port, err, sizeof err)) {
+    if (mode != RUN_DEVICE && strcmp(ro.cloud, "local") && remote_parse_addr(ro.cloud, host, sizeof host, &port, err, sizeof err)) {
         fprintf(stderr, "duet run: --cloud: %s\n", err);
         return 2;
     }
@@ -164,8 +165,8 @@ int cmd_run(int argc, char **argv) {
     metrics_start(&ref, "device");
     if (!meta) goto fail;
     const duet_config *c = duet_model_config(meta);
-    if (mode == 2 && split < 0) split = c->n_layers / 2;
-    if (mode == 2 && (split < 1 || split >= c->n_layers)) {
+    if (mode == RUN_SPLIT && split < 0) split = c->n_layers / 2;
+    if (mode == RUN_SPLIT && (split < 1 || split >= c->n_layers)) {
         fprintf(stderr, "duet run: --split %d: this model has %d layers, so the split must be in 1..%d\n", split,
                 c->n_layers, c->n_layers - 1);
         status = 2;
@@ -186,30 +187,30 @@ int cmd_run(int argc, char **argv) {
         goto fail;
     }
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
-    if ((mode == 0 || compare) && !(full = duet_model_load(model, NULL, err, sizeof err))) goto fail;
+    if ((mode == RUN_DEVICE || compare) && !(full = duet_model_load(model, NULL, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
-    if (mode == 2) {
+    if (mode == RUN_SPLIT) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
         if (!(dev = duet_model_load(model, &part, err, sizeof err))) goto fail;
     }
-    if (mode != 0 && remote_open(&r, dev ? dev : meta, &ro, mode == 1 ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
-                                 mode == 1 ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
+    if (mode != RUN_DEVICE && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+                                          mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
 
     out_ctx o = {tok, json ? stderr : stdout};
     fputs(prompt, o.f);
     metrics_start(&mt, MODES[mode]);
-    int rc = mode == 0   ? mode_device_run_slowed(full, pool, slowdown, &rq, emit, &o, &mt, err, sizeof err)
-             : mode == 1 ? mode_cloud_run(&r, &rq, emit, &o, &mt, err, sizeof err)
-                         : mode_split_run(dev, pool, &r, &rq, emit, &o, &mt, err, sizeof err);
+    int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, emit, &o, &mt, err, sizeof err)
+             : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, emit, &o, &mt, err, sizeof err)
+                                 : mode_split_run(dev, pool, &r, &rq, emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
     fflush(o.f);
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
 
     char where[128] = "";
-    if (mode == 1) snprintf(where, sizeof where, " over link %.64s", link_spec);
-    if (mode == 2) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
+    if (mode == RUN_CLOUD) snprintf(where, sizeof where, " over link %.64s", link_spec);
+    if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
     fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
                     "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
