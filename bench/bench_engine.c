@@ -46,7 +46,7 @@ static int bench_memcpy(duet_pool *pool, int reps, int json) {
     double t[16];
     for (int r = 0; r < reps; r++) {
         double t0 = clock_now_ms();
-        pool_run(pool, copy_work, &j);
+        pool_run(pool, 0, copy_work, &j);
         t[r] = clock_now_ms() - t0;
     }
     double gbs = 2.0 * n / (median(t, reps) * 1e6);

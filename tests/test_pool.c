@@ -20,12 +20,12 @@ TEST(test_pool_runs_each_share_once) {
     REQUIRE_MSG(p, "%s", err);
     CHECK_EQ_INT(duet_pool_threads(p), 3);
     job j = {0};
-    for (int r = 0; r < 2000; r++) pool_run(p, work, &j);
+    for (int r = 0; r < 2000; r++) pool_run(p, 0, work, &j);
     for (int i = 0; i < 3; i++) CHECK_EQ_INT(atomic_load(&j.hits[i]), 2000);
     CHECK_EQ_INT(atomic_load(&j.sum), 2000L * (0 + 1 + 2 + 3 * 300));
     duet_pool_free(p);
     job k = {0};
-    pool_run(NULL, work, &k); /* no pool: the caller alone */
+    pool_run(NULL, 0, work, &k); /* no pool: the caller alone */
     CHECK_EQ_INT(atomic_load(&k.hits[0]), 1);
     CHECK_EQ_INT(atomic_load(&k.sum), 100);
 }
@@ -34,7 +34,7 @@ typedef struct { duet_pool *p; job *j; } caller_arg;
 
 static void *caller(void *a) {
     caller_arg *c = a;
-    for (int r = 0; r < 500; r++) pool_run(c->p, work, c->j);
+    for (int r = 0; r < 500; r++) pool_run(c->p, 0, work, c->j);
     return NULL;
 }
 
@@ -50,4 +50,44 @@ TEST(test_pool_callers_on_several_threads_take_turns) {
     CHECK_EQ_INT(atomic_load(&j.hits[0]), 1500);
     CHECK_EQ_INT(atomic_load(&j.hits[1]), 1500);
     duet_pool_free(p);
+}
+
+typedef struct { atomic_int inside, most, calls; } overlap;
+
+static void busy(void *arg, int ith, int nth) {
+    overlap *o = arg;
+    int now = atomic_fetch_add(&o->inside, 1) + 1;
+    int m = atomic_load(&o->most);
+    while (now > m && !atomic_compare_exchange_weak(&o->most, &m, now)) {}
+    atomic_fetch_add(&o->calls, 1);
+    for (volatile int i = 0; i < 2000; i++) {}
+    atomic_fetch_sub(&o->inside, 1);
+}
+
+typedef struct { duet_pool *p; overlap *o; int max_threads; } busy_arg;
+
+static void *busy_caller(void *a) {
+    busy_arg *b = a;
+    for (int r = 0; r < 300; r++) pool_run(b->p, b->max_threads, busy, b->o);
+    return NULL;
+}
+
+/* A server gives its sessions one shared pool: with one thread, or work capped at one thread, calls from
+ * many session threads must still run one at a time (one core), never side by side. */
+TEST(test_pool_one_thread_means_one_at_a_time) {
+    char err[128];
+    duet_pool *one = duet_pool_init(1, err, sizeof err), *two = duet_pool_init(2, err, sizeof err);
+    REQUIRE(one && two);
+    duet_pool *pools[] = {one, two};
+    for (int k = 0; k < 2; k++) {
+        overlap o = {0};
+        busy_arg ba = {pools[k], &o, 1};
+        pthread_t t[4];
+        for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, busy_caller, &ba);
+        for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+        CHECK_EQ_INT(atomic_load(&o.most), 1);
+        CHECK_EQ_INT(atomic_load(&o.calls), 1200);
+    }
+    duet_pool_free(one);
+    duet_pool_free(two);
 }

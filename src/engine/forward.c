@@ -125,8 +125,7 @@ static void matmul_n(duet_ctx *c, int n_w, const model_mat *const *w, const floa
     j.first[0] = 0;
     for (int i = 0; i < n_w; i++) j.first[i + 1] = j.first[i] + (w[i]->rows + chunk - 1) / chunk;
     atomic_init(&j.next, 0);
-    if (nth == 1 || work < 65536) mm_work(&j, 0, 1);
-    else pool_run(c->pool, mm_work, &j);
+    pool_run(c->pool, nth == 1 || work < 65536 ? 1 : nth, mm_work, &j);
 }
 
 static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float *y, size_t ldy) {
@@ -193,8 +192,7 @@ static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0)
     }
     att_job j = {.c = c, .kv = kv, .layer = layer, .n = n, .pos0 = pos0};
     atomic_init(&j.next, 0);
-    if ((double)n * need * c->m->cfg.dim < 65536) att_work(&j, 0, 1);
-    else pool_run(c->pool, att_work, &j);
+    pool_run(c->pool, (double)n * need * c->m->cfg.dim < 65536 ? 1 : duet_pool_threads(c->pool), att_work, &j);
     return DUET_OK;
 }
 

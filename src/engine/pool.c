@@ -113,12 +113,19 @@ void duet_pool_free(duet_pool *p) {
 
 int duet_pool_threads(const duet_pool *p) { return p ? p->n_threads : 1; }
 
-void pool_run(duet_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg) {
-    if (!p || p->n_threads == 1) {
+void pool_run(duet_pool *p, int max_threads, void (*fn)(void *arg, int ith, int nth), void *arg) {
+    if (!p) {
         fn(arg, 0, 1);
         return;
     }
+    /* Callers take turns even on a one-thread pool: a cloud given one compute thread uses one core,
+     * however many sessions it serves. */
     pthread_mutex_lock(&p->turn);
+    if (p->n_threads == 1 || max_threads == 1) {
+        fn(arg, 0, 1);
+        pthread_mutex_unlock(&p->turn);
+        return;
+    }
     p->fn = fn;
     p->arg = arg;
     atomic_store(&p->running, p->n_threads - 1);

@@ -4,8 +4,10 @@
 
 #include "duet.h"
 
-/* Calls fn(arg, i, n) once for each thread i of n (the caller runs i == 0) and returns when all are done.
- * A NULL pool runs fn(arg, 0, 1). Callers on several threads take turns. */
-void pool_run(duet_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg);
+/* Calls fn(arg, i, n) once for each thread i of n (the caller runs i == 0) and returns when all are done;
+ * n is the pool's size, or 1 when max_threads is 1 (work too small to be worth waking threads for).
+ * Callers on several threads take turns, so a pool of N threads never runs more than N. A NULL pool runs
+ * fn(arg, 0, 1) on the caller. */
+void pool_run(duet_pool *p, int max_threads, void (*fn)(void *arg, int ith, int nth), void *arg);
 
 #endif
