@@ -138,11 +138,13 @@ int main(int argc, char **argv) {
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     if (json)
         printf("{\"bench\":\"engine\",\"model\":\"%s\",\"threads\":%d,\"pp\":%d,\"pp_tokens_per_s\":%.2f,"
-               "\"tg\":%d,\"tg_tokens_per_s\":%.2f,\"weight_bytes\":%zu,\"decode_gb_per_s\":%.2f}\n",
-               name, threads, n_prompt, pp_med, n_gen, tg_med, duet_model_weight_bytes(m), gbs);
+               "\"tg\":%d,\"tg_tokens_per_s\":%.2f,\"weight_bytes\":%zu,\"decode_gb_per_s\":%.2f,\"locked\":%s}\n",
+               name, threads, n_prompt, pp_med, n_gen, tg_med, duet_model_weight_bytes(m), gbs,
+               duet_model_locked(m) ? "true" : "false");
     else
-        printf("%-28s t=%d  pp%d %9.1f tok/s  tg%d %8.1f tok/s  decode %.1f GB/s (%.2f GB/token)\n", name, threads,
-               n_prompt, pp_med, n_gen, tg_med, gbs, duet_model_weight_bytes(m) / 1e9);
+        printf("%-28s t=%d  pp%d %9.1f tok/s  tg%d %8.1f tok/s  decode %.1f GB/s (%.2f GB/token)%s\n", name, threads,
+               n_prompt, pp_med, n_gen, tg_med, gbs, duet_model_weight_bytes(m) / 1e9,
+               duet_model_locked(m) ? "" : "  [weights not locked]");
     duet_kv_free(kv);
     duet_ctx_free(ctx);
     duet_model_free(m);

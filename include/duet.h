@@ -90,13 +90,16 @@ bool duet_part_has_layer(const duet_part *p, int layer);
 typedef struct duet_model duet_model;
 
 /* Opens and maps path, checks the metadata and every tensor the part needs (presence, shape, type).
- * part may be NULL for the whole model. Returns NULL with a message in err on failure. */
+ * part may be NULL for the whole model. Returns NULL with a message in err on failure. The held tensors
+ * are locked in memory when the system allows it (set DUET_NO_MLOCK to skip; see duet_model_locked). */
 duet_model *duet_model_load(const char *path, const duet_part *part, char *err, size_t errlen);
 void duet_model_free(duet_model *m);
 const duet_config *duet_model_config(const duet_model *m);
 const duet_part *duet_model_part(const duet_model *m);
 /* Bytes of weights that one token's forward over the held part reads (for bandwidth figures). */
 size_t duet_model_weight_bytes(const duet_model *m);
+/* Whether every held tensor is locked in memory (mlock), so it is never paged out or refaulted. */
+bool duet_model_locked(const duet_model *m);
 /* 64-bit fingerprint of the whole file's tensor names, types, shapes and data (computed once, on first
  * call; reads the entire file). Two peers agree on a model iff their fingerprints agree. */
 uint64_t duet_model_fingerprint(duet_model *m);

@@ -38,6 +38,7 @@ struct duet_ctx {
     float *rope;    /* [B][head_dim/2][2] cos, sin of each position's rotations */
     float theta_scale; /* base^(-2/head_dim): ratio of successive rotation frequencies */
     float *scores;  /* [n_threads][score_cap] attention weights, one row per thread */
+    void *scratch;  /* the block x .. rope live in */
     int score_cap;
 };
 
@@ -247,14 +248,21 @@ duet_ctx *duet_ctx_init(const duet_model *m, int max_batch, duet_pool *pool, cha
     size_t B = (size_t)max_batch;
     int widest = cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim;
     c->xq_row = (size_t)widest * 2; /* Q8_0 and Q8_K take under 1.15 bytes per value */
-    c->x = malloc(sizeof(float) * B * cfg->dim);
-    c->q = malloc(sizeof(float) * B * cfg->dim);
-    c->att = malloc(sizeof(float) * B * cfg->dim);
-    c->gate = malloc(sizeof(float) * B * cfg->ffn_dim);
-    c->up = malloc(sizeof(float) * B * cfg->ffn_dim);
-    c->xq = malloc(c->xq_row * B * 2);
-    c->rope = malloc(sizeof(float) * B * cfg->head_dim);
-    if (!c->x || !c->q || !c->att || !c->gate || !c->up || !c->xq || !c->rope) goto nomem;
+    /* One block for all scratch, each buffer starting on a different cache line within a page: buffers of
+     * their own would all start at the same page offset, and a decode step's rows alias in the cache. */
+    size_t sizes[] = {sizeof(float) * B * cfg->dim, sizeof(float) * B * cfg->dim, sizeof(float) * B * cfg->dim,
+                      sizeof(float) * B * cfg->ffn_dim, sizeof(float) * B * cfg->ffn_dim, c->xq_row * B * 2,
+                      sizeof(float) * B * cfg->head_dim};
+    void **bufs[] = {(void **)&c->x, (void **)&c->q, (void **)&c->att, (void **)&c->gate, (void **)&c->up, &c->xq,
+                     (void **)&c->rope};
+    size_t total = 0, offs[7];
+    for (int i = 0; i < 7; i++) {
+        offs[i] = total + (size_t)i * 4 * 64;        /* stagger by 4 cache lines */
+        total = (offs[i] + sizes[i] + 4095) & ~(size_t)4095;
+    }
+    c->scratch = aligned_alloc(4096, total);
+    if (!c->scratch) goto nomem;
+    for (int i = 0; i < 7; i++) *bufs[i] = (char *)c->scratch + offs[i];
     c->theta_scale = powf(cfg->rope_base, -2.0f / cfg->head_dim);
     return c;
 nomem:
@@ -265,13 +273,7 @@ nomem:
 
 void duet_ctx_free(duet_ctx *c) {
     if (!c) return;
-    free(c->x);
-    free(c->q);
-    free(c->att);
-    free(c->gate);
-    free(c->up);
-    free(c->xq);
-    free(c->rope);
+    free(c->scratch);
     free(c->scores);
     free(c);
 }

@@ -35,6 +35,7 @@ struct duet_model {
     duet_tokenizer *tok;      /* NULL if the file has no usable vocabulary */
     char tok_err[256];
     size_t weight_bytes;
+    bool locked;              /* every held tensor is mlock()ed */
     pthread_mutex_t fp_lock;
     int fp_done;
     uint64_t fp;
