@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #define MAX_TESTS 1024
@@ -35,6 +36,48 @@ void test_fail(const char *file, int line, const char *fmt, ...) {
 }
 
 int test_failed_now(void) { return failures_now > 0; }
+
+char *test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = '\0';
+        if (len) *len = (size_t)n;
+    }
+    return buf;
+}
+
+char *test_run_cli(const char *args, int *status, int keep_stderr) {
+    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s %s", bin, args, keep_stderr ? "2>&1" : "2>/dev/null");
+    *status = -1;
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, n = 0, got;
+    char *out = malloc(cap);
+    while (out && (got = fread(out + n, 1, cap - n - 1, p)) > 0) {
+        n += got;
+        if (n + 1 == cap) {
+            char *bigger = realloc(out, cap *= 2);
+            if (!bigger) free(out);
+            out = bigger;
+        }
+    }
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (out) out[n] = 0;
+    return out;
+}
 
 static int cmp_name(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);

@@ -5,12 +5,19 @@
 #define DUET_TEST_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 
 typedef void (*test_fn)(void);
 void test_register(const char *name, test_fn fn);
 void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int test_failed_now(void); /* 1 if the running test has recorded a failure */
+
+/* The whole file at path, NUL-terminated (caller frees); NULL if it cannot be read. */
+char *test_read_file(const char *path, size_t *len);
+/* Runs `$DUET_BIN args` (default build/duet) and returns its stdout (caller frees), with stderr mixed in
+ * when keep_stderr; *status gets its exit status (-1 if it did not exit). */
+char *test_run_cli(const char *args, int *status, int keep_stderr);
 
 /* Directory of the test data copied from ../shared (tests/data), relative to the repository root. */
 #define TEST_DATA "tests/data"

@@ -5,26 +5,6 @@
 #include "base/json.h"
 #include "test.h"
 
-/* Runs `$DUET_BIN args` (stderr to /dev/null unless keep_err), returns its stdout (caller frees) and status. */
-static char *run(const char *args, int *status, int keep_err) {
-    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s %s %s", bin, args, keep_err ? "2>&1" : "2>/dev/null");
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *out = malloc(cap);
-    size_t got;
-    while (out && (got = fread(out + n, 1, cap - n - 1, p)) > 0) {
-        n += got;
-        if (n + 1 == cap) out = realloc(out, cap *= 2);
-    }
-    int st = pclose(p);
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    if (out) out[n] = 0;
-    return out;
-}
-
 TEST(test_cli_generate_text_matches_llamacpp) {
     char err[256];
     FILE *f = fopen(TEST_DATA "/stories260K-greedy.jsonl", "r");
@@ -39,7 +19,7 @@ TEST(test_cli_generate_text_matches_llamacpp) {
     char args[512];
     snprintf(args, sizeof args, "generate -m models/stories260K.gguf -p '%s' -n 64", prompt);
     int st;
-    char *out = run(args, &st, 0);
+    char *out = test_run_cli(args, &st, 0);
     REQUIRE(out);
     CHECK_EQ_INT(st, 0);
     size_t plen = strlen(prompt);
@@ -51,7 +31,7 @@ TEST(test_cli_generate_text_matches_llamacpp) {
 
 TEST(test_cli_generate_json_metrics) {
     int st;
-    char *out = run("generate -m models/stories260K.gguf -p 'Once upon a time' -n 20 --json", &st, 0);
+    char *out = test_run_cli("generate -m models/stories260K.gguf -p 'Once upon a time' -n 20 --json", &st, 0);
     REQUIRE(out);
     CHECK_EQ_INT(st, 0);
     char err[256];
@@ -76,35 +56,35 @@ TEST(test_cli_generate_json_metrics) {
 
 TEST(test_cli_help_and_usage_errors) {
     int st;
-    char *out = run("generate --help", &st, 0);
+    char *out = test_run_cli("generate --help", &st, 0);
     REQUIRE(out);
     CHECK_EQ_INT(st, 0);
     static const char *flags[] = {"--model", "--prompt", "--tokens", "--temp", "--top-k", "--top-p", "--seed",
                                   "--threads", "--json"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) CHECK_MSG(strstr(out, flags[i]), "help lacks %s", flags[i]);
     free(out);
-    out = run("--help", &st, 0);
+    out = test_run_cli("--help", &st, 0);
     CHECK(out && st == 0 && strstr(out, "generate") && strstr(out, "convert") && strstr(out, "synth"));
     free(out);
-    out = run("generate -m models/stories260K.gguf --bogus", &st, 1);
+    out = test_run_cli("generate -m models/stories260K.gguf --bogus", &st, 1);
     CHECK(out && st == 2 && strstr(out, "unknown option"));
     free(out);
-    out = run("generate -m models/stories260K.gguf -n many", &st, 1);
+    out = test_run_cli("generate -m models/stories260K.gguf -n many", &st, 1);
     CHECK(out && st == 2 && strstr(out, "not an integer"));
     free(out);
-    out = run("generate -m tests/data/nothing.gguf", &st, 1);
+    out = test_run_cli("generate -m tests/data/nothing.gguf", &st, 1);
     CHECK(out && st == 1 && strstr(out, "nothing.gguf"));
     free(out);
-    out = run("frobnicate", &st, 1);
+    out = test_run_cli("frobnicate", &st, 1);
     CHECK(out && st == 2 && strstr(out, "unknown command"));
     free(out);
 }
 
 TEST(test_cli_sampling_is_seeded) {
     int st1, st2, st3;
-    char *a = run("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 5 --ids", &st1, 0);
-    char *b = run("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 5 --ids", &st2, 0);
-    char *c = run("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 6 --ids", &st3, 0);
+    char *a = test_run_cli("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 5 --ids", &st1, 0);
+    char *b = test_run_cli("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 5 --ids", &st2, 0);
+    char *c = test_run_cli("generate -m models/stories260K.gguf -n 40 --temp 1.0 --seed 6 --ids", &st3, 0);
     CHECK(a && b && c && st1 == 0 && st2 == 0 && st3 == 0);
     if (a && b && c) {
         CHECK(!strcmp(a, b));

@@ -273,11 +273,9 @@ TEST(test_convert_bad_inputs) {
 
 /* Runs `$DUET_BIN args` with output discarded; returns its exit status. */
 static int run_cli(const char *args) {
-    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>&1", bin, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    int st;
+    free(test_run_cli(args, &st, 0));
+    return st;
 }
 
 TEST(test_convert_cli) {

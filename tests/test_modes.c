@@ -404,22 +404,6 @@ TEST(test_modes_sixteen_devices_at_once) {
 
 /* ---- the CLI ---- */
 
-/* Runs `$DUET_BIN args` with stderr in the output unless keep_err is 0; returns stdout (caller frees). */
-static char *run_cli(const char *args, int *status, int keep_err) {
-    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s %s %s", bin, args, keep_err ? "2>&1" : "2>/dev/null");
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, n = 0, got;
-    char *out = malloc(cap);
-    while (out && (got = fread(out + n, 1, cap - n - 1, p)) > 0) n += got;
-    int st = pclose(p);
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    if (out) out[n] = 0;
-    return out;
-}
-
 TEST(test_modes_cli_three_baselines_same_text) {
     const char *modes[3] = {"--mode device", "--mode cloud --link wan", "--mode split --split 3 --hidden-enc fp32 --link lan"};
     char *first = NULL;
@@ -428,7 +412,7 @@ TEST(test_modes_cli_three_baselines_same_text) {
         snprintf(args, sizeof args, "run %s -m " MODEL " -p 'Once upon a time' -n 48 --compare --json",
                  modes[i]);
         int st;
-        char *out = run_cli(args, &st, 0);
+        char *out = test_run_cli(args, &st, 0);
         REQUIRE(out);
         CHECK_MSG(st == 0, "%s: %s", modes[i], out);
         char err[256];
@@ -443,7 +427,7 @@ TEST(test_modes_cli_three_baselines_same_text) {
         free(out);
         /* the streamed text itself */
         snprintf(args, sizeof args, "run %s -m " MODEL " -p 'Once upon a time' -n 48", modes[i]);
-        out = run_cli(args, &st, 0);
+        out = test_run_cli(args, &st, 0);
         REQUIRE(out);
         const char *want = "Once upon a time, there was a little girl named Lily.";
         CHECK_MSG(!strncmp(out, want, strlen(want)), "%s: %s", modes[i], out);
@@ -474,7 +458,7 @@ TEST(test_modes_cli_errors) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st;
-        char *out = run_cli(cases[i].args, &st, 1);
+        char *out = test_run_cli(cases[i].args, &st, 1);
         REQUIRE(out);
         CHECK_MSG(st == cases[i].status, "%s: status %d: %s", cases[i].args, st, out);
         CHECK_MSG(strstr(out, cases[i].msg) != NULL, "%s: %s", cases[i].args, out);

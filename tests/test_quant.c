@@ -35,22 +35,6 @@ static void fill_normal(float *x, int64_t n, float sigma) {
     for (int64_t i = 0; i < n; i++) x[i] = sigma * rng_normal() * (rng_uniform() < 0.01 ? 8 : 1);
 }
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) *len = (size_t)n;
-    return buf;
-}
-
 static int type_by_name(const char *name) {
     for (int t = 0; t < 64; t++) {
         const quant_traits *tr = quant_traits_get(t);
@@ -150,7 +134,7 @@ TEST(test_quant_dequant_matches_llamacpp) {
         char path[512];
         snprintf(path, sizeof path, TEST_DATA "/quant/%s", fname);
         size_t flen = 0;
-        char *data = read_file(path, &flen);
+        char *data = test_read_file(path, &flen);
         REQUIRE_MSG(data, "cannot read %s", path);
         const json_val *finfo = json_get(json_root(files), fname);
         double data_section = json_num(json_get(finfo, "data_section_offset")), min_off = 1e300;

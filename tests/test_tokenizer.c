@@ -12,23 +12,6 @@
 #define SPM_VOCAB TEST_DATA "/vocab/ggml-vocab-llama-spm.gguf"
 #define STORIES_GGUF "models/stories260K.gguf"
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 /* A vocabulary together with the gguf it came from (the tokenizer copies what it needs, but keeping
  * both open mirrors how the model holds them). */
 typedef struct vocab {
@@ -94,8 +77,8 @@ static int vectors_load(vectors *v) {
     static const char sep[] = "\n__ggml_vocab_test__\n";
     size_t ilen, olen;
     memset(v, 0, sizeof *v);
-    v->inp = read_all(SPM_VOCAB ".inp", &ilen);
-    v->out = read_all(SPM_VOCAB ".out", &olen);
+    v->inp = test_read_file(SPM_VOCAB ".inp", &ilen);
+    v->out = test_read_file(SPM_VOCAB ".out", &olen);
     if (!v->inp || !v->out) return -1;
     for (char *p = v->inp, *q; (q = strstr(p, sep)) && v->n < 64; p = q + sizeof sep - 1) {
         v->text[v->n] = p;

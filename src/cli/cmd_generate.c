@@ -5,6 +5,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/text.h"
 #include "modes/mode.h"
 
 static const char *USAGE =
@@ -26,25 +27,6 @@ static const char *USAGE =
     "      --json           print the metrics (DESIGN section 6) as one JSON object on stdout;\n"
     "                       the generated text then goes to stderr\n"
     "  -h, --help           this text\n";
-
-typedef struct out_ctx {
-    const duet_tokenizer *tok;
-    FILE *f;
-    int ids;
-} out_ctx;
-
-static void emit(void *arg, int id) {
-    out_ctx *o = arg;
-    if (o->ids) {
-        fprintf(o->f, "%d ", id);
-    } else {
-        char buf[256];
-        int n = duet_token_piece(o->tok, id, buf, sizeof buf);
-        if (n > (int)sizeof buf) n = (int)sizeof buf; /* the count is the piece's length, even past cap */
-        if (n > 0) fwrite(buf, 1, (size_t)n, o->f);
-    }
-    fflush(o->f);
-}
 
 int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *prompt = "";
@@ -95,27 +77,17 @@ int cmd_generate(int argc, char **argv) {
     if (!m) goto fail;
     const duet_tokenizer *tok = duet_model_tokenizer(m, err, sizeof err);
     if (!tok || !(pool = duet_pool_init(threads, err, sizeof err))) goto fail;
-    size_t len = strlen(prompt);
-    int cap = (int)len + 2;
-    prompt_ids = malloc(sizeof(int) * (size_t)cap);
-    int n_prompt = prompt_ids ? duet_tokenize(tok, prompt, len, bos, prompt_ids, cap) : -1;
-    if (n_prompt < 0 || n_prompt > cap) {
-        snprintf(err, sizeof err, "cannot tokenize the prompt");
-        goto fail;
-    }
-    if (n_prompt == 0) {
-        snprintf(err, sizeof err, "the prompt is empty and --no-bos was given: nothing to start from");
-        goto fail;
-    }
+    int n_prompt;
+    if (cli_tokenize_prompt(tok, prompt, bos, &prompt_ids, &n_prompt, err, sizeof err)) goto fail;
     const duet_config *c = duet_model_config(m);
     if (n_prompt + n_tokens > c->ctx_len)
         fprintf(stderr, "duet generate: note: %d prompt + %d new tokens exceed the model's trained context of %d\n",
                 n_prompt, n_tokens, c->ctx_len);
 
-    out_ctx o = {tok, json ? stderr : stdout, ids};
+    cli_text o = {tok, json ? stderr : stdout, ids};
     if (!ids) fputs(prompt, o.f);
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
-    if (mode_device_run(m, pool, &rq, emit, &o, &mt, err, sizeof err)) goto fail;
+    if (mode_device_run(m, pool, &rq, cli_text_emit, &o, &mt, err, sizeof err)) goto fail;
     fputc('\n', o.f);
     double decode_ms = mt.tokens > 1 ? mt.t_token[mt.tokens - 1] - mt.t_token[0] : 0;
     fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tok/s); decode: %d tokens in %.1f ms (%.1f tok/s); %d thread%s\n",

@@ -6,6 +6,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/text.h"
 #include "modes/mode.h"
 
 static const char *USAGE =
@@ -46,20 +47,6 @@ static const char *USAGE =
     "  -h, --help             this text\n"
     "\n"
     "Exit status: 0 ok, 1 runtime failure (cloud unreachable or refusing, model error), 2 usage error.\n";
-
-typedef struct out_ctx {
-    const duet_tokenizer *tok;
-    FILE *f;
-} out_ctx;
-
-static void emit(void *arg, int id) {
-    out_ctx *o = arg;
-    char buf[256];
-    int n = duet_token_piece(o->tok, id, buf, sizeof buf);
-    if (n > (int)sizeof buf) n = sizeof buf; /* the piece's full length is reported */
-    if (n > 0) fwrite(buf, 1, (size_t)n, o->f);
-    fflush(o->f);
-}
 
 static int usage_error(const char *msg) {
     fprintf(stderr, "duet run: %s (see duet run --help)\n", msg);
@@ -174,18 +161,8 @@ int cmd_run(int argc, char **argv) {
     }
     const duet_tokenizer *tok = duet_model_tokenizer(meta, err, sizeof err);
     if (!tok || !(pool = duet_pool_init(threads, err, sizeof err))) goto fail;
-    size_t len = strlen(prompt);
-    int cap = (int)len + 2;
-    prompt_ids = malloc(sizeof(int) * (size_t)cap);
-    int n_prompt = prompt_ids ? duet_tokenize(tok, prompt, len, bos, prompt_ids, cap) : -1;
-    if (n_prompt < 0 || n_prompt > cap) {
-        snprintf(err, sizeof err, "cannot tokenize the prompt");
-        goto fail;
-    }
-    if (n_prompt == 0) {
-        snprintf(err, sizeof err, "the prompt is empty and --no-bos was given: nothing to start from");
-        goto fail;
-    }
+    int n_prompt;
+    if (cli_tokenize_prompt(tok, prompt, bos, &prompt_ids, &n_prompt, err, sizeof err)) goto fail;
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
     if ((mode == RUN_DEVICE || compare) && !(full = duet_model_load(model, NULL, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
@@ -197,12 +174,12 @@ int cmd_run(int argc, char **argv) {
                                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
 
-    out_ctx o = {tok, json ? stderr : stdout};
+    cli_text o = {tok, json ? stderr : stdout, false};
     fputs(prompt, o.f);
     metrics_start(&mt, MODES[mode]);
-    int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, emit, &o, &mt, err, sizeof err)
-             : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, emit, &o, &mt, err, sizeof err)
-                                 : mode_split_run(dev, pool, &r, &rq, emit, &o, &mt, err, sizeof err);
+    int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+             : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+                                 : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
     fflush(o.f);
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
