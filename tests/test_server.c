@@ -85,7 +85,7 @@ static int ref_generate(duet_model *m, const int *prompt, int n_prompt, int n_ge
     return rc;
 }
 
-static int fx_init(fixture *f, const server_opts *o) {
+static int fx_setup(fixture *f, const server_opts *o) {
     char err[256];
     memset(f, 0, sizeof *f);
     pthread_mutex_init(&f->mu, NULL);
@@ -115,6 +115,13 @@ static void fx_free(fixture *f) {
     server_free(f->srv);
     duet_model_free(f->m);
     pthread_mutex_destroy(&f->mu);
+}
+
+/* Sets up the fixture; on failure it has reported why and freed everything, so a test just returns. */
+static int fx_init(fixture *f, const server_opts *o) {
+    if (fx_setup(f, o) == 0) return 0;
+    fx_free(f);
+    return -1;
 }
 
 static server_stats fx_stats(fixture *f) {
@@ -347,10 +354,7 @@ static int raw_exchange(fixture *f, const uint8_t *bytes, size_t n, int half_clo
 
 TEST(test_server_split_matches_device_only) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g[3];
     for (int i = 0; i < 3; i++) good_start(&g[i], &f, 1 + i); /* three split points at once */
     for (int i = 0; i < 3; i++) good_finish(&g[i], __LINE__);
@@ -366,10 +370,7 @@ TEST(test_server_split_matches_device_only) {
 
 TEST(test_server_cloud_stream_matches_device_only) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     transport *t = NULL;
     int rc, n = f.n_prompt;
     uint32_t sid = tc_open(&f, &t, 0, (uint32_t)f.L, FRAME_PART_EMBED | FRAME_PART_HEAD, FRAME_MODE_CLOUD, 256, &rc);
@@ -413,10 +414,7 @@ TEST(test_server_cloud_stream_matches_device_only) {
 /* HAT-style middle part: HIDDEN rows equal the engine's own layers [1,3) bit for bit, and kv_keep rolls back. */
 TEST(test_server_hidden_rows_and_rollback) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     const int n = f.n_prompt, dim = f.dim, a = 1, b = 3;
     char err[256];
     duet_kv *kv = duet_kv_init(f.m, duet_model_part(f.m), 64, err, sizeof err);
@@ -465,10 +463,7 @@ TEST(test_server_hidden_rows_and_rollback) {
 
 TEST(test_server_bad_garbage_bytes) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     uint8_t junk[FRAME_HEADER_SIZE]; /* exactly a header's worth, so the server reads all it was sent */
@@ -482,10 +477,7 @@ TEST(test_server_bad_garbage_bytes) {
 
 TEST(test_server_bad_truncated_frame) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     uint8_t buf[256];
@@ -502,10 +494,7 @@ TEST(test_server_bad_oversized_length) {
     server_opts o = server_opts_default();
     o.max_frame = 1 << 20;
     fixture f;
-    if (fx_init(&f, &o)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, &o)) return;
     good g;
     good_start(&g, &f, 2);
     frame_header h = {FRAME_MAGIC, FRAME_VERSION, FRAME_UPLOAD, 0, 0, 0, (1u << 20) + 1};
@@ -522,10 +511,7 @@ TEST(test_server_bad_oversized_length) {
 
 TEST(test_server_bad_version) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     uint8_t buf[256];
@@ -540,10 +526,7 @@ TEST(test_server_bad_version) {
 
 TEST(test_server_bad_handshake_refused) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     char err[256];
@@ -568,10 +551,7 @@ TEST(test_server_bad_handshake_refused) {
 
 TEST(test_server_bad_unknown_session) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     transport *t = NULL;
@@ -597,10 +577,7 @@ TEST(test_server_bad_positions) {
     server_opts o = server_opts_default();
     o.max_pending_bytes = 8 * 64 * sizeof(float); /* 8 rows of stories260K's dim 64 */
     fixture f;
-    if (fx_init(&f, &o)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, &o)) return;
     REQUIRE(f.dim == 64);
     good g;
     good_start(&g, &f, 2);
@@ -649,10 +626,7 @@ TEST(test_server_bad_silent_client) {
     server_opts o = server_opts_default();
     o.handshake_timeout_ms = 300;
     fixture f;
-    if (fx_init(&f, &o)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, &o)) return;
     good g;
     good_start(&g, &f, 2);
     int fd = raw_connect(&f);
@@ -668,10 +642,7 @@ TEST(test_server_bad_silent_client) {
 
 TEST(test_server_bad_vanish_mid_frame) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     uint8_t buf[256];
@@ -694,10 +665,7 @@ TEST(test_server_idle_timeout_frees_session) {
     server_opts o = server_opts_default();
     o.idle_timeout_ms = 300;
     fixture f;
-    if (fx_init(&f, &o)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, &o)) return;
     transport *t = NULL;
     int rc;
     float x[3 * 64] = {0};
@@ -716,10 +684,7 @@ TEST(test_server_max_sessions) {
     server_opts o = server_opts_default();
     o.max_sessions = 2;
     fixture f;
-    if (fx_init(&f, &o)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, &o)) return;
     transport *t[3] = {NULL, NULL, NULL};
     int rc;
     uint32_t sid[3];
@@ -744,10 +709,7 @@ TEST(test_server_max_sessions) {
 
 TEST(test_server_stop_with_open_sessions) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     transport *t[3] = {NULL, NULL, NULL};
     float x[4 * 64] = {0};
     int rc;
@@ -799,10 +761,7 @@ TEST(test_server_cli) {
 
 TEST(test_server_close_stops_a_stream) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     for (int i = 0; i < N_GEN; i++) REQUIRE_MSG(f.ref[i] != f.eos, "the reference ends early: pick another prompt");
     transport *t = NULL;
     char err[256];
@@ -840,10 +799,7 @@ TEST(test_server_close_stops_a_stream) {
 
 TEST(test_server_bad_message_order) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     good g;
     good_start(&g, &f, 2);
     char err[256];
@@ -908,10 +864,7 @@ TEST(test_server_stalled_devices_do_not_delay_others) {
     server_opts o = server_opts_default();
     o.handshake_timeout_ms = 2000; /* also bounds the wait inside a frame, so the stop below is prompt */
     fixture f;
-    if (fx_init(&f, &o)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, &o)) return;
     good g;
     good_start(&g, &f, 3);
     uint8_t buf[256];
@@ -951,10 +904,7 @@ TEST(test_server_stalled_devices_do_not_delay_others) {
 /* TOKENS extras equal the engine's logits; a stream ends with the session's context, marker included. */
 TEST(test_server_token_fields_and_context_end) {
     fixture f;
-    if (fx_init(&f, NULL)) {
-        fx_free(&f);
-        return;
-    }
+    if (fx_init(&f, NULL)) return;
     const duet_config *c = duet_model_config(f.m);
     const int n = f.n_prompt;
     char err[256];
