@@ -68,8 +68,13 @@ bench: $(BUILD)/duet $(BENCH_BIN)
 bench-cloud: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-cloud.sh $(BUILD)
 
+# The README's demo: a story from the shipped model, then the three baselines under the wan profile.
 demo: $(BUILD)/duet
 	$(BUILD)/duet generate -m models/stories260K.gguf -p "Once upon a time" -n 120
+	@for m in device cloud split; do \
+	    echo; echo "== duet run --mode $$m --link wan (50/20 Mbit/s, 40 ms RTT), in-process cloud on loopback"; \
+	    $(BUILD)/duet run --mode $$m -m models/stories260K.gguf -p "Once upon a time" -n 64 --link wan --compare || exit 1; \
+	done
 
 clean:
 	rm -rf build build-asan build-ubsan build-tsan build-fuzz
