@@ -359,6 +359,7 @@ TEST(test_server_split_matches_device_only) {
     for (int i = 0; i < 3; i++) good_start(&g[i], &f, 1 + i); /* three split points at once */
     for (int i = 0; i < 3; i++) good_finish(&g[i], __LINE__);
     CHECK(fx_log_has(&f, "mode split, layers 3:5,head", "ended: closed"));
+    CHECK(fx_log_has(&f, "from 127.0.0.1:", "ended: closed")); /* the log names the peer */
     server_stats st = fx_stats(&f);
     CHECK_EQ_INT(st.sessions_total, 3);
     CHECK_EQ_INT(st.tokens, 3 * N_GEN);

@@ -463,10 +463,12 @@ static void *conn_main(void *arg) {
     if (v.hello)
         snprintf(part, sizeof part, "%u:%u%s%s", v.want.layer_a, v.want.layer_b,
                  v.want.part & FRAME_PART_EMBED ? ",embed" : "", v.want.part & FRAME_PART_HEAD ? ",head" : "");
+    char peer[64];
+    transport_peer(c->t, peer, sizeof peer);
     srv_log(s,
-            "session %s conn %d: mode %s, layers %s, %llu positions, %llu tokens, up %llu B, down %llu B, "
+            "session %s conn %d from %s: mode %s, layers %s, %llu positions, %llu tokens, up %llu B, down %llu B, "
             "cloud %.1f ms, wall %.1f ms, ended: %s",
-            sid, c->id, mode_name(v.mode), part, (unsigned long long)sc.positions, (unsigned long long)v.tokens,
+            sid, c->id, peer, mode_name(v.mode), part, (unsigned long long)sc.positions, (unsigned long long)v.tokens,
             (unsigned long long)ts.bytes_up, (unsigned long long)ts.bytes_down, sc.compute_ms,
             clock_now_ms() - v.t0, v.end);
     transport_free(c->t);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -572,4 +573,21 @@ void transport_stats_get(transport *t, transport_stats *out) {
     out->round_trips = t->round_trips;
     out->comm_wait_ms = t->wait_ms;
     pthread_mutex_unlock(&t->mu);
+}
+
+void transport_peer(const transport *t, char *buf, size_t cap) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    char host[INET6_ADDRSTRLEN] = "?";
+    snprintf(buf, cap, "?");
+    if (getpeername(t->fd, (struct sockaddr *)&sa, &len)) return;
+    if (sa.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(buf, cap, "%s:%d", host, ntohs(in->sin_port));
+    } else if (sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(buf, cap, "[%s]:%d", host, ntohs(in6->sin6_port));
+    }
 }

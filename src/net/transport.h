@@ -85,5 +85,7 @@ int transport_hello_answer(transport *t, const frame_hello *have, frame_hello *g
                            size_t errlen);
 
 void transport_stats_get(transport *t, transport_stats *out);
+/* The peer's address as "host:port" ("[v6]:port" for IPv6), or "?" if the socket cannot tell. */
+void transport_peer(const transport *t, char *buf, size_t cap);
 
 #endif
