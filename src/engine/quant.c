@@ -808,11 +808,14 @@ AVX512_INL void float_tile_avx512(const int R, const int C, const bool f16, int 
         UNROLL for (int u = 0; u < 2; u++) {
             const int kk = k + 16 * u;
             __m512 wv[RMAX];
-            UNROLL for (int r = 0; r < R; r++)
+            UNROLL for (int r = 0; r < R; r++) {
                 wv[r] = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + r * ws + 2 * kk)))
                             : _mm512_loadu_ps((const float *)(w + r * ws) + kk);
+                __asm__("" : "+v"(wv[r])); /* likewise: one load per weight vector, reused by every column */
+            }
             UNROLL for (int c = 0; c < C; c++) {
-                const __m512 xv = _mm512_loadu_ps((const float *)(x + c * xs) + kk);
+                __m512 xv = _mm512_loadu_ps((const float *)(x + c * xs) + kk);
+                __asm__("" : "+v"(xv)); /* load once into a register: gcc would fold it into each row's FMA */
                 UNROLL for (int r = 0; r < R; r++) acc[r][c][u] = _mm512_fmadd_ps(wv[r], xv, acc[r][c][u]);
             }
         }
