@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char *args_value(const char *cmd, int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
@@ -46,4 +47,34 @@ int args_float(const char *cmd, const char *flag, const char *val, double lo, do
     }
     *out = (float)v;
     return 0;
+}
+
+args_gen args_gen_default(void) {
+    args_gen g = {.prompt = "", .n_tokens = 64, .threads = 1, .bos = true};
+    g.sampling = (duet_sampling){.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1};
+    return g;
+}
+
+static bool is(const char *a, const char *shrt, const char *lng) {
+    return (shrt && !strcmp(a, shrt)) || !strcmp(a, lng);
+}
+
+int args_gen_take(const char *cmd, int argc, char **argv, int *i, args_gen *g) {
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "--json")) return g->json = true, 1;
+    if (!strcmp(a, "--no-bos")) return g->bos = false, 1;
+    if (!is(a, "-m", "--model") && !is(a, "-p", "--prompt") && !is(a, "-n", "--tokens") && !is(a, NULL, "--temp") &&
+        !is(a, NULL, "--top-k") && !is(a, NULL, "--top-p") && !is(a, NULL, "--seed") && !is(a, "-t", "--threads"))
+        return 0;
+    if (!(v = args_value(cmd, argc, argv, i))) return -1;
+    int bad = 0;
+    if (is(a, "-m", "--model")) g->model = v;
+    else if (is(a, "-p", "--prompt")) g->prompt = v;
+    else if (is(a, "-n", "--tokens")) bad = args_int(cmd, a, v, 0, 1 << 20, &g->n_tokens);
+    else if (is(a, NULL, "--temp")) bad = args_float(cmd, a, v, 0, 100, &g->sampling.temperature);
+    else if (is(a, NULL, "--top-k")) bad = args_int(cmd, a, v, 0, 1 << 24, &g->sampling.top_k);
+    else if (is(a, NULL, "--top-p")) bad = args_float(cmd, a, v, 0, 1, &g->sampling.top_p);
+    else if (is(a, NULL, "--seed")) bad = args_u64(cmd, a, v, &g->sampling.seed);
+    else bad = args_int(cmd, a, v, 0, 256, &g->threads);
+    return bad ? -1 : 1;
 }

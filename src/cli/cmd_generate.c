@@ -29,39 +29,26 @@ static const char *USAGE =
     "  -h, --help           this text\n";
 
 int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *prompt = "";
-    int n_tokens = 64, threads = 1, json = 0, bos = 1, ids = 0;
-    duet_sampling s = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1};
+    args_gen g = args_gen_default();
+    int ids = 0;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
+        const char *a = argv[i];
+        int took = args_gen_take("generate", argc, argv, &i, &g);
+        if (took < 0) return 2;
+        if (took) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(USAGE, stdout);
             return 0;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--no-bos")) {
-            bos = 0;
         } else if (!strcmp(a, "--ids")) {
             ids = 1;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "-p") || !strcmp(a, "--prompt") ||
-                   !strcmp(a, "-n") || !strcmp(a, "--tokens") || !strcmp(a, "--temp") || !strcmp(a, "--top-k") ||
-                   !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (!(v = args_value("generate", argc, argv, &i))) return 2;
-            int bad = 0;
-            if (a[1] == 'm' || !strcmp(a, "--model")) model = v;
-            else if (a[1] == 'p' || !strcmp(a, "--prompt")) prompt = v;
-            else if (a[1] == 'n' || !strcmp(a, "--tokens")) bad = args_int("generate", a, v, 0, 1 << 20, &n_tokens);
-            else if (!strcmp(a, "--temp")) bad = args_float("generate", a, v, 0, 100, &s.temperature);
-            else if (!strcmp(a, "--top-k")) bad = args_int("generate", a, v, 0, 1 << 24, &s.top_k);
-            else if (!strcmp(a, "--top-p")) bad = args_float("generate", a, v, 0, 1, &s.top_p);
-            else if (!strcmp(a, "--seed")) bad = args_u64("generate", a, v, &s.seed);
-            else bad = args_int("generate", a, v, 0, 256, &threads);
-            if (bad) return 2;
         } else {
             fprintf(stderr, "duet generate: unknown option '%s' (see duet generate --help)\n", a);
             return 2;
         }
     }
+    const char *model = g.model, *prompt = g.prompt;
+    int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
+    duet_sampling s = g.sampling;
     if (!model) {
         fprintf(stderr, "duet generate: -m MODEL is required, e.g. -m models/stories260K.gguf\n");
         return 2;

@@ -64,20 +64,19 @@ static int lookup(const char *v, const char **names, int n) {
 }
 
 int cmd_run(int argc, char **argv) {
-    const char *model = NULL, *prompt = "", *link_spec = "none";
-    int mode = -1, n_tokens = 64, split = -1, threads = 1, json = 0, bos = 1, compare = 0;
+    const char *link_spec = "none";
+    int mode = -1, split = -1, compare = 0;
     float slowdown = 1;
-    duet_sampling s = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1};
+    args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        int took = args_gen_take("run", argc, argv, &i, &g);
+        if (took < 0) return 2;
+        if (took) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(USAGE, stdout);
             return 0;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--no-bos")) {
-            bos = 0;
         } else if (!strcmp(a, "--compare")) {
             compare = 1;
         } else {
@@ -88,12 +87,6 @@ int cmd_run(int argc, char **argv) {
             int bad = 0;
             if (!strcmp(a, "--mode")) {
                 if ((mode = lookup(v, MODES, 3)) < 0) return usage_error("--mode must be device, cloud or split");
-            } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-                model = v;
-            } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
-                prompt = v;
-            } else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) {
-                bad = args_int("run", a, v, 0, 1 << 20, &n_tokens);
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
             } else if (!strcmp(a, "--cloud")) {
@@ -104,16 +97,6 @@ int cmd_run(int argc, char **argv) {
                 bad = args_float("run", a, v, 1, 1000, &slowdown);
             } else if (!strcmp(a, "--hidden-enc")) {
                 if ((ro.enc = lookup(v, ENCS, 3)) < 0) return usage_error("--hidden-enc must be fp16, fp32 or int8");
-            } else if (!strcmp(a, "--temp")) {
-                bad = args_float("run", a, v, 0, 100, &s.temperature);
-            } else if (!strcmp(a, "--top-k")) {
-                bad = args_int("run", a, v, 0, 1 << 24, &s.top_k);
-            } else if (!strcmp(a, "--top-p")) {
-                bad = args_float("run", a, v, 0, 1, &s.top_p);
-            } else if (!strcmp(a, "--seed")) {
-                bad = args_u64("run", a, v, &s.seed);
-            } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-                bad = args_int("run", a, v, 0, 256, &threads);
             } else if (!strcmp(a, "--cloud-threads")) {
                 bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
             } else {
@@ -123,6 +106,9 @@ int cmd_run(int argc, char **argv) {
             if (bad) return 2;
         }
     }
+    const char *model = g.model, *prompt = g.prompt;
+    int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
+    duet_sampling s = g.sampling;
     char err[512];
     if (mode < 0) return usage_error("--mode device|cloud|split is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
