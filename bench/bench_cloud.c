@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/stats.h"
 #include "modes/mode.h"
 
 typedef struct job {
@@ -44,17 +45,6 @@ static void *device_main(void *arg) {
     else if (pool) remote_free(&r);
     duet_pool_free(pool);
     return NULL;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double pct(double *v, int n, double q) {
-    if (n == 0) return 0;
-    int i = (int)(q * n + 0.999999) - 1;
-    return v[i < 0 ? 0 : (i >= n ? n - 1 : i)];
 }
 
 static void usage(void) {
@@ -154,16 +144,16 @@ int main(int argc, char **argv) {
             for (int k = 1; k < j->mt.tokens; k++) gaps[n_gaps++] = j->mt.t_token[k] - j->mt.t_token[k - 1];
             metrics_free(&j->mt);
         }
-        qsort(gaps, (size_t)n_gaps, sizeof(double), cmp_double);
-        qsort(ttft, (size_t)n, sizeof(double), cmp_double);
+        stats_sort(gaps, n_gaps);
+        stats_sort(ttft, n);
         double tps = t_end > t0 ? tokens * 1e3 / (t_end - t0) : 0;
-        fprintf(stderr, "%8d %12.1f %12.2f %12.2f %12.2f %12.2f\n", n, tps, pct(gaps, n_gaps, 0.5), pct(gaps, n_gaps, 0.99),
-                pct(ttft, n, 0.5), pct(ttft, n, 0.99));
+        fprintf(stderr, "%8d %12.1f %12.2f %12.2f %12.2f %12.2f\n", n, tps, stats_percentile(gaps, n_gaps, 0.5), stats_percentile(gaps, n_gaps, 0.99),
+                stats_percentile(ttft, n, 0.5), stats_percentile(ttft, n, 0.99));
         printf("{\"bench\":\"cloud\",\"model\":\"%s\",\"layers\":%d,\"split\":%d,\"cloud_threads\":%d,\"devices\":%d,"
                "\"prompt_tokens\":%d,\"tokens_per_device\":%d,\"tokens\":%ld,\"wall_ms\":%.1f,\"tokens_per_s\":%.2f,"
                "\"token_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"ttft_ms\":{\"p50\":%.3f,\"p99\":%.3f}}\n",
-               path, L, split, cloud_threads, n, n_prompt, n_tokens, tokens, t_end - t0, tps, pct(gaps, n_gaps, 0.5),
-               pct(gaps, n_gaps, 0.99), pct(ttft, n, 0.5), pct(ttft, n, 0.99));
+               path, L, split, cloud_threads, n, n_prompt, n_tokens, tokens, t_end - t0, tps, stats_percentile(gaps, n_gaps, 0.5),
+               stats_percentile(gaps, n_gaps, 0.99), stats_percentile(ttft, n, 0.5), stats_percentile(ttft, n, 0.99));
         fflush(stdout);
         pthread_barrier_destroy(&go);
         free(jobs);

@@ -11,18 +11,9 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/stats.h"
 #include "duet.h"
 #include "engine/pool.h"
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct copy_job { char *src, *dst; size_t n; } copy_job;
 
@@ -49,7 +40,7 @@ static int bench_memcpy(duet_pool *pool, int reps, int json) {
         pool_run(pool, 0, copy_work, &j);
         t[r] = clock_now_ms() - t0;
     }
-    double gbs = 2.0 * n / (median(t, reps) * 1e6);
+    double gbs = 2.0 * n / (stats_median(t, reps) * 1e6);
     if (json) printf("{\"bench\":\"memcpy\",\"threads\":%d,\"gb_per_s\":%.2f}\n", duet_pool_threads(pool), gbs);
     else printf("memcpy  %d thread(s): %.1f GB/s (read + write)\n", duet_pool_threads(pool), gbs);
     free(a);
@@ -133,7 +124,7 @@ int main(int argc, char **argv) {
         }
         tg[r] = n_gen * 1e3 / (clock_now_ms() - t0);
     }
-    double pp_med = median(pp + 1, reps), tg_med = median(tg + 1, reps);
+    double pp_med = stats_median(pp + 1, reps), tg_med = stats_median(tg + 1, reps);
     double gbs = tg_med * duet_model_weight_bytes(m) / 1e9;
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     if (json)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/stats.h"
 #include "duet.h"
 
 void metrics_start(metrics *m, const char *mode) {
@@ -65,17 +66,6 @@ void metrics_fidelity(metrics *m, const int *ref, int n_ref) {
     m->has_reference = l >= 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted v[n]. */
-static double percentile(const double *v, int n, double q) {
-    int i = (int)(q * n + 0.999999) - 1;
-    return v[i < 0 ? 0 : (i >= n ? n - 1 : i)];
-}
-
 void metrics_print_json(const metrics *m, FILE *f) {
     int n_gap = m->tokens > 1 ? m->tokens - 1 : 0;
     double mean = 0, p50 = 0, p90 = 0, mx = 0;
@@ -85,9 +75,9 @@ void metrics_print_json(const metrics *m, FILE *f) {
             gaps[i] = m->t_token[i + 1] - m->t_token[i];
             mean += gaps[i] / n_gap;
         }
-        qsort(gaps, (size_t)n_gap, sizeof(double), cmp_double);
-        p50 = percentile(gaps, n_gap, 0.5);
-        p90 = percentile(gaps, n_gap, 0.9);
+        stats_sort(gaps, n_gap);
+        p50 = stats_percentile(gaps, n_gap, 0.5);
+        p90 = stats_percentile(gaps, n_gap, 0.9);
         mx = gaps[n_gap - 1];
         free(gaps);
     }
