@@ -77,7 +77,7 @@ int main(int argc, char **argv) {
     }
     char err[512];
     duet_part none = {0};
-    duet_model *meta = duet_model_load(path, &none, err, sizeof err);
+    duet_model *meta = duet_model_load(path, &none, 0, err, sizeof err);
     if (!meta) {
         fprintf(stderr, "bench_cloud: %s\n", err);
         return 1;
@@ -90,8 +90,8 @@ int main(int argc, char **argv) {
     }
     duet_part dpart = {.n_spans = 1, .span = {{0, split}}, .embed = true};
     duet_part cpart = {.n_spans = 1, .span = {{split, L}}, .head = true};
-    duet_model *dev = duet_model_load(path, &dpart, err, sizeof err);
-    duet_model *cm = dev ? duet_model_load(path, &cpart, err, sizeof err) : NULL;
+    duet_model *dev = duet_model_load(path, &dpart, 0, err, sizeof err);
+    duet_model *cm = dev ? duet_model_load(path, &cpart, 0, err, sizeof err) : NULL;
     server_opts so = server_opts_default();
     so.host = "127.0.0.1";
     so.threads = cloud_threads;

@@ -3,7 +3,9 @@
  * decode achieves (weight bytes per token x tokens/s). With --memcpy it measures the machine's copy bandwidth
  * instead, the ceiling decode can approach.
  *
- *   bench_engine MODEL [-t THREADS] [-p 128] [-n 32] [-r 5] [--json]
+ * The weights are copied into memory at load, duet's default; --mmap reads them in place from the file.
+ *
+ *   bench_engine MODEL [-t THREADS] [-p 128] [-n 32] [-r 5] [--mmap] [--json]
  *   bench_engine --memcpy [-t THREADS]
  */
 #include <stdio.h>
@@ -50,7 +52,7 @@ static int bench_memcpy(duet_pool *pool, int reps, int json) {
 
 int main(int argc, char **argv) {
     const char *path = NULL;
-    int threads = 1, n_prompt = 128, n_gen = 32, reps = 5, json = 0, memcpy_mode = 0;
+    int threads = 1, n_prompt = 128, n_gen = 32, reps = 5, json = 0, memcpy_mode = 0, load_flags = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-p") && i + 1 < argc) n_prompt = atoi(argv[++i]);
@@ -58,9 +60,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--memcpy")) memcpy_mode = 1;
+        else if (!strcmp(argv[i], "--mmap")) load_flags |= DUET_LOAD_MMAP;
         else if (argv[i][0] != '-' && !path) path = argv[i];
         else {
-            fprintf(stderr, "usage: bench_engine MODEL [-t THREADS] [-p PROMPT] [-n GEN] [-r REPS] [--json]\n"
+            fprintf(stderr, "usage: bench_engine MODEL [-t THREADS] [-p PROMPT] [-n GEN] [-r REPS] [--mmap] [--json]\n"
                             "       bench_engine --memcpy [-t THREADS]\n");
             return 2;
         }
@@ -84,7 +87,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_engine: no model given\n");
         return 2;
     }
-    duet_model *m = duet_model_load(path, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(path, NULL, load_flags, err, sizeof err);
     if (!m) {
         fprintf(stderr, "bench_engine: %s\n", err);
         return 1;
@@ -129,13 +132,13 @@ int main(int argc, char **argv) {
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     if (json)
         printf("{\"bench\":\"engine\",\"model\":\"%s\",\"threads\":%d,\"pp\":%d,\"pp_tokens_per_s\":%.2f,"
-               "\"tg\":%d,\"tg_tokens_per_s\":%.2f,\"weight_bytes\":%zu,\"decode_gb_per_s\":%.2f,\"locked\":%s}\n",
+               "\"tg\":%d,\"tg_tokens_per_s\":%.2f,\"weight_bytes\":%zu,\"decode_gb_per_s\":%.2f,\"locked\":%s,\"mmap\":%s}\n",
                name, threads, n_prompt, pp_med, n_gen, tg_med, duet_model_weight_bytes(m), gbs,
-               duet_model_locked(m) ? "true" : "false");
+               duet_model_locked(m) ? "true" : "false", load_flags & DUET_LOAD_MMAP ? "true" : "false");
     else
-        printf("%-28s t=%d  pp%d %9.1f tok/s  tg%d %8.1f tok/s  decode %.1f GB/s (%.2f GB/token)%s\n", name, threads,
+        printf("%-28s t=%d  pp%d %9.1f tok/s  tg%d %8.1f tok/s  decode %.1f GB/s (%.2f GB/token)%s%s\n", name, threads,
                n_prompt, pp_med, n_gen, tg_med, gbs, duet_model_weight_bytes(m) / 1e9,
-               duet_model_locked(m) ? "" : "  [weights not locked]");
+               duet_model_locked(m) ? "" : "  [weights not locked]", load_flags & DUET_LOAD_MMAP ? "  [mmap]" : "");
     duet_kv_free(kv);
     duet_ctx_free(ctx);
     duet_model_free(m);

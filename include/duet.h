@@ -89,10 +89,17 @@ bool duet_part_has_layer(const duet_part *p, int layer);
 
 typedef struct duet_model duet_model;
 
-/* Opens and maps path, checks the metadata and every tensor the part needs (presence, shape, type).
- * part may be NULL for the whole model. Returns NULL with a message in err on failure. The held tensors
- * are locked in memory when the system allows it (set DUET_NO_MLOCK to skip; see duet_model_locked). */
-duet_model *duet_model_load(const char *path, const duet_part *part, char *err, size_t errlen);
+/* Flags of duet_model_load. By default the held weights are copied out of the mapping into memory of the
+ * process's own (llama.cpp's --no-mmap): file pages can be reclaimed or sampled by the kernel's memory
+ * monitors between tokens, and on the machines we measure that made decode up to 4x slower (README, Speed).
+ * DUET_LOAD_MMAP reads them in place instead: faster start, no second copy while the page cache holds the file. */
+enum { DUET_LOAD_MMAP = 1 << 0 };
+
+/* Opens and maps path, checks the metadata and every tensor the part needs (presence, shape, type), and
+ * loads the held weights as flags say (0: copy). part may be NULL for the whole model. Returns NULL with a
+ * message in err on failure. The held weights are locked in memory when the system allows it (set
+ * DUET_NO_MLOCK to skip; see duet_model_locked). */
+duet_model *duet_model_load(const char *path, const duet_part *part, int flags, char *err, size_t errlen);
 void duet_model_free(duet_model *m);
 const duet_config *duet_model_config(const duet_model *m);
 const duet_part *duet_model_part(const duet_model *m);

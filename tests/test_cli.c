@@ -16,16 +16,19 @@ TEST(test_cli_generate_text_matches_llamacpp) {
     REQUIRE(doc);
     const char *prompt = json_str(json_get(json_root(doc), "prompt"), NULL);
     const char *want = json_str(json_get(json_root(doc), "output_text"), NULL);
-    char args[512];
-    snprintf(args, sizeof args, "generate -m models/stories260K.gguf -p '%s' -n 64", prompt);
-    int st;
-    char *out = test_run_cli(args, &st, 0);
-    REQUIRE(out);
-    CHECK_EQ_INT(st, 0);
-    size_t plen = strlen(prompt);
-    CHECK(!strncmp(out, prompt, plen));
-    CHECK_MSG(!strncmp(out + plen, want, strlen(want)), "got: %s", out);
-    free(out);
+    for (int mmap = 0; mmap < 2; mmap++) { /* weights copied (default) or read in place */
+        char args[512];
+        snprintf(args, sizeof args, "generate -m models/stories260K.gguf -p '%s' -n 64%s", prompt,
+                 mmap ? " --mmap" : "");
+        int st;
+        char *out = test_run_cli(args, &st, 0);
+        REQUIRE(out);
+        CHECK_EQ_INT(st, 0);
+        size_t plen = strlen(prompt);
+        CHECK(!strncmp(out, prompt, plen));
+        CHECK_MSG(!strncmp(out + plen, want, strlen(want)), "%s: got: %s", args, out);
+        free(out);
+    }
     json_free(doc);
 }
 

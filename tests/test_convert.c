@@ -381,7 +381,7 @@ TEST(test_convert_synth_runs_finite) {
     duet_config shape = *synth_shape("test");
     shape.n_layers = 8;
     REQUIRE_MSG(synth_write(&shape, DUET_TYPE_Q8_0, 3, TOK, a, NULL, NULL, err, sizeof err) == 0, "%s", err);
-    duet_model *m = duet_model_load(a, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(a, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
     const duet_config *c = duet_model_config(m);
     CHECK_EQ_INT(c->n_layers, 8);

@@ -6,6 +6,8 @@
 
 #include "base/json.h"
 #include "duet.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
 #include "test.h"
 
 #define STORIES "models/stories260K.gguf"
@@ -20,7 +22,7 @@ static duet_model *load(const char *path, const char *part_spec) {
         }
         pp = &part;
     }
-    duet_model *m = duet_model_load(path, pp, err, sizeof err);
+    duet_model *m = duet_model_load(path, pp, 0, err, sizeof err);
     if (!m) test_fail(__FILE__, __LINE__, "load %s: %s", path, err);
     return m;
 }
@@ -394,12 +396,35 @@ TEST(test_forward_part_holds_only_its_layers) {
     CHECK(duet_part_parse("3:1", &other, err, sizeof err) < 0);
     CHECK(duet_part_parse("0:2,bogus", &other, err, sizeof err) < 0);
     CHECK(!duet_part_parse("0:9", &other, err, sizeof err));
-    CHECK(duet_model_load(STORIES, &other, err, sizeof err) == NULL && strstr(err, "outside"));
+    CHECK(duet_model_load(STORIES, &other, 0, err, sizeof err) == NULL && strstr(err, "outside"));
     CHECK(!duet_part_parse("0:3,2:4", &other, err, sizeof err));
-    CHECK(duet_model_load(STORIES, &other, err, sizeof err) == NULL && strstr(err, "overlap"));
-    CHECK(duet_model_load("tests/data/no-such-file.gguf", NULL, err, sizeof err) == NULL);
-    CHECK(duet_model_load(TEST_DATA "/vocab/ggml-vocab-llama-spm.gguf", NULL, err, sizeof err) == NULL &&
+    CHECK(duet_model_load(STORIES, &other, 0, err, sizeof err) == NULL && strstr(err, "overlap"));
+    CHECK(duet_model_load("tests/data/no-such-file.gguf", NULL, 0, err, sizeof err) == NULL);
+    CHECK(duet_model_load(TEST_DATA "/vocab/ggml-vocab-llama-spm.gguf", NULL, 0, err, sizeof err) == NULL &&
           strstr(err, "missing"));
+}
+
+/* Copying the weights out of the mapping (the default) must change where they are read, not what is computed:
+ * the same logits bit for bit, the copy outside the file's pages, a tied head still sharing the embedding. */
+TEST(test_forward_copied_weights_equal_mapped) {
+    char err[256];
+    duet_model *copied = duet_model_load(STORIES, NULL, 0, err, sizeof err);
+    duet_model *mapped = duet_model_load(STORIES, NULL, DUET_LOAD_MMAP, err, sizeof err);
+    REQUIRE(copied && mapped);
+    const gguf_tensor *q = gguf_find_tensor(copied->file, "blk.0.attn_q.weight");
+    REQUIRE(q);
+    CHECK(copied->layers[0].wq.data != q->data && copied->weights);
+    CHECK(mapped->layers[0].wq.data == gguf_find_tensor(mapped->file, "blk.0.attn_q.weight")->data);
+    CHECK(!mapped->weights);
+    CHECK(copied->out.data == copied->embd.data); /* stories260K ties its head to the embedding */
+    CHECK(duet_model_weight_bytes(copied) == duet_model_weight_bytes(mapped));
+    int ids[] = {1, 403, 407, 94, 263, 217};
+    float *a = logits_batch(copied, ids, 6, NULL), *b = logits_batch(mapped, ids, 6, NULL);
+    if (a && b) CHECK(!memcmp(a, b, sizeof(float) * 6 * duet_model_config(copied)->vocab_size));
+    free(a);
+    free(b);
+    duet_model_free(copied);
+    duet_model_free(mapped);
 }
 
 TEST(test_forward_fingerprint_differs_between_models) {

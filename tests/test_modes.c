@@ -86,7 +86,7 @@ TEST(test_modes_greedy_identical_to_llamacpp) {
     ref_case c[N_CASES];
     int n_cases = load_cases(c, N_CASES);
     REQUIRE(n_cases == N_CASES);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     int L = duet_model_config(m)->n_layers;
@@ -116,7 +116,7 @@ TEST(test_modes_bytes_and_round_trips) {
     char err[512];
     ref_case c[1];
     REQUIRE(load_cases(c, 1) == 1);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     const uint64_t H = FRAME_HEADER_SIZE, P = (uint64_t)c[0].n_prompt, dim = (uint64_t)duet_model_config(m)->dim;
@@ -168,7 +168,7 @@ TEST(test_modes_split_lossy_fidelity) {
     char err[512];
     ref_case c[N_CASES];
     REQUIRE(load_cases(c, N_CASES) == N_CASES);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     int encs[2] = {FRAME_ENC_F16, FRAME_ENC_I8};
@@ -197,7 +197,7 @@ TEST(test_modes_link_rtt_shows) {
     char err[512];
     ref_case c[1];
     REQUIRE(load_cases(c, 1) == 1);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     remote_opts o = local_opts(FRAME_ENC_F32);
@@ -219,7 +219,7 @@ TEST(test_modes_device_slowdown) {
     char err[512];
     ref_case c[1];
     REQUIRE(load_cases(c, 1) == 1);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     mode_request rq = request(&c[0], 64);
@@ -253,7 +253,7 @@ TEST(test_modes_cloud_missing_or_silent) {
     char err[512] = "";
     ref_case c[1];
     REQUIRE(load_cases(c, 1) == 1);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
     mode_request rq = request(&c[0], 4);
     /* a port nobody listens on any more */
@@ -304,7 +304,7 @@ TEST(test_modes_fingerprint_refused) {
     REQUIRE(g && fwrite(buf, 1, (size_t)n, g) == (size_t)n);
     fclose(g);
     free(buf);
-    duet_model *m = duet_model_load(path, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(path, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
     remote_opts o = local_opts(FRAME_ENC_F32);
     remote r;
@@ -346,7 +346,7 @@ TEST(test_modes_sixteen_devices_at_once) {
     char err[512];
     ref_case c[N_CASES];
     REQUIRE(load_cases(c, N_CASES) == N_CASES);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     duet_tokenizer const *tok = duet_model_tokenizer(m, err, sizeof err);
@@ -375,7 +375,7 @@ TEST(test_modes_sixteen_devices_at_once) {
         metrics_free(&mt);
     }
     duet_part part = {.n_spans = 1, .span = {{2, 5}}, .head = true};
-    duet_model *cm = duet_model_load(MODEL, &part, err, sizeof err);
+    duet_model *cm = duet_model_load(MODEL, &part, 0, err, sizeof err);
     REQUIRE_MSG(cm, "%s", err);
     server_opts so = server_opts_default();
     so.host = "127.0.0.1";
@@ -515,7 +515,7 @@ TEST(test_modes_bad_cloud_answers) {
     char err[512];
     ref_case c[1];
     REQUIRE(load_cases(c, 1) == 1);
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     struct { int act, split; const char *msg; } cases[] = {

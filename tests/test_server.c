@@ -89,7 +89,7 @@ static int fx_setup(fixture *f, const server_opts *o) {
     char err[256];
     memset(f, 0, sizeof *f);
     pthread_mutex_init(&f->mu, NULL);
-    if (!(f->m = duet_model_load(MODEL, NULL, err, sizeof err))) return test_fail(__FILE__, __LINE__, "%s", err), -1;
+    if (!(f->m = duet_model_load(MODEL, NULL, 0, err, sizeof err))) return test_fail(__FILE__, __LINE__, "%s", err), -1;
     const duet_config *c = duet_model_config(f->m);
     f->L = c->n_layers;
     f->dim = c->dim;
@@ -982,7 +982,7 @@ static int rows_frame(uint8_t *buf, size_t cap, const float *x, uint32_t pos0, u
  * documented codes, limits kept, and after it all a rollback to 0 gives the exact device-only token. */
 TEST(test_server_session_random_ops) {
     char err[256];
-    duet_model *m = duet_model_load(MODEL, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
     const duet_config *c = duet_model_config(m);
     const int dim = c->dim, A = 2, n_ctx = 24;

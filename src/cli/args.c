@@ -63,6 +63,7 @@ int args_gen_take(const char *cmd, int argc, char **argv, int *i, args_gen *g) {
     const char *a = argv[*i], *v;
     if (!strcmp(a, "--json")) return g->json = true, 1;
     if (!strcmp(a, "--no-bos")) return g->bos = false, 1;
+    if (!strcmp(a, "--mmap")) return g->load_flags |= DUET_LOAD_MMAP, 1;
     if (!is(a, "-m", "--model") && !is(a, "-p", "--prompt") && !is(a, "-n", "--tokens") && !is(a, NULL, "--temp") &&
         !is(a, NULL, "--top-k") && !is(a, NULL, "--top-p") && !is(a, NULL, "--seed") && !is(a, "-t", "--threads"))
         return 0;

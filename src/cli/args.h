@@ -14,10 +14,12 @@ int args_int(const char *cmd, const char *flag, const char *val, long lo, long h
 int args_u64(const char *cmd, const char *flag, const char *val, uint64_t *out);
 int args_float(const char *cmd, const char *flag, const char *val, double lo, double hi, float *out);
 
-/* The flags every generating command shares (-m -p -n --temp --top-k --top-p --seed -t --json --no-bos). */
+/* The flags every generating command shares (-m -p -n --temp --top-k --top-p --seed -t --json --no-bos
+ * --mmap). */
 typedef struct args_gen {
     const char *model, *prompt;
     int n_tokens, threads;
+    int load_flags; /* duet_model_load flags: DUET_LOAD_MMAP with --mmap */
     bool json, bos;
     duet_sampling sampling;
 } args_gen;

@@ -27,6 +27,8 @@ static const char *USAGE =
     "      --max-ctx N          positions per session (default: the model's context length)\n"
     "      --idle-timeout MS    close a session whose device is silent this long (default 60000)\n"
     "      --handshake-timeout MS  close a connection that sends no HELLO this long (default 5000)\n"
+    "      --mmap               read the weights in place from the mapped file instead of copying them into\n"
+    "                           memory first: starts faster, may decode slower\n"
     "  -q, --quiet              no line per session (errors, the start line and the summary still print)\n"
     "  -h, --help               this text\n";
 
@@ -45,7 +47,7 @@ static void log_line(void *arg, const char *line) {
 
 int cmd_cloud(int argc, char **argv) {
     const char *model = NULL, *layers = NULL;
-    int quiet = 0;
+    int quiet = 0, load_flags = 0;
     server_opts o = server_opts_default();
     o.port = 7070;
     for (int i = 1; i < argc; i++) {
@@ -55,6 +57,9 @@ int cmd_cloud(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             quiet = 1;
+            continue;
+        } else if (!strcmp(a, "--mmap")) {
+            load_flags |= DUET_LOAD_MMAP;
             continue;
         }
         static const char *valued[] = {"-m", "--model", "--layers", "--host", "-p", "--port", "-t", "--threads",
@@ -99,7 +104,7 @@ int cmd_cloud(int argc, char **argv) {
     char err[512];
     int status = 1;
     duet_part none = {0};
-    duet_model *m = duet_model_load(model, &none, err, sizeof err); /* metadata only: the layer count */
+    duet_model *m = duet_model_load(model, &none, 0, err, sizeof err); /* metadata only: the layer count */
     cloud_server *s = NULL;
     if (!m) goto fail;
     int n_layers = duet_model_config(m)->n_layers;
@@ -111,7 +116,7 @@ int cmd_cloud(int argc, char **argv) {
         return 2;
     }
     duet_part part = {.n_spans = 1, .span = {{a, b}}, .embed = a == 0, .head = b == n_layers};
-    if (!(m = duet_model_load(model, &part, err, sizeof err))) goto fail;
+    if (!(m = duet_model_load(model, &part, load_flags, err, sizeof err))) goto fail;
     o.log = log_line;
     o.log_arg = &quiet;
     if (!(s = server_init(m, &o, err, sizeof err))) goto fail;

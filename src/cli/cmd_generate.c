@@ -23,6 +23,8 @@ static const char *USAGE =
     "      --seed S         random seed for sampling (default 1)\n"
     "  -t, --threads N      compute threads (default: 1; 0 = all CPUs)\n"
     "      --no-bos         do not put BOS before the prompt\n"
+    "      --mmap           read the weights in place from the mapped file instead of copying them into\n"
+    "                       memory first: starts faster, decodes slower where the kernel reclaims file pages\n"
     "      --ids            print token ids instead of text\n"
     "      --json           print the metrics (DESIGN section 6) as one JSON object on stdout;\n"
     "                       the generated text then goes to stderr\n"
@@ -56,7 +58,7 @@ int cmd_generate(int argc, char **argv) {
 
     char err[512];
     int status = 1;
-    duet_model *m = duet_model_load(model, NULL, err, sizeof err);
+    duet_model *m = duet_model_load(model, NULL, g.load_flags, err, sizeof err);
     duet_pool *pool = NULL;
     int *prompt_ids = NULL;
     metrics mt;

@@ -41,6 +41,8 @@ static const char *USAGE =
     "  -t, --threads N        device compute threads (default 1; 0 = all CPUs)\n"
     "      --cloud-threads N  compute threads of the local cloud (default 1)\n"
     "      --no-bos           do not put BOS before the prompt\n"
+    "      --mmap             read the weights in place from the mapped file instead of copying them into\n"
+    "                         memory first (both sides of a local cloud): starts faster, may decode slower\n"
     "      --compare          first run the request device-only on this machine and report fidelity\n"
     "                         (exact token match rate and ROUGE-L F1 against it)\n"
     "      --json             print the metrics as one JSON object on stdout; the text then goes to stderr\n"
@@ -124,11 +126,12 @@ int cmd_run(int argc, char **argv) {
         return 2;
     }
     ro.model_path = model;
+    ro.load_flags = g.load_flags;
     ro.device_slowdown = slowdown;
 
     int status = 1;
     duet_part none = {0};
-    duet_model *meta = duet_model_load(model, &none, err, sizeof err); /* config, tokenizer, fingerprint */
+    duet_model *meta = duet_model_load(model, &none, 0, err, sizeof err); /* config, tokenizer, fingerprint */
     duet_model *dev = NULL, *full = NULL;
     duet_pool *pool = NULL;
     int *prompt_ids = NULL;
@@ -150,11 +153,11 @@ int cmd_run(int argc, char **argv) {
     int n_prompt;
     if (cli_tokenize_prompt(tok, prompt, bos, &prompt_ids, &n_prompt, err, sizeof err)) goto fail;
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
-    if ((mode == RUN_DEVICE || compare) && !(full = duet_model_load(model, NULL, err, sizeof err))) goto fail;
+    if ((mode == RUN_DEVICE || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
     if (mode == RUN_SPLIT) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
-        if (!(dev = duet_model_load(model, &part, err, sizeof err))) goto fail;
+        if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
     }
     if (mode != RUN_DEVICE && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
                                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))

@@ -258,30 +258,73 @@ static int load(duet_model *m, const char *path, const duet_part *part, char *er
     return DUET_OK;
 }
 
-/* Locks the pages of one held tensor; false if the system refuses (RLIMIT_MEMLOCK). */
+/* The held weight matrices, into out[2 + 7 * n_layers]; returns how many. A tied head counts once. */
+static int held_mats(duet_model *m, model_mat **out) {
+    int n = 0;
+    if (m->embd.data) out[n++] = &m->embd;
+    if (m->out.data && m->out.data != m->embd.data) out[n++] = &m->out;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        model_layer *L = &m->layers[l];
+        model_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            if (mats[i]->data) out[n++] = mats[i];
+    }
+    return n;
+}
+
+static size_t mat_bytes(const model_mat *a) { return a->row_bytes * (size_t)a->rows; }
+
+/* Locks the pages of [p, p+n); false if the system refuses (RLIMIT_MEMLOCK). */
 static bool lock_range(const void *p, size_t n) {
     if (!p || !n) return true;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p & ~(page - 1);
     return mlock((const void *)a, (uintptr_t)p + n - a) == 0;
 }
 
-/* Weights are read in full for every token, yet a mapped file's pages can still be reclaimed or have their
- * accessed bits sampled by the kernel's memory monitors (on the machines we measure, a DAMON pageout
- * scheme halved decode speed). Locking the held part keeps it resident; when the limit refuses, the model
- * simply stays unlocked. */
-static void lock_part(duet_model *m) {
-    bool ok = lock_range(m->embd.data, m->embd.row_bytes * (size_t)m->embd.rows) &&
-              lock_range(m->out.data, m->out.row_bytes * (size_t)m->out.rows);
-    for (int l = 0; ok && l < m->cfg.n_layers; l++) {
-        const model_layer *L = &m->layers[l];
-        const model_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
-        for (size_t i = 0; ok && i < sizeof mats / sizeof mats[0]; i++)
-            ok = lock_range(mats[i]->data, mats[i]->row_bytes * (size_t)mats[i]->rows);
-    }
+/* Weights are read in full for every token, yet pages can still be reclaimed or have their accessed bits
+ * sampled by the kernel's memory monitors. Locking the held part keeps it resident; when the limit
+ * refuses, the model simply stays unlocked. */
+static void lock_part(duet_model *m, model_mat **mats, int n) {
+    bool ok = true;
+    for (int i = 0; ok && i < n; i++) ok = lock_range(mats[i]->data, mat_bytes(mats[i]));
     m->locked = ok;
 }
 
-duet_model *duet_model_load(const char *path, const duet_part *part, char *err, size_t errlen) {
+/* Copies the held mats into one block of the process's own memory (2 MiB aligned, so it can sit on huge
+ * pages) and points the mats at it. */
+static int copy_part(duet_model *m, model_mat **mats, int n, char *err, size_t errlen) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (mat_bytes(mats[i]) + 63) & ~(size_t)63;
+    if (!total) return DUET_OK;
+    const size_t huge = (size_t)2 << 20;
+    const size_t len = (total + huge - 1) & ~(huge - 1);
+    uint8_t *block = aligned_alloc(huge, len);
+    if (!block) return err_set(err, errlen, DUET_ENOMEM, "out of memory copying %zu bytes of weights", total);
+    madvise(block, len, MADV_HUGEPAGE); /* a hint: fewer TLB misses while streaming; fine if refused */
+    const bool tied = m->out.data && m->out.data == m->embd.data;
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(block + off, mats[i]->data, mat_bytes(mats[i]));
+        mats[i]->data = block + off;
+        off += (mat_bytes(mats[i]) + 63) & ~(size_t)63;
+    }
+    if (tied) m->out.data = m->embd.data;
+    m->weights = block;
+    return DUET_OK;
+}
+
+/* Copies (unless flags say map) and locks the held weights. */
+static int place_part(duet_model *m, int flags, char *err, size_t errlen) {
+    model_mat **mats = malloc(sizeof *mats * (2 + 7 * (size_t)m->cfg.n_layers));
+    if (!mats) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
+    const int n = held_mats(m, mats);
+    int rc = flags & DUET_LOAD_MMAP ? DUET_OK : copy_part(m, mats, n, err, errlen);
+    if (rc == DUET_OK && !getenv("DUET_NO_MLOCK")) lock_part(m, mats, n);
+    free(mats);
+    return rc;
+}
+
+duet_model *duet_model_load(const char *path, const duet_part *part, int flags, char *err, size_t errlen) {
     duet_model *m = calloc(1, sizeof *m);
     if (!m) {
         err_set(err, errlen, DUET_ENOMEM, "out of memory");
@@ -295,7 +338,10 @@ duet_model *duet_model_load(const char *path, const duet_part *part, char *err, 
         free(m);
         return NULL;
     }
-    if (!getenv("DUET_NO_MLOCK")) lock_part(m);
+    if (place_part(m, flags, err, errlen) != DUET_OK) {
+        duet_model_free(m);
+        return NULL;
+    }
     return m;
 }
 
@@ -305,6 +351,7 @@ void duet_model_free(duet_model *m) {
     pthread_mutex_destroy(&m->fp_lock);
     gguf_close(m->file);
     free(m->owned);
+    free(m->weights);
     free(m->layers);
     free(m);
 }

@@ -479,9 +479,9 @@ static dot_fn *dot_scalar(int type) {
 /* Defines gemm_fn `name` from the tile function `tile`, at most cmax activation rows per tile. Weight
  * tiles are the outer loop so that a tile's rows stay in L1/L2 while all activation rows stream by.
  * Decode (nx = 1) takes rdec rows per tile: 1 where the weights then stream as one sequential read,
- * which measured 1.2-2x the DRAM bandwidth of 4 interleaved row streams (block types; F16 on AVX-512,
- * whose 1-row tile keeps four FMA chains), 4 where it did not (F32: 24 vs 21 GB/s) or where the 1-row
- * tile has a single FMA chain (AVX2 F32/F16). */
+ * which measured 1.2-2x the DRAM bandwidth of 4 interleaved row streams (block types; F16 on AVX-512),
+ * 4 where it did not (F32 on AVX-512: 28 vs 17 GB/s in bench_quant) or where the 1-row tile has a single
+ * FMA chain (AVX2 F32/F16). */
 #define GEMM_DRIVER(name, tile, cmax, rdec, attr)                                                         \
     attr static void name(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx, \
                           float *y, size_t ldy) {                                                         \
@@ -1004,7 +1004,7 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
 }
 
-GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 3, 1, AVX512_FN)
+GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 3, 4, AVX512_FN)
 GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 3, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 1, AVX512_FN)

@@ -45,7 +45,7 @@ int remote_parse_addr(const char *spec, char *host, size_t cap, int *port, char 
 /* Starts the in-process cloud holding exactly the part the device will ask for. */
 static int start_local(remote *r, const remote_opts *o, const duet_part *part, char *err, size_t errlen) {
     if (!o->model_path) return err_set(err, errlen, DUET_EINVAL, "--cloud local needs the model's path");
-    if (!(r->local_model = duet_model_load(o->model_path, part, err, errlen))) return DUET_ERR;
+    if (!(r->local_model = duet_model_load(o->model_path, part, o->load_flags, err, errlen))) return DUET_ERR;
     server_opts so = server_opts_default();
     so.host = "127.0.0.1";
     so.port = 0;

@@ -22,7 +22,8 @@
 
 typedef struct remote_opts {
     const char *cloud;       /* "HOST:PORT", or "local": start an in-process cloud on 127.0.0.1 */
-    const char *model_path;  /* the GGUF the local cloud maps its part from ("local" only) */
+    const char *model_path;  /* the GGUF the local cloud loads its part from ("local" only) */
+    int load_flags;          /* duet_model_load flags of the local cloud's part */
     link_params link;        /* emulated link; all zero: none */
     int enc;                 /* enum frame_enc of uploaded hidden states */
     double device_slowdown;  /* every device compute step is stretched to this many times its time; <= 1: none */
