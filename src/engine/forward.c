@@ -37,7 +37,7 @@ struct duet_ctx {
     size_t xq_row;  /* bytes per row of xq */
     float *rope;    /* [B][head_dim/2][2] cos, sin of each position's rotations */
     float theta_scale; /* base^(-2/head_dim): ratio of successive rotation frequencies */
-    float *scores;  /* [n_threads][score_cap] attention weights, one row per thread */
+    float *scores;  /* [n_threads][group][score_cap] attention weights of one position's query group */
     void *scratch;  /* the block x .. rope live in */
     int score_cap;
 };
@@ -139,54 +139,58 @@ typedef struct att_job {
     duet_ctx *c;
     const duet_kv *kv;
     int layer, n, pos0;
-    atomic_int next; /* next (position, head) pair */
+    atomic_int next; /* next (position, kv head) pair */
 } att_job;
 
+/* Causal attention of one position t over keys [0, pos0+t], for the `group` query heads that share one
+ * kv head at a time. Scores q.k are a quant_gemm of the cached keys (rows) by the group's queries
+ * (columns), so they get the SIMD kernels and the same batch invariance: the value of a score does not
+ * depend on how many positions or heads were computed with it. */
 static void att_work(void *arg, int ith, int nth) {
     att_job *j = arg;
     duet_ctx *c = j->c;
     const duet_config *cfg = &c->m->cfg;
-    int hd = cfg->head_dim, kv_dim = j->kv->kv_dim, group = cfg->n_heads / cfg->n_kv_heads;
+    const int hd = cfg->head_dim, kv_dim = j->kv->kv_dim, group = cfg->n_heads / cfg->n_kv_heads;
     const float *K = j->kv->k[j->layer], *V = j->kv->v[j->layer];
-    float *s = c->scores + (size_t)ith * c->score_cap;
-    float scale = 1.0f / sqrtf((float)hd);
-    int total = j->n * cfg->n_heads;
+    float *s = c->scores + (size_t)ith * group * c->score_cap; /* [group][score_cap] */
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int total = j->n * cfg->n_kv_heads;
     for (;;) {
         int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (item >= total) break;
-        int t = item / cfg->n_heads, head = item % cfg->n_heads;
-        int n_keys = j->pos0 + t + 1; /* causal: this position and all before it */
-        const float *q = c->q + (size_t)t * cfg->dim + (size_t)head * hd;
-        size_t off = (size_t)(head / group) * hd;
-        float mx = -INFINITY;
-        for (int p = 0; p < n_keys; p++) {
-            const float *k = K + (size_t)p * kv_dim + off;
-            float d = 0;
-            for (int i = 0; i < hd; i++) d += q[i] * k[i];
-            s[p] = d * scale;
-            if (s[p] > mx) mx = s[p];
-        }
-        double sum = 0;
-        for (int p = 0; p < n_keys; p++) {
-            s[p] = expf(s[p] - mx);
-            sum += s[p];
-        }
-        float inv = (float)(1.0 / sum);
-        float *o = c->att + (size_t)t * cfg->dim + (size_t)head * hd;
-        memset(o, 0, sizeof(float) * hd);
-        for (int p = 0; p < n_keys; p++) {
-            const float *v = V + (size_t)p * kv_dim + off;
-            float a = s[p] * inv;
-            for (int i = 0; i < hd; i++) o[i] += a * v[i];
+        const int t = item / cfg->n_kv_heads, kvh = item % cfg->n_kv_heads;
+        const int n_keys = j->pos0 + t + 1;
+        const size_t off = (size_t)kvh * hd;
+        const float *q = c->q + (size_t)t * cfg->dim + (size_t)kvh * group * hd; /* [group][hd] */
+        quant_gemm(c->isa, DUET_TYPE_F32, hd, K + off, sizeof(float) * kv_dim, n_keys, q, sizeof(float) * hd,
+                   group, s, c->score_cap);
+        for (int g = 0; g < group; g++) {
+            float *sg = s + (size_t)g * c->score_cap, mx = -INFINITY;
+            for (int p = 0; p < n_keys; p++) {
+                sg[p] *= scale;
+                if (sg[p] > mx) mx = sg[p];
+            }
+            double sum = 0;
+            for (int p = 0; p < n_keys; p++) {
+                sg[p] = expf(sg[p] - mx);
+                sum += sg[p];
+            }
+            const float inv = (float)(1.0 / sum);
+            float *o = c->att + (size_t)t * cfg->dim + (size_t)(kvh * group + g) * hd;
+            memset(o, 0, sizeof(float) * hd);
+            for (int p = 0; p < n_keys; p++) {
+                const float *v = V + (size_t)p * kv_dim + off, a = sg[p] * inv;
+                for (int i = 0; i < hd; i++) o[i] += a * v[i];
+            }
         }
     }
 }
 
 static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0) {
-    int need = pos0 + n;
+    int need = pos0 + n, group = c->m->cfg.n_heads / c->m->cfg.n_kv_heads;
     if (need > c->score_cap) { /* grows at most a few times per context: never in steady decode */
         int cap = need < 256 ? 256 : need;
-        float *s = realloc(c->scores, sizeof(float) * (size_t)cap * duet_pool_threads(c->pool));
+        float *s = realloc(c->scores, sizeof(float) * (size_t)cap * group * duet_pool_threads(c->pool));
         if (!s) return DUET_ENOMEM;
         c->scores = s;
         c->score_cap = cap;
