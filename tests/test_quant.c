@@ -464,6 +464,33 @@ TEST(test_quant_gemm_scalar_matches_dequantized_math) {
 }
 
 /* DUET_ISA lowers the level, never raises it. */
+/* Attention's weighted sum of value rows: every ISA within the float bound of the exact sum (each ISA
+ * adds in order of p, but SIMD uses FMA), on lengths that leave tails of every size; no write past o[n]. */
+TEST(test_quant_wsum_matches_exact) {
+    static const int ns[] = {1, 7, 8, 16, 31, 64, 100, 129};
+    for (int isa = QUANT_ISA_SCALAR; isa <= quant_isa_best(); isa++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+            for (int nv = 1; nv <= 40; nv += 13) {
+                const int n = ns[ni], stride = n + 3;
+                float a[40], v[40 * 132], o[132];
+                rng_seed(77 + (uint64_t)(n * 41 + nv));
+                fill_normal(a, nv, 1);
+                fill_normal(v, (int64_t)nv * stride, 1);
+                for (int i = 0; i < 132; i++) o[i] = 12345.0f;
+                quant_wsum_f32(isa, n, nv, a, v, sizeof(float) * stride, o);
+                for (int i = 0; i < n; i++) {
+                    double exact = 0, mag = 0;
+                    for (int p = 0; p < nv; p++) {
+                        exact += (double)a[p] * v[p * stride + i];
+                        mag += fabs((double)a[p] * v[p * stride + i]);
+                    }
+                    CHECK_MSG(fabs(o[i] - exact) <= 2.0 * nv * 0x1p-24 * mag, "%s n=%d nv=%d o[%d] = %.9g, exact %.9g",
+                              quant_isa_name(isa), n, nv, i, o[i], exact);
+                }
+                for (int i = n; i < 132; i++) CHECK_MSG(o[i] == 12345.0f, "%s n=%d wrote o[%d]", quant_isa_name(isa), n, i);
+            }
+}
+
 TEST(test_quant_isa_env_override) {
     const char *old = getenv("DUET_ISA");
     unsetenv("DUET_ISA");

@@ -176,12 +176,9 @@ static void att_work(void *arg, int ith, int nth) {
                 sum += sg[p];
             }
             const float inv = (float)(1.0 / sum);
-            float *o = c->att + (size_t)t * cfg->dim + (size_t)(kvh * group + g) * hd;
-            memset(o, 0, sizeof(float) * hd);
-            for (int p = 0; p < n_keys; p++) {
-                const float *v = V + (size_t)p * kv_dim + off, a = sg[p] * inv;
-                for (int i = 0; i < hd; i++) o[i] += a * v[i];
-            }
+            for (int p = 0; p < n_keys; p++) sg[p] *= inv;
+            quant_wsum_f32(c->isa, hd, n_keys, sg, V + off, sizeof(float) * kv_dim,
+                           c->att + (size_t)t * cfg->dim + (size_t)(kvh * group + g) * hd);
         }
     }
 }

@@ -452,6 +452,15 @@ static float dot_q6_K(int n, const void *vw, const void *vx) {
     return s;
 }
 
+/* o[n] = sum over p < nv of a[p] * v[p][.], each element summed in order of p. */
+static void wsum_scalar(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
+    for (int i = 0; i < n; i++) o[i] = 0;
+    for (int p = 0; p < nv; p++) {
+        const float *vp = (const float *)((const char *)v + (size_t)p * vs);
+        for (int i = 0; i < n; i++) o[i] += a[p] * vp[i];
+    }
+}
+
 typedef float dot_fn(int n, const void *w, const void *x);
 typedef void gemm_fn(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx,
                      float *y, size_t ldy);
@@ -471,14 +480,18 @@ static dot_fn *dot_scalar(int type) {
 /* ---- tiling: every SIMD kernel computes an R x C tile (R weight rows, C activation rows) with R and C
  * compile-time constants, so the accumulators live in registers; a driver walks the tiles. ---------- */
 
-#define RMAX 4
-#define TILE_CASE(t, r, c) case (r) * 8 + (c): t(r, c, n, wt, ws, xt, xs, yt, ldy); break;
+#define RMAX 8
+#define TILE_CASE(t, r, c) case (r) * 16 + (c): t(r, c, n, wt, ws, xt, xs, yt, ldy); break;
 #define TILE_COLS1(t, r) TILE_CASE(t, r, 1)
 #define TILE_COLS2(t, r) TILE_COLS1(t, r) TILE_CASE(t, r, 2)
 #define TILE_COLS3(t, r) TILE_COLS2(t, r) TILE_CASE(t, r, 3)
 #define TILE_COLS4(t, r) TILE_COLS3(t, r) TILE_CASE(t, r, 4)
 #define TILE_COLS5(t, r) TILE_COLS4(t, r) TILE_CASE(t, r, 5)
 #define TILE_COLS6(t, r) TILE_COLS5(t, r) TILE_CASE(t, r, 6)
+#define TILE_COLS8(t, r) TILE_COLS6(t, r) TILE_CASE(t, r, 7) TILE_CASE(t, r, 8)
+#define TILE_ROWS4(t, cm) TILE_COLS##cm(t, 1) TILE_COLS##cm(t, 2) TILE_COLS##cm(t, 3) TILE_COLS##cm(t, 4)
+#define TILE_ROWS6(t, cm) TILE_ROWS4(t, cm) TILE_COLS##cm(t, 5) TILE_COLS##cm(t, 6)
+#define TILE_ROWS8(t, cm) TILE_ROWS6(t, cm) TILE_COLS##cm(t, 7) TILE_COLS##cm(t, 8)
 /* Activation rows per column block: as many whole tiles as fit in COL_BLOCK_BYTES, so the block stays in
  * L2 while every weight tile passes over it (without it a 128-token prompt re-read its 1-3 MB of activations
  * from L3 for every 4 weight rows). */
@@ -488,16 +501,17 @@ static inline int col_block(size_t xs, int cmax) {
     return c < (size_t)cmax ? cmax : c > 1024 ? 1024 : (int)c;
 }
 
-/* Defines gemm_fn `name` from the tile function `tile`, at most cmax activation rows per tile. Weight
+/* Defines gemm_fn `name` from the tile function `tile`: tiles of at most rbat (<= RMAX) weight rows by cmax
+ * activation rows. Weight
  * tiles are the outer loop so that a tile's rows stay in L1/L2 while all activation rows stream by.
  * Decode (nx = 1) takes rdec rows per tile: 1 where the weights then stream as one sequential read,
  * which measured 1.2-2x the DRAM bandwidth of 4 interleaved row streams (block types; F16 on AVX-512),
  * 4 where it did not (F32 on AVX-512: 28 vs 17 GB/s in bench_quant) or where the 1-row tile has a single
  * FMA chain (AVX2 F32/F16). */
-#define GEMM_DRIVER(name, tile, cmax, rdec, attr)                                                         \
+#define GEMM_DRIVER(name, tile, rbat, cmax, rdec, attr)                                                   \
     attr static void name(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx, \
                           float *y, size_t ldy) {                                                         \
-        const int rmax = nx == 1 ? rdec : RMAX, cb = col_block(xs, cmax);                                 \
+        const int rmax = nx == 1 ? rdec : rbat, cb = col_block(xs, cmax);                                 \
         for (int j0 = 0; j0 < nx; j0 += cb)                                                              \
             for (int i = 0; i < nr; i += rmax) {                                                          \
                 const int R = nr - i < rmax ? nr - i : rmax;                                              \
@@ -505,10 +519,7 @@ static inline int col_block(size_t xs, int cmax) {
                     const int C = nx - j < cmax ? nx - j : cmax;                                          \
                     const uint8_t *wt = w + i * ws, *xt = x + j * xs;                                     \
                     float *yt = y + j * ldy + i;                                                          \
-                    switch (R * 8 + C) {                                                                  \
-                        TILE_COLS##cmax(tile, 1) TILE_COLS##cmax(tile, 2)                                 \
-                        TILE_COLS##cmax(tile, 3) TILE_COLS##cmax(tile, 4)                                 \
-                    }                                                                                     \
+                    switch (R * 16 + C) { TILE_ROWS##rbat(tile, cmax) }                                   \
                 }                                                                                         \
             }                                                                                             \
     }
@@ -728,12 +739,31 @@ AVX2_INL void q6_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
 }
 
-GEMM_DRIVER(gemm_f32_avx2, f32_tile_avx2, 3, 4, AVX2_FN)
-GEMM_DRIVER(gemm_f16_avx2, f16_tile_avx2, 3, 4, AVX2_FN)
-GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 2, 1, AVX2_FN)
-GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 2, 1, AVX2_FN)
-GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 2, 1, AVX2_FN)
-GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 2, 1, AVX2_FN)
+GEMM_DRIVER(gemm_f32_avx2, f32_tile_avx2, 4, 3, 4, AVX2_FN)
+GEMM_DRIVER(gemm_f16_avx2, f16_tile_avx2, 4, 3, 4, AVX2_FN)
+GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 4, 2, 1, AVX2_FN)
+GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 4, 2, 1, AVX2_FN)
+GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 4, 2, 1, AVX2_FN)
+GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 4, 2, 1, AVX2_FN)
+
+/* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order). */
+AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
+    for (int i0 = 0; i0 < n; i0 += 32) {
+        if (n - i0 < 32) { /* a tail narrower than the registers */
+            for (int i = i0; i < n; i++) o[i] = 0;
+            for (int p = 0; p < nv; p++)
+                for (int i = i0; i < n; i++) o[i] += a[p] * ((const float *)((const char *)v + (size_t)p * vs))[i];
+            break;
+        }
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int p = 0; p < nv; p++) {
+            const float *vp = (const float *)((const char *)v + (size_t)p * vs) + i0;
+            const __m256 ap = _mm256_set1_ps(a[p]);
+            UNROLL for (int u = 0; u < 4; u++) acc[u] = _mm256_fmadd_ps(ap, _mm256_loadu_ps(vp + 8 * u), acc[u]);
+        }
+        UNROLL for (int u = 0; u < 4; u++) _mm256_storeu_ps(o + i0 + 8 * u, acc[u]);
+    }
+}
 
 /* Activation quantizers, bit-identical to quant_q8_0 / quant_q8_K: max, one division, products and
  * round-half-even conversions are exact IEEE operations in any order. */
@@ -807,14 +837,14 @@ AVX2_FN static void quant_q8_K_avx2(const float *x, block_q8_K *y, int64_t nb) {
 #define AVX512_INL static inline __attribute__((always_inline, target(AVX512_TARGET)))
 
 /* The order every F32/F16 output is summed in, whatever the tile: one chain over the row's 16-lane steps,
- * then the horizontal sum; tails use masked loads and continue the chain. A tile is up to 4 rows x 6
- * columns (24 accumulators, 4 weight vectors and one activation vector in registers): per 24 FMAs it loads
- * 10 vectors, where the former 4 x 3 tile with two chains per output loaded 14 and converted twice as many
- * F16 vectors (bench_quant batch64 F16 ~120 -> ~150-190 GFLOP/s). Decode takes 4-row tiles, so four
- * chains are in flight and a single chain per output costs it nothing. */
+ * then the horizontal sum; the tail step uses masked loads and continues the chain. Batch tiles hold 24
+ * accumulators: F32 4 rows x 6 columns, F16 6 x 4 (bench_quant-style runs at n=2048: F16 6x4 ~178,
+ * 4x6 ~165, 3x8 ~124 GFLOP/s; F32 4x6 and 6x4 within noise). The former 4 x 3 tile with two chains per
+ * output loaded 14 vectors per 24 FMAs instead of 10 (F16 batch ~120 GFLOP/s). Decode takes 4-row tiles,
+ * so four chains are in flight and a single chain per output costs it nothing. */
 /* One 16-lane step at element k of every row and column of the tile; masked (a constant) only for the tail. */
 AVX512_INL void float_step_avx512(const int R, const int C, const bool f16, const bool masked, __mmask16 m, int k,
-                                  const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, __m512 acc[RMAX][6]) {
+                                  const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, __m512 acc[RMAX][8]) {
     __m512 wv[RMAX];
     UNROLL for (int r = 0; r < R; r++) {
         const uint8_t *p = w + r * ws + (f16 ? 2 : 4) * (size_t)k;
@@ -834,7 +864,7 @@ AVX512_INL void float_step_avx512(const int R, const int C, const bool f16, cons
 
 AVX512_INL void float_tile_avx512(const int R, const int C, const bool f16, int n, const uint8_t *w,
                                   size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
-    __m512 acc[RMAX][6];
+    __m512 acc[RMAX][8];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
     int k = 0;
     _Pragma("GCC unroll 4") /* F16 decode: 21 -> 26 GB/s in bench_quant (a row's full cache line per pass) */
@@ -1012,12 +1042,31 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
 }
 
-GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 6, 4, AVX512_FN)
-GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, AVX512_FN)
-GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 1, AVX512_FN)
-GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 1, AVX512_FN)
-GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 1, AVX512_FN)
-GEMM_DRIVER(gemm_q6_K_avx512, q6_K_tile_avx512, 4, 1, AVX512_FN)
+GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, 6, 4, AVX512_FN)
+GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 4, 1, AVX512_FN)
+GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 4, 1, AVX512_FN)
+GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 4, 1, AVX512_FN)
+GEMM_DRIVER(gemm_q6_K_avx512, q6_K_tile_avx512, 4, 4, 1, AVX512_FN)
+
+/* wsum_scalar's sums, 64 elements at a time in four registers; the last chunk masked. */
+AVX512_FN static void wsum_avx512(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
+    for (int i0 = 0; i0 < n; i0 += 64) {
+        __mmask16 m[4];
+        UNROLL for (int u = 0; u < 4; u++) {
+            const int left = n - i0 - 16 * u;
+            m[u] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        }
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int p = 0; p < nv; p++) {
+            const float *vp = (const float *)((const char *)v + (size_t)p * vs) + i0;
+            const __m512 ap = _mm512_set1_ps(a[p]);
+            UNROLL for (int u = 0; u < 4; u++)
+                acc[u] = _mm512_fmadd_ps(ap, _mm512_maskz_loadu_ps(m[u], vp + 16 * u), acc[u]);
+        }
+        UNROLL for (int u = 0; u < 4; u++) _mm512_mask_storeu_ps(o + i0 + 16 * u, m[u], acc[u]);
+    }
+}
 
 /* ---- dispatch ------------------------------------------------------------------------------------- */
 
@@ -1074,6 +1123,10 @@ void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr
         fn(n, w, w_stride, nr, x, x_stride, nx, y, ldy);
     else
         gemm_scalar(type, n, w, w_stride, nr, x, x_stride, nx, y, ldy);
+}
+
+void quant_wsum_f32(int isa, int n, int nv, const float *a, const float *v, size_t v_stride, float *o) {
+    (isa == QUANT_ISA_AVX512 ? wsum_avx512 : isa == QUANT_ISA_AVX2 ? wsum_avx2 : wsum_scalar)(n, nv, a, v, v_stride, o);
 }
 
 /* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c". */

@@ -48,4 +48,9 @@ const char *quant_isa_name(int isa);
 void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr,
                 const void *x, size_t x_stride, int nx, float *y, size_t ldy);
 
+/* o[i] = sum over p < nv of a[p] * v[p][i] for i < n, rows of v v_stride bytes apart (attention's weighted
+ * sum of values). Each o[i] is summed in order of p, so the result does not depend on which other outputs
+ * were computed with it; isa picks the kernel as for quant_gemm. */
+void quant_wsum_f32(int isa, int n, int nv, const float *a, const float *v, size_t v_stride, float *o);
+
 #endif
