@@ -1043,7 +1043,7 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
 }
 
 GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, 6, 4, AVX512_FN)
-GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, 4, AVX512_FN)
+GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, 6, AVX512_FN)
 GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 4, 1, AVX512_FN)
