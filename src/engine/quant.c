@@ -502,19 +502,31 @@ static inline int col_block(size_t xs, int cmax) {
 }
 
 /* Defines gemm_fn `name` from the tile function `tile`: tiles of at most rbat (<= RMAX) weight rows by cmax
- * activation rows. Weight
- * tiles are the outer loop so that a tile's rows stay in L1/L2 while all activation rows stream by.
- * Decode (nx = 1) takes rdec rows per tile: 1 where the weights then stream as one sequential read,
- * which measured 1.2-2x the DRAM bandwidth of 4 interleaved row streams (block types; F16 on AVX-512),
- * 4 where it did not (F32 on AVX-512: 28 vs 17 GB/s in bench_quant) or where the 1-row tile has a single
- * FMA chain (AVX2 F32/F16). */
+ * activation rows. Weight tiles are the outer loop so that a tile's rows stay in L1/L2 while a column block
+ * of activation rows streams by. Decode (nx = 1) walks down the matrix in tiles of rdec rows (1, 4, 6 or
+ * 8; rdec <= RMAX): 1 where the weights then stream as one sequential read, which measured 1.2-2x the DRAM
+ * bandwidth of 4 interleaved row streams (block types), more where one row would be a single FMA chain
+ * (F32/F16: AVX-512 F32 4 rows ~32 GB/s, F16 8 rows ~29 vs 4 rows ~27 GB/s in alternating runs). */
+#define DEC_CASE(t, r) case r: t(r, 1, n, wt, ws, x, xs, yt, ldy); break;
+#define DEC_CASES1(t)
+#define DEC_CASES4(t) DEC_CASE(t, 1) DEC_CASE(t, 2) DEC_CASE(t, 3)
+#define DEC_CASES6(t) DEC_CASES4(t) DEC_CASE(t, 4) DEC_CASE(t, 5)
+#define DEC_CASES8(t) DEC_CASES6(t) DEC_CASE(t, 6) DEC_CASE(t, 7)
 #define GEMM_DRIVER(name, tile, rbat, cmax, rdec, attr)                                                   \
     attr static void name(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx, \
                           float *y, size_t ldy) {                                                         \
-        const int rmax = nx == 1 ? rdec : rbat, cb = col_block(xs, cmax);                                 \
+        if (nx == 1) { /* decode: rdec-row tiles down the matrix, then the rows left over */              \
+            for (int i = 0; i < nr; i += rdec) {                                                          \
+                const uint8_t *wt = w + i * ws;                                                           \
+                float *yt = y + i;                                                                        \
+                switch (nr - i < rdec ? nr - i : rdec) { DEC_CASE(tile, rdec) DEC_CASES##rdec(tile) }     \
+            }                                                                                             \
+            return;                                                                                       \
+        }                                                                                                 \
+        const int cb = col_block(xs, cmax);                                                               \
         for (int j0 = 0; j0 < nx; j0 += cb)                                                              \
-            for (int i = 0; i < nr; i += rmax) {                                                          \
-                const int R = nr - i < rmax ? nr - i : rmax;                                              \
+            for (int i = 0; i < nr; i += rbat) {                                                          \
+                const int R = nr - i < rbat ? nr - i : rbat;                                              \
                 for (int j = j0; j < nx && j < j0 + cb; j += cmax) {                                      \
                     const int C = nx - j < cmax ? nx - j : cmax;                                          \
                     const uint8_t *wt = w + i * ws, *xt = x + j * xs;                                     \
@@ -1043,7 +1055,7 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
 }
 
 GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, 6, 4, AVX512_FN)
-GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, 6, AVX512_FN)
+GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, 8, AVX512_FN)
 GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 4, 1, AVX512_FN)
 GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 4, 1, AVX512_FN)
