@@ -4,6 +4,8 @@
 #   make asan|ubsan|tsan   the tests under a sanitizer, in build-<name>/
 #   make fuzz       libFuzzer targets in build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=60)
 #   make bench      engine speed (prefill/decode tok/s, bandwidth) on synthetic shapes
+#   make bench-compare   the rows of llama.cpp's reference table, medians of ROUNDS interleaved rounds
+#   make bench-cloud     one cloud serving 1..32 devices
 CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O2 -march=x86-64-v2 -mtune=native
@@ -22,7 +24,7 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan ubsan tsan fuzz bench bench-cloud clean demo
+.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare clean demo
 all: $(BUILD)/duet $(BUILD)/duet-tests
 
 $(BUILD)/%.o: %.c
@@ -67,6 +69,8 @@ bench: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-engine.sh $(BUILD)
 bench-cloud: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-cloud.sh $(BUILD)
+bench-compare: $(BUILD)/duet $(BENCH_BIN)
+	sh bench/run-compare.sh $(BUILD)
 
 # The README's demo: a story from the shipped model, then the three baselines under the wan profile.
 demo: $(BUILD)/duet

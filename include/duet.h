@@ -3,7 +3,7 @@
  * A duet_model is one GGUF file, memory-mapped, of which a process uses a *part*: some layer ranges, and
  * maybe the token embedding and the head (final norm + output matrix). A device in a U-shaped split holds
  * layers [0,a) and [b,L) plus embedding and head; a cloud holds [a,b). Only the tensors of the part are
- * touched, so the rest of the file is never paged in.
+ * read (and, by default, copied into the process's memory), so the rest of the file is never paged in.
  *
  * The forward pass is three steps over a batch of n positions of one session:
  *     duet_embed(tokens)                 -> h[n][dim]          (h_0)
