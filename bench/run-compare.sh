@@ -15,14 +15,14 @@ mkdir -p "$DIR"
 
 # The reference rows: label, model, prompt, generated, llama.cpp pp (run 1, run 2), tg (run 1, run 2), at 1 and
 # 2 threads. Figures copied from ../shared/reference/llamacpp-bench.md (llama-bench, commit 3f545becc).
-ROWS='stories260K_F32_(pp64/tg64)|models/stories260K.gguf|64|64|1|12100|11584|8841|8580
-stories260K_F32_(pp64/tg64)|models/stories260K.gguf|64|64|2|21665|17039|3400|3050
-mid_F32|mid-f32|128|32|1|250.8|249.7|30.1|30.0
-mid_F32|mid-f32|128|32|2|504.7|461.4|52.4|47.2
-TinyLlama_Q8_0|tinyllama-q8_0|128|32|1|57.6|53.6|16.6|13.4
-TinyLlama_Q8_0|tinyllama-q8_0|128|32|2|112.6|89.9|27.1|27.7
-TinyLlama_F16|tinyllama-f16|128|32|1|76.3|72.8|11.9|10.7
-TinyLlama_F16|tinyllama-f16|128|32|2|138.5|148.9|17.9|23.4'
+ROWS='stories260K+F32+(pp64/tg64)|models/stories260K.gguf|64|64|1|12100|11584|8841|8580
+stories260K+F32+(pp64/tg64)|models/stories260K.gguf|64|64|2|21665|17039|3400|3050
+mid+F32|mid-f32|128|32|1|250.8|249.7|30.1|30.0
+mid+F32|mid-f32|128|32|2|504.7|461.4|52.4|47.2
+TinyLlama+Q8_0|tinyllama-q8_0|128|32|1|57.6|53.6|16.6|13.4
+TinyLlama+Q8_0|tinyllama-q8_0|128|32|2|112.6|89.9|27.1|27.7
+TinyLlama+F16|tinyllama-f16|128|32|1|76.3|72.8|11.9|10.7
+TinyLlama+F16|tinyllama-f16|128|32|2|138.5|148.9|17.9|23.4'
 
 path_of() {
     case "$1" in
@@ -45,7 +45,7 @@ while [ "$r" -le "$ROUNDS" ]; do
     echo "round $r of $ROUNDS" >&2
     echo "$ROWS" | while IFS='|' read -r label model pp tg t _ _ _ _; do
         "$BUILD/bench/bench_engine" "$(path_of "$model")" -t "$t" -p "$pp" -n "$tg" -r "$REPS" --json |
-            sed "s/^{/{\"row\":\"$label\",\"round\":$r,/" >> "$OUT"
+            sed "s|^{|{\"row\":\"$label\",\"round\":$r,|" >> "$OUT"
     done
     r=$((r + 1))
 done
@@ -59,7 +59,7 @@ echo "$ROWS" | while IFS='|' read -r label _ _ _ t pp1 pp2 tg1 tg2; do
     pp=$(med pp_tokens_per_s)
     tg=$(med tg_tokens_per_s)
     echo "$label $t $pp $pp1 $pp2 $tg $tg1 $tg2" | awk '{
-        gsub(/_/, " ", $1)
+        gsub(/\+/, " ", $1)
         printf "| %s | %s | %.1f | %s / %s | %.2f | %.1f | %s / %s | %.2f |\n", $1, $2, $3, $4, $5, $3 / (($4 + $5) / 2), $6, $7, $8, $6 / (($7 + $8) / 2)
     }'
 done
