@@ -405,7 +405,7 @@ TEST(test_modes_sixteen_devices_at_once) {
 /* ---- the CLI ---- */
 
 TEST(test_modes_cli_three_baselines_same_text) {
-    const char *modes[3] = {"--mode device", "--mode cloud --link wan", "--mode split --split 3 --hidden-enc fp32 --link lan"};
+    const char *modes[3] = {"--mode device", "--mode cloud --link wan", "--mode split --split 3 --hidden-enc fp32 --link lan --mmap"};
     char *first = NULL;
     for (int i = 0; i < 3; i++) {
         char args[512];

@@ -745,7 +745,7 @@ TEST(test_server_cli) {
     CHECK_EQ_INT(WEXITSTATUS(system(cmd)), 2);
     char path[64];
     snprintf(path, sizeof path, "/tmp/duet-test-cloud-%d.out", (int)getpid());
-    snprintf(cmd, sizeof cmd, "%s cloud -m %s --port 0 --layers 2:5 > %s 2>&1 & p=$!; "
+    snprintf(cmd, sizeof cmd, "%s cloud -m %s --port 0 --layers 2:5 --mmap > %s 2>&1 & p=$!; "
                               "for i in $(seq 50); do grep -q serving %s && break; sleep 0.1; done; kill -TERM $p; wait $p",
              bin, MODEL, path, path);
     CHECK_EQ_INT(system(cmd), 0);
