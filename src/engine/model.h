@@ -31,7 +31,8 @@ struct duet_model {
     model_mat out;            /* [vocab][dim]; the embedding when tied */
     const float *out_norm;    /* [dim] */
     const float *rope_freqs;  /* [head_dim/2] divisors of each rotation frequency (Llama 3), or NULL */
-    void *weights;            /* the held mats copied out of the mapping, or NULL */
+    void *weights;            /* the held mats read into memory of our own (weights_len bytes), or NULL */
+    size_t weights_len;
     float *owned;             /* norms and factors converted to f32, one block */
     duet_tokenizer *tok;      /* NULL if the file has no usable vocabulary */
     char tok_err[256];
