@@ -50,7 +50,7 @@ asan:
 ubsan:
 	$(MAKE) test BUILD=build-ubsan OPT="-O1 -march=x86-64-v2" SAN="-fsanitize=undefined -fno-sanitize-recover=undefined"
 tsan:
-	$(MAKE) test BUILD=build-tsan OPT="-O1 -march=x86-64-v2" SAN="-fsanitize=thread" T="$(or $(T),transport frame link server modes pool)"
+	$(MAKE) test BUILD=build-tsan OPT="-O1 -march=x86-64-v2" SAN="-fsanitize=thread" T="$(or $(T),transport frame link server modes pool forward)"
 
 # libFuzzer targets: one per parser of untrusted bytes (fuzz/fuzz_*.c).
 FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
