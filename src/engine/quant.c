@@ -848,12 +848,6 @@ AVX2_FN static void quant_q8_K_avx2(const float *x, block_q8_K *y, int64_t nb) {
 #define AVX512_FN __attribute__((target(AVX512_TARGET)))
 #define AVX512_INL static inline __attribute__((always_inline, target(AVX512_TARGET)))
 
-/* The order every F32/F16 output is summed in, whatever the tile: one chain over the row's 16-lane steps,
- * then the horizontal sum; the tail step uses masked loads and continues the chain. Batch tiles hold 24
- * accumulators: F32 4 rows x 6 columns, F16 6 x 4 (bench_quant-style runs at n=2048: F16 6x4 ~178,
- * 4x6 ~165, 3x8 ~124 GFLOP/s; F32 4x6 and 6x4 within noise). The former 4 x 3 tile with two chains per
- * output loaded 14 vectors per 24 FMAs instead of 10 (F16 batch ~120 GFLOP/s). Decode takes 4-row tiles,
- * so four chains are in flight and a single chain per output costs it nothing. */
 /* One 16-lane step at element k of every row and column of the tile; masked (a constant) only for the tail. */
 AVX512_INL void float_step_avx512(const int R, const int C, const bool f16, const bool masked, __mmask16 m, int k,
                                   const uint8_t *w, size_t ws, const uint8_t *x, size_t xs, __m512 acc[RMAX][8]) {
@@ -864,16 +858,22 @@ AVX512_INL void float_step_avx512(const int R, const int C, const bool f16, cons
             wv[r] = _mm512_cvtph_ps(masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256((const __m256i *)p));
         else
             wv[r] = masked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
-        __asm__("" : "+v"(wv[r])); /* likewise: one load per weight vector, reused by every column */
+        __asm__("" : "+v"(wv[r])); /* one load per weight vector, kept in a register for every column */
     }
     UNROLL for (int c = 0; c < C; c++) {
         const float *p = (const float *)(x + c * xs) + k;
         __m512 xv = masked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
-        __asm__("" : "+v"(xv)); /* load once into a register: gcc would fold it into each row's FMA */
+        __asm__("" : "+v"(xv)); /* likewise: gcc would fold these loads into each FMA */
         UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
     }
 }
 
+/* The order every F32/F16 output is summed in, whatever the tile: one chain over the row's 16-lane steps,
+ * then the horizontal sum; the tail step uses masked loads and continues the chain. Batch tiles hold 24
+ * accumulators: F32 4 rows x 6 columns, F16 6 x 4 (bench_quant-style runs at n=2048: F16 6x4 ~178,
+ * 4x6 ~165, 3x8 ~124 GFLOP/s; F32 4x6 and 6x4 within noise). The former 4 x 3 tile with two chains per
+ * output loaded 14 vectors per 24 FMAs instead of 10 (F16 batch ~120 GFLOP/s). Decode takes 4-row (F32)
+ * or 8-row (F16) tiles, so enough chains are in flight that one chain per output costs it nothing. */
 AVX512_INL void float_tile_avx512(const int R, const int C, const bool f16, int n, const uint8_t *w,
                                   size_t ws, const uint8_t *x, size_t xs, float *y, size_t ldy) {
     __m512 acc[RMAX][8];
