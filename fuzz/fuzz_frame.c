@@ -7,6 +7,16 @@
 
 #include "net/frame.h"
 
+/* m, encoded again, must be exactly the size bytes at data it was decoded from. */
+static void reencodes_to(const frame_msg *m, uint32_t seq, const uint8_t *data, size_t size) {
+    char err[256];
+    uint8_t *out = malloc(size);
+    size_t len;
+    if (out && frame_encode(m, seq, out, size, &len, err, sizeof err) == 0 && (len != size || memcmp(out, data, size)))
+        abort();
+    free(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     frame_limits lim = frame_limits_default();
     lim.max_rows = 4096; /* keep rows_get allocations small */
@@ -21,12 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         frame_rows_get(&m.u.rows, x);
         if (m.u.rows.enc == FRAME_ENC_F32) { /* lossless: must re-encode to the same bytes */
             m.u.rows.x = x;
-            uint8_t *out = malloc(size);
-            size_t len;
-            if (out && frame_encode(&m, h.seq, out, size, &len, err, sizeof err) == 0 &&
-                (len != size || memcmp(out, data, size) != 0))
-                abort();
-            free(out);
+            reencodes_to(&m, h.seq, data, size);
         }
         free(x);
     } else if (m.type == FRAME_PROMPT || m.type == FRAME_TOKENS) {
@@ -38,21 +43,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             m.u.tokens.ids = ids;
             m.u.tokens.conf = conf;
             m.u.tokens.logit = logit;
-            uint8_t *out = malloc(size);
-            size_t len;
-            if (out && frame_encode(&m, h.seq, out, size, &len, err, sizeof err) == 0 &&
-                (len != size || memcmp(out, data, size) != 0))
-                abort();
-            free(out);
+            reencodes_to(&m, h.seq, data, size);
         }
         free(ids), free(conf), free(logit);
     } else if (m.type != FRAME_PING && m.type != FRAME_PONG) { /* PING pad content is not kept */
-        uint8_t *out = malloc(size);
-        size_t len;
-        if (out && frame_encode(&m, h.seq, out, size, &len, err, sizeof err) == 0 &&
-            (len != size || memcmp(out, data, size) != 0))
-            abort();
-        free(out);
+        reencodes_to(&m, h.seq, data, size);
     }
     return 0;
 }

@@ -762,9 +762,7 @@ GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 4, 2, 1, AVX2_FN)
 AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
     for (int i0 = 0; i0 < n; i0 += 32) {
         if (n - i0 < 32) { /* a tail narrower than the registers */
-            for (int i = i0; i < n; i++) o[i] = 0;
-            for (int p = 0; p < nv; p++)
-                for (int i = i0; i < n; i++) o[i] += a[p] * ((const float *)((const char *)v + (size_t)p * vs))[i];
+            wsum_scalar(n - i0, nv, a, v + i0, vs, o + i0);
             break;
         }
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
