@@ -58,7 +58,7 @@ FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 fuzz: $(FUZZ_BIN)
 build-fuzz/%: fuzz/%.c $(LIB_SRC)
 	@mkdir -p build-fuzz
-	clang $(CPPFLAGS) -std=c11 -D_GNU_SOURCE -O1 -g -march=x86-64-v2 -fsanitize=fuzzer,address,undefined $< $(LIB_SRC) -o $@ -lm -lpthread
+	clang $(CPPFLAGS) -std=c11 -D_GNU_SOURCE -O1 -g -march=x86-64-v2 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $< $(LIB_SRC) -o $@ -lm -lpthread
 
 # Benchmarks: each bench/*.c is a standalone program.
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)

@@ -259,6 +259,9 @@ TEST(test_convert_bad_inputs) {
     const int32_t untied[7] = {64, 172, 5, 8, 4, -512, 512}; /* says a classifier follows: 128 KiB missing */
     REQUIRE(write_ckpt_variant(bad, 1056540, untied, sizeof untied) == 0);
     expect_convert_fails(bad, TOK, "+ classifier", __LINE__);
+    const int32_t most_negative[7] = {64, 172, 5, 8, 4, INT32_MIN, 512}; /* has no positive counterpart */
+    REQUIRE(write_ckpt_variant(bad, 1056540, most_negative, sizeof most_negative) == 0);
+    expect_convert_fails(bad, TOK, "vocab_size = -2147483648", __LINE__);
     unlink(bad);
     expect_convert_fails("tests/data/missing.bin", TOK, "cannot open", __LINE__);
     expect_convert_fails(CKPT, "models/llama2-tokenizer.bin", "has 32000 pieces", __LINE__);

@@ -186,7 +186,7 @@ static int check_header(const int32_t *h, const char *path, llama2c_config *c, c
     static const char *names[HEADER_INTS] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                                              "seq_len"};
     for (int i = 0; i < HEADER_INTS; i++) {
-        int32_t v = i == 5 && h[i] < 0 ? -h[i] : h[i];
+        int64_t v = i == 5 && h[i] < 0 ? -(int64_t)h[i] : h[i]; /* a negative vocab_size flags an untied classifier */
         if (v <= 0 || v > MAX_DIM)
             return err_set(err, errlen, DUET_EFORMAT, "checkpoint %s: %s = %d is not in 1..%d (not a llama2.c file?)",
                            path, names[i], h[i], MAX_DIM);
