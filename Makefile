@@ -52,13 +52,21 @@ ubsan:
 tsan:
 	$(MAKE) test BUILD=build-tsan OPT="-O1 -march=x86-64-v2" SAN="-fsanitize=thread" T="$(or $(T),transport frame link server modes pool forward)"
 
-# libFuzzer targets: one per parser of untrusted bytes (fuzz/fuzz_*.c).
-FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
-FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
+# libFuzzer targets: one per parser of untrusted bytes (fuzz/fuzz_*.c). The library is compiled once for
+# all of them; fuzz/halt_on_ub.c makes undefined behaviour stop a run like a crash would.
+FUZZ_SRC   := $(sort $(wildcard fuzz/fuzz_*.c))
+FUZZ_BIN   := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
+FUZZ_OBJ   := $(LIB_SRC:%.c=build-fuzz/obj/%.o)
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -march=x86-64-v2 -fsanitize=address,undefined
 fuzz: $(FUZZ_BIN)
-build-fuzz/%: fuzz/%.c $(LIB_SRC)
-	@mkdir -p build-fuzz
-	clang $(CPPFLAGS) -std=c11 -D_GNU_SOURCE -O1 -g -march=x86-64-v2 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $< $(LIB_SRC) -o $@ -lm -lpthread
+build-fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+build-fuzz/libduet.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+build-fuzz/%: fuzz/%.c fuzz/halt_on_ub.c build-fuzz/libduet.a
+	clang $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -lm -lpthread
 
 # Benchmarks: each bench/*.c is a standalone program.
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
@@ -83,4 +91,4 @@ demo: $(BUILD)/duet
 clean:
 	rm -rf build build-asan build-ubsan build-tsan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)

@@ -516,7 +516,7 @@ TEST(test_quant_activation_simd_matches_scalar) {
     unsigned char *a = malloc(N * 2), *b = malloc(N * 2);
     REQUIRE(x && a && b);
     const char *old = getenv("DUET_ISA");
-    for (int trial = 0; trial < 4; trial++) {
+    for (int trial = 0; trial < 5; trial++) {
         rng_seed(500 + trial);
         fill_normal(x, N, trial == 3 ? 1e-30f : 1.0f);
         if (trial == 1) /* amax 127: id = 1 and iscale = -1, so every k + 0.5 is a tie */
@@ -524,6 +524,12 @@ TEST(test_quant_activation_simd_matches_scalar) {
         if (trial == 2) {
             memset(x, 0, 256 * sizeof(float)); /* a zero block of both formats */
             x[300] = 50, x[310] = -50;         /* +-amax ties: the first one decides the sign */
+        }
+        if (trial == 4) { /* a broken model's activations: NaN before and after the largest, infinities */
+            x[3] = x[17] = x[40] = x[1001] = NAN;
+            x[1000] = 1e4f;
+            x[256 + 5] = INFINITY, x[600] = -INFINITY;
+            for (int i = 1024; i < 1280; i++) x[i] = NAN; /* a block of nothing else */
         }
         for (int ti = 0; ti < 2; ti++) {
             const int type = ti ? DUET_TYPE_Q8_K : DUET_TYPE_Q8_0;

@@ -218,6 +218,11 @@ int quant_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 /* ---- quantization -------------------------------------------------------------------------------- */
 
+/* An already rounded (or to-be-truncated) v as an int in [lo, hi]. Converting a NaN or an out-of-range
+ * float to int is undefined in C, and a broken model's activations can be either; NaN gives lo, which is
+ * what the SIMD quantizers' saturating packs give too. */
+static inline int clamp_int(float v, int lo, int hi) { return v >= lo ? (v <= hi ? (int)v : hi) : lo; }
+
 /* Q8_0 as llama.cpp's x86 build quantizes activations (quantize_row_q8_0 in ggml-cpu/arch/x86/quants.c,
  * not the _ref variant): id = 127/amax (not 1/d) and round half to even (vroundps), so our 8-bit
  * activations, and hence the dot products, equal llama.cpp's on this machine. */
@@ -228,7 +233,7 @@ static void quant_q8_0(const float *x, block_q8_0 *y, int64_t nb) {
         const float d = amax / 127.f;
         const float id = amax != 0.0f ? 127.f / amax : 0.0f;
         y[i].d = half_from_float(d);
-        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)rintf(x[j] * id);
+        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)clamp_int(rintf(x[j] * id), -128, 127);
     }
 }
 
@@ -246,9 +251,7 @@ static void quant_q4_0(const float *x, block_q4_0 *y, int64_t nb) {
         y[i].d = half_from_float(d);
         for (int j = 0; j < QK / 2; j++) {
             /* x*id + 8.5 is in [0.5, 16.5]: truncation rounds to nearest, 16 clamps to 15 */
-            int q0 = (int8_t)(x[j] * id + 8.5f), q1 = (int8_t)(x[j + QK / 2] * id + 8.5f);
-            q0 = q0 < 15 ? q0 : 15;
-            q1 = q1 < 15 ? q1 : 15;
+            int q0 = clamp_int(x[j] * id + 8.5f, 0, 15), q1 = clamp_int(x[j + QK / 2] * id + 8.5f, 0, 15);
             y[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
         }
     }
@@ -272,8 +275,8 @@ static void quant_q8_K(const float *x, block_q8_K *y, int64_t nb) {
         }
         const float iscale = -127.f / max;
         for (int j = 0; j < QK_K; j++) {
-            int v = (int)rintf(iscale * x[j]); /* = ggml's nearest_int: round half to even (default rounding mode) */
-            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+            /* rintf = ggml's nearest_int: round half to even (the default rounding mode) */
+            y[i].qs[j] = (int8_t)clamp_int(rintf(iscale * x[j]), -128, 127);
             y[i].bsums[j / 16] += y[i].qs[j];
         }
         y[i].d = 1 / iscale;
@@ -310,8 +313,8 @@ static void quant_q4_K(const float *x, block_q4_K *y, int64_t nb) {
         uint8_t sc[8], m[8];
         for (int j = 0; j < 8; j++) {
             float s = d > 0 ? ceilf(scale[j] / d) : 0, mm = dmin > 0 ? rintf(mn[j] / dmin) : 0;
-            sc[j] = (uint8_t)(s < 63 ? s : 63);
-            m[j] = (uint8_t)(mm < 63 ? mm : 63);
+            sc[j] = (uint8_t)clamp_int(s, 0, 63);
+            m[j] = (uint8_t)clamp_int(mm, 0, 63);
         }
         memset(y[i].scales, 0, sizeof y[i].scales);
         for (int j = 0; j < 4; j++) {
@@ -325,8 +328,7 @@ static void quant_q4_K(const float *x, block_q4_K *y, int64_t nb) {
         for (int j = 0; j < 8; j++) {
             const float step = d * sc[j], off = dmin * m[j], inv = step > 0 ? 1 / step : 0;
             for (int l = 0; l < 32; l++) {
-                float q = rintf((x[32 * j + l] + off) * inv);
-                int qi = q < 0 ? 0 : q > 15 ? 15 : (int)q;
+                int qi = clamp_int(rintf((x[32 * j + l] + off) * inv), 0, 15);
                 y[i].qs[32 * (j / 2) + l] |= (uint8_t)(qi << (4 * (j & 1)));
             }
         }
@@ -349,11 +351,10 @@ static void quant_q6_K(const float *x, block_q6_K *y, int64_t nb) {
         uint8_t q[QK_K];
         for (int g = 0; g < 16; g++) {
             float sc = d > 0 ? ceilf(s[g] / d) : 0;
-            y[i].scales[g] = (int8_t)(sc < 127 ? sc : 127);
+            y[i].scales[g] = (int8_t)clamp_int(sc, 0, 127);
             const float step = d * y[i].scales[g], inv = step > 0 ? 1 / step : 0;
             for (int l = 0; l < 16; l++) {
-                float v = rintf(x[16 * g + l] * inv);
-                q[16 * g + l] = (uint8_t)((v < -32 ? -32 : v > 31 ? 31 : (int)v) + 32);
+                q[16 * g + l] = (uint8_t)(clamp_int(rintf(x[16 * g + l] * inv), -32, 31) + 32);
             }
         }
         memset(y[i].ql, 0, sizeof y[i].ql);
@@ -784,7 +785,7 @@ AVX2_FN static void quant_q8_0_avx2(const float *x, block_q8_0 *y, int64_t nb) {
         __m256 v[4], m = _mm256_setzero_ps();
         UNROLL for (int k = 0; k < 4; k++) {
             v[k] = _mm256_loadu_ps(x + 8 * k);
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), m); /* this order skips NaN, like fmaxf */
         }
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
@@ -808,7 +809,8 @@ AVX2_FN static void quant_q8_K_avx2(const float *x, block_q8_K *y, int64_t nb) {
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     for (int64_t i = 0; i < nb; i++, x += QK_K) {
         __m256 m = _mm256_setzero_ps();
-        for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+        /* this operand order skips NaN, as the reference's `>` does, so amax is one of the |x| below */
+        for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)), m);
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
