@@ -754,10 +754,10 @@ AVX2_INL void q6_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
 
 GEMM_DRIVER(gemm_f32_avx2, f32_tile_avx2, 4, 3, 4, AVX2_FN)
 GEMM_DRIVER(gemm_f16_avx2, f16_tile_avx2, 4, 3, 4, AVX2_FN)
-GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 4, 2, 1, AVX2_FN)
+GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 4, 2, 4, AVX2_FN)
 GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 4, 2, 1, AVX2_FN)
 GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 4, 2, 1, AVX2_FN)
-GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 4, 2, 1, AVX2_FN)
+GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 4, 2, 4, AVX2_FN)
 
 /* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order). */
 AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
@@ -1056,10 +1056,10 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
 
 GEMM_DRIVER(gemm_f32_avx512, f32_tile_avx512, 4, 6, 4, AVX512_FN)
 GEMM_DRIVER(gemm_f16_avx512, f16_tile_avx512, 6, 4, 8, AVX512_FN)
-GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 4, 1, AVX512_FN)
-GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 4, 1, AVX512_FN)
-GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 4, 1, AVX512_FN)
-GEMM_DRIVER(gemm_q6_K_avx512, q6_K_tile_avx512, 4, 4, 1, AVX512_FN)
+GEMM_DRIVER(gemm_q8_0_avx512, q8_0_tile_avx512, 4, 4, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q4_0_avx512, q4_0_tile_avx512, 4, 4, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q4_K_avx512, q4_K_tile_avx512, 4, 4, 4, AVX512_FN)
+GEMM_DRIVER(gemm_q6_K_avx512, q6_K_tile_avx512, 4, 4, 4, AVX512_FN)
 
 /* wsum_scalar's sums, 64 elements at a time in four registers; the last chunk masked. */
 AVX512_FN static void wsum_avx512(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
