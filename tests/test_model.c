@@ -31,7 +31,8 @@ typedef struct {
     const char *expect; /* in the error message */
 } patch;
 
-static void expect_refused(const uint8_t *orig, size_t len, const patch *p, int line) {
+/* Loads part_spec (NULL: everything) of the edited file and expects it refused. */
+static void expect_refused(const uint8_t *orig, size_t len, const patch *p, const char *part_spec, int line) {
     char path[64], err[512];
     snprintf(path, sizeof path, "/tmp/duet-test-model-%d.gguf", (int)getpid());
     uint8_t *buf = malloc(len);
@@ -47,7 +48,9 @@ static void expect_refused(const uint8_t *orig, size_t len, const patch *p, int 
     if (!f || fwrite(buf, 1, len, f) != len) test_fail(__FILE__, line, "cannot write %s", path);
     if (f) fclose(f);
     free(buf);
-    duet_model *m = duet_model_load(path, NULL, 0, err, sizeof err);
+    duet_part part;
+    if (part_spec && duet_part_parse(part_spec, &part, err, sizeof err)) test_fail(__FILE__, line, "%s", err);
+    duet_model *m = duet_model_load(path, part_spec ? &part : NULL, 0, err, sizeof err);
     if (m) test_fail(__FILE__, line, "%s edited: loaded, expected an error with '%s'", p->what, p->expect);
     else if (!strstr(err, p->expect))
         test_fail(__FILE__, line, "%s edited: error '%s' does not say '%s'", p->what, err, p->expect);
@@ -64,7 +67,7 @@ TEST(test_model_invalid_files_refused) {
     REQUIRE_MSG(m, "%s", err);
     duet_model_free(m);
     /* a u32 value after its 4-byte type; stories260K has dim 64, 8 heads, 4 kv heads, 5 layers, ffn 172 */
-    const uint32_t seven = 7, three = 3, zero = 0, six = 6, four = 4, f32_type = 6, i32_type = 26;
+    const uint32_t seven = 7, three = 3, zero = 0, six = 6, four = 4, f32_type = 6, i32_type = 26, million = 1000000;
     const float minus_one = -1.0f;
     const int64_t swapped[2] = {64, 172}; /* blk.0.ffn_down.weight is [172, 64]: same bytes, transposed */
     const patch cases[] = {
@@ -72,7 +75,8 @@ TEST(test_model_invalid_files_refused) {
         {"llama.attention.head_count", 4, &seven, 4, "heads do not divide dim 64"},
         {"llama.attention.head_count_kv", 4, &three, 4, "3 kv heads do not divide"},
         {"llama.context_length", 4, &zero, 4, "'llama.context_length' is not a sensible positive integer"},
-        {"llama.block_count", 4, &six, 4, "tensor 'blk.5."},
+        {"llama.block_count", 4, &six, 4, "block_count 6 needs 9 tensors per layer; the file has 47"},
+        {"llama.block_count", 4, &million, 4, "block_count 1000000 needs"}, /* before allocating by it */
         {"llama.rope.dimension_count", 4, &four, 4, "partial rotary embedding (4 of 8 dims)"},
         {"llama.attention.layer_norm_rms_epsilon", 4, &minus_one, 4, "is not a positive number"},
         /* the value's type, not the value: the ffn length as a float */
@@ -83,6 +87,10 @@ TEST(test_model_invalid_files_refused) {
         /* a norm's type after its n_dims and one ne: I32 has F32's size, so the file still parses */
         {"blk.0.attn_norm.weight", 12, &i32_type, 4, "has type I32, which duet cannot compute with"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_refused(orig, len, &cases[i], __LINE__);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_refused(orig, len, &cases[i], NULL, __LINE__);
+    /* a process holding no layer still sizes its scratch by the ffn length, so that is checked too */
+    const patch ffn = {"llama.feed_forward_length", 4, &million, 4,
+                       "'blk.0.ffn_up.weight' has shape [64, 172], expected [64, 1000000]"};
+    expect_refused(orig, len, &ffn, "embed", __LINE__);
     free(orig);
 }

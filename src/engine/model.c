@@ -161,6 +161,8 @@ static int load_vec(const gguf *g, const char *name, int n, float *dst, char *er
     return DUET_OK;
 }
 
+enum { LAYER_TENSORS = 9 }; /* what load_layer reads: seven matrices and two norms */
+
 static int load_layer(duet_model *m, int l, float *norms, char *err, size_t errlen) {
     const duet_config *c = &m->cfg;
     model_layer *L = &m->layers[l];
@@ -217,6 +219,15 @@ static int load(duet_model *m, const char *path, const duet_part *part, char *er
     if (!embd || embd->n_dims != 2 || embd->ne[1] < 1 || embd->ne[1] > (1 << 24))
         return err_set(err, errlen, DUET_EFORMAT, "tensor 'token_embd.weight' is missing or not [dim, vocab]");
     c->vocab_size = (int)embd->ne[1];
+    /* Sizes from metadata are checked against the tensors before anything is allocated by them. */
+    if (embd->ne[0] != c->dim)
+        return err_set(err, errlen, DUET_EFORMAT, "tensor 'token_embd.weight' has rows of %lld, but dim is %d",
+                       (long long)embd->ne[0], c->dim);
+    if ((int64_t)c->n_layers * LAYER_TENSORS > gguf_n_tensors(m->file))
+        return err_set(err, errlen, DUET_EFORMAT, "block_count %d needs %d tensors per layer; the file has %d in all",
+                       c->n_layers, LAYER_TENSORS, gguf_n_tensors(m->file));
+    /* ffn_dim sizes every context's scratch, whichever layers this part holds */
+    if (!find(m->file, "blk.0.ffn_up.weight", c->dim, c->ffn_dim, err, errlen)) return DUET_EFORMAT;
     c->tied_output = gguf_find_tensor(m->file, "output.weight") == NULL;
     const gguf_tensor *freqs = gguf_find_tensor(m->file, "rope_freqs.weight");
 
