@@ -4,7 +4,8 @@
  *           the figure is memory bandwidth, not cache bandwidth); also with 2 threads for the best ISA
  *   batch:  the same matrix times nx = 64 activation rows (prefill-like), GFLOP/s = 2 n nr nx / time
  *   memcpy: plain copy bandwidth of the same working-set size, as the ceiling to compare decode with.
- * Usage: bench_quant [type-name ...]   (default: every supported weight type) */
+ * Usage: bench_quant [-n COLS] [-r ROWS] [type-name ...]   (default: 4096 x 4096, every supported weight type);
+ * COLS a multiple of 256 (the K-quants' block), e.g. -n 2048 -r 5632 for TinyLlama's ffn matrices. */
 #include "base/clock.h"
 #include "duet.h"
 #include "engine/quant.h"
@@ -16,8 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N 4096
-#define NR 4096
+static int N = 4096, NR = 4096; /* row length and rows: -n and -r */
 #define NX_BATCH 64
 #define WORKING_SET (512u << 20) /* bytes of weights the decode reps rotate through */
 
@@ -146,12 +146,19 @@ static void bench_type(int type) {
 int main(int argc, char **argv) {
     static const int types[] = {DUET_TYPE_F32, DUET_TYPE_F16, DUET_TYPE_Q8_0,
                                 DUET_TYPE_Q4_0, DUET_TYPE_Q4_K, DUET_TYPE_Q6_K};
+    int a = 1;
+    for (; a + 1 < argc && (!strcmp(argv[a], "-n") || !strcmp(argv[a], "-r")); a += 2)
+        *(argv[a][1] == 'n' ? &N : &NR) = atoi(argv[a + 1]);
+    if (N <= 0 || N % 256 || NR <= 0 || NR > (1 << 20)) {
+        fprintf(stderr, "usage: bench_quant [-n COLS] [-r ROWS] [type-name ...]  (COLS a multiple of 256)\n");
+        return 2;
+    }
     printf("bench_quant: n=%d, nr=%d, decode nx=1 (weights streamed from a %u MiB working set), batch nx=%d; "
            "best ISA %s\n", N, NR, WORKING_SET >> 20, NX_BATCH, quant_isa_name(quant_isa_best()));
     printf("memcpy %.1f GB/s (read + write, 1 thread)\n", memcpy_gbs());
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        int pick = argc < 2;
-        for (int a = 1; a < argc; a++) pick |= !strcmp(argv[a], quant_traits_get(types[i])->name);
+        int pick = a >= argc;
+        for (int k = a; k < argc; k++) pick |= !strcmp(argv[k], quant_traits_get(types[i])->name);
         if (pick) bench_type(types[i]);
     }
     return 0;
