@@ -919,6 +919,12 @@ AVX512_INL void q32_tile_avx512(const int R, const int C, const bool q4, int n, 
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
         const bool two = b + 1 < nb;
+        if (C == 1) /* decode: the next R rows are streamed next; start them now, rows being too short for the */
+            UNROLL for (int r = 0; r < R; r++) { /* hardware prefetcher to ramp up on each */
+                const char *next = (const char *)w + (R + r) * ws + (size_t)b * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
+                _mm_prefetch(next, _MM_HINT_T0);
+                _mm_prefetch(next + 64, _MM_HINT_T0);
+            }
         __m512i uw[RMAX];
         __m512 dw[RMAX];
         UNROLL for (int r = 0; r < R; r++) {
