@@ -911,6 +911,15 @@ AVX512_INL __m512 scale2_avx512(uint16_t d0, uint16_t d1) {
 /* Q8_0 (q4 = false) or Q4_0 (q4 = true) x Q8_0, two blocks per 512-bit vector. vpdpbusd wants an
  * unsigned operand: Q8_0 weights are biased by +128 (w ^ 0x80) and Q4_0 nibbles are already unsigned;
  * the bias (128 or 8) times sum(x) is subtracted by starting the accumulation from -bias*sum(x). */
+/* Decode walks a quantized matrix R rows at a time, and a row of a 2048-wide model is only 2-4 KB: too short
+ * for the hardware prefetcher to ramp up on each of R streams before the tile moves on. So while a tile
+ * reads bytes [at, at + len) of its rows, the same bytes of the next R rows are requested. A prefetch never
+ * faults, so the last tile may ask past the matrix. */
+AVX512_INL void prefetch_next_rows(const int R, const uint8_t *w, size_t ws, size_t at, size_t len) {
+    UNROLL for (int r = 0; r < R; r++)
+        for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)w + (size_t)(R + r) * ws + at + o, _MM_HINT_T0);
+}
+
 AVX512_INL void q32_tile_avx512(const int R, const int C, const bool q4, int n, const uint8_t *w, size_t ws,
                                 const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const __m512i bias = _mm512_set1_epi8(q4 ? 8 : (char)0x80), m4 = _mm512_set1_epi8(0xF);
@@ -919,12 +928,10 @@ AVX512_INL void q32_tile_avx512(const int R, const int C, const bool q4, int n, 
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
         const bool two = b + 1 < nb;
-        if (C == 1) /* decode: the next R rows are streamed next; start them now, rows being too short for the */
-            UNROLL for (int r = 0; r < R; r++) { /* hardware prefetcher to ramp up on each */
-                const char *next = (const char *)w + (R + r) * ws + (size_t)b * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
-                _mm_prefetch(next, _MM_HINT_T0);
-                _mm_prefetch(next + 64, _MM_HINT_T0);
-            }
+        if (C == 1) {
+            const size_t bytes = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+            prefetch_next_rows(R, w, ws, (size_t)b * bytes, 2 * bytes);
+        }
         __m512i uw[RMAX];
         __m512 dw[RMAX];
         UNROLL for (int r = 0; r < R; r++) {
@@ -975,6 +982,7 @@ AVX512_INL void q4_K_tile_avx512(const int R, const int C, int n, const uint8_t 
     float sum[RMAX][4];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) sum[r][c] = 0;
     for (int b = 0; b < n / QK_K; b++) {
+        if (C == 1) prefetch_next_rows(R, w, ws, (size_t)b * sizeof(block_q4_K), sizeof(block_q4_K));
         const block_q4_K *bw[RMAX];
         const block_q8_K *bx[4];
         uint64_t sc8[RMAX], m8[RMAX];
@@ -1020,6 +1028,7 @@ AVX512_INL void q6_K_tile_avx512(const int R, const int C, int n, const uint8_t 
     float sum[RMAX][4];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) sum[r][c] = 0;
     for (int b = 0; b < n / QK_K; b++) {
+        if (C == 1) prefetch_next_rows(R, w, ws, (size_t)b * sizeof(block_q6_K), sizeof(block_q6_K));
         const block_q6_K *bw[RMAX];
         const block_q8_K *bx[4];
         __m256i sc16[RMAX];
