@@ -908,9 +908,6 @@ AVX512_INL __m512 scale2_avx512(uint16_t d0, uint16_t d1) {
                                                    _mm_set1_epi16((short)d1), 1));
 }
 
-/* Q8_0 (q4 = false) or Q4_0 (q4 = true) x Q8_0, two blocks per 512-bit vector. vpdpbusd wants an
- * unsigned operand: Q8_0 weights are biased by +128 (w ^ 0x80) and Q4_0 nibbles are already unsigned;
- * the bias (128 or 8) times sum(x) is subtracted by starting the accumulation from -bias*sum(x). */
 /* Decode walks a quantized matrix R rows at a time, and a row of a 2048-wide model is only 2-4 KB: too short
  * for the hardware prefetcher to ramp up on each of R streams before the tile moves on. So while a tile
  * reads bytes [at, at + len) of its rows, the same bytes of the next R rows are requested. A prefetch never
@@ -920,6 +917,9 @@ AVX512_INL void prefetch_next_rows(const int R, const uint8_t *w, size_t ws, siz
         for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)w + (size_t)(R + r) * ws + at + o, _MM_HINT_T0);
 }
 
+/* Q8_0 (q4 = false) or Q4_0 (q4 = true) x Q8_0, two blocks per 512-bit vector. vpdpbusd wants an
+ * unsigned operand: Q8_0 weights are biased by +128 (w ^ 0x80) and Q4_0 nibbles are already unsigned;
+ * the bias (128 or 8) times sum(x) is subtracted by starting the accumulation from -bias*sum(x). */
 AVX512_INL void q32_tile_avx512(const int R, const int C, const bool q4, int n, const uint8_t *w, size_t ws,
                                 const uint8_t *x, size_t xs, float *y, size_t ldy) {
     const __m512i bias = _mm512_set1_epi8(q4 ? 8 : (char)0x80), m4 = _mm512_set1_epi8(0xF);
