@@ -319,27 +319,21 @@ static int get_dim(const gguf *g, const char *key, uint32_t lo, uint32_t hi, int
     return DUET_OK;
 }
 
-/* A tensor that must be f32 of exactly ne[0] x ne[1] (ne[1] = 0: one dimension) with finite values. */
-static const float *get_f32(const gguf *g, const char *name, int64_t ne0, int64_t ne1, char *err, size_t errlen) {
+/* Copies a tensor that must be f32 of exactly ne0 x ne1 (ne1 = 0: one dimension) with finite values into
+ * dst. The bytes are copied before they are read as floats: a file may align its data to any boundary. */
+static int get_f32(const gguf *g, const char *name, int64_t ne0, int64_t ne1, float *dst, char *err, size_t errlen) {
     const gguf_tensor *t = gguf_find_tensor(g, name);
-    if (!t) {
-        err_set(err, errlen, DUET_EFORMAT, "tensor '%s' is missing", name);
-        return NULL;
-    }
+    if (!t) return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' is missing", name);
     int dims = ne1 ? 2 : 1;
-    if (t->type != DUET_TYPE_F32 || t->n_dims != dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1)) {
-        err_set(err, errlen, DUET_EFORMAT, "tensor '%s' must be f32 of shape [%" PRId64 "%s], not type %d with %d dims",
-                name, ne0, ne1 ? " x dim" : "", t->type, t->n_dims);
-        return NULL;
-    }
-    const float *x = t->data;
+    if (t->type != DUET_TYPE_F32 || t->n_dims != dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1))
+        return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' must be f32 of shape [%" PRId64 "%s], not type %d with %d dims",
+                       name, ne0, ne1 ? " x dim" : "", t->type, t->n_dims);
     size_t n = (size_t)ne0 * (size_t)(ne1 ? ne1 : 1);
+    memcpy(dst, t->data, sizeof(float) * n);
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) {
-            err_set(err, errlen, DUET_EFORMAT, "tensor '%s' holds a non-finite value at %zu", name, i);
-            return NULL;
-        }
-    return x;
+        if (!isfinite(dst[i]))
+            return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' holds a non-finite value at %zu", name, i);
+    return DUET_OK;
 }
 
 static calib *from_gguf(gguf *g, char *err, size_t errlen) {
@@ -390,18 +384,15 @@ static calib *from_gguf(gguf *g, char *err, size_t errlen) {
         char wn[64], bn[64];
         snprintf(wn, sizeof wn, "calib.%d_%d.weight", (int)a, (int)b);
         snprintf(bn, sizeof bn, "calib.%d_%d.bias", (int)a, (int)b);
-        const float *w = get_f32(g, wn, c->dim, c->dim, err, errlen);
-        const float *bias = w ? get_f32(g, bn, c->dim, 0, err, errlen) : NULL;
-        if (!bias) goto fail;
         m->w = malloc(sizeof(float) * d * d);
         m->bias = malloc(sizeof(float) * d);
-        c->n_maps++; /* counted before the check so calib_free releases a half-made map */
+        c->n_maps++; /* counted at once, so calib_free releases a half-made map */
         if (!m->w || !m->bias) {
             err_set(err, errlen, DUET_ENOMEM, "out of memory for %d-wide maps", c->dim);
             goto fail;
         }
-        memcpy(m->w, w, sizeof(float) * d * d);
-        memcpy(m->bias, bias, sizeof(float) * d);
+        if (get_f32(g, wn, c->dim, c->dim, m->w, err, errlen) || get_f32(g, bn, c->dim, 0, m->bias, err, errlen))
+            goto fail;
         m->a = (int)a;
         m->b = (int)b;
         m->dim = c->dim;
