@@ -8,40 +8,11 @@
 
 #include "base/json.h"
 #include "modes/mode.h"
+#include "cases.h"
 #include "test.h"
 
 #define MODEL "models/stories260K.gguf"
 #define N_CASES 6
-
-typedef struct ref_case {
-    int prompt[64], n_prompt;
-    int out[64], n_out;
-    char text[128];
-} ref_case;
-
-/* llama.cpp's greedy generations (prompt ids, output ids) from the reference data. */
-static int load_cases(ref_case *c, int cap) {
-    char err[256];
-    FILE *f = fopen(TEST_DATA "/stories260K-greedy.jsonl", "r");
-    if (!f) return 0;
-    static char line[1 << 16];
-    int n = 0;
-    while (n < cap && fgets(line, sizeof line, f)) {
-        json *doc = json_parse(line, strlen(line), err, sizeof err);
-        if (!doc) break;
-        const json_val *r = json_root(doc), *p = json_get(r, "prompt_ids"), *o = json_get(r, "output_ids");
-        c[n].n_prompt = (int)json_len(p);
-        c[n].n_out = (int)json_len(o);
-        for (int i = 0; i < c[n].n_prompt && i < 64; i++) c[n].prompt[i] = (int)json_num(json_at(p, i));
-        for (int i = 0; i < c[n].n_out && i < 64; i++) c[n].out[i] = (int)json_num(json_at(o, i));
-        snprintf(c[n].text, sizeof c[n].text, "%s", json_str(json_get(r, "prompt"), NULL));
-        json_free(doc);
-        if (c[n].n_prompt > 64 || c[n].n_out > 64) break;
-        n++;
-    }
-    fclose(f);
-    return n;
-}
 
 static mode_request request(const ref_case *c, int n) {
     mode_request rq = {c->prompt, c->n_prompt, n, {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1}, -1};
@@ -84,7 +55,7 @@ static int same_ids(const metrics *mt, const int *want, int n) {
 TEST(test_modes_greedy_identical_to_llamacpp) {
     char err[512];
     ref_case c[N_CASES];
-    int n_cases = load_cases(c, N_CASES);
+    int n_cases = test_load_cases(c, N_CASES);
     REQUIRE(n_cases == N_CASES);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
@@ -115,7 +86,7 @@ TEST(test_modes_greedy_identical_to_llamacpp) {
 TEST(test_modes_bytes_and_round_trips) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(test_load_cases(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -167,7 +138,7 @@ TEST(test_modes_bytes_and_round_trips) {
 TEST(test_modes_split_lossy_fidelity) {
     char err[512];
     ref_case c[N_CASES];
-    REQUIRE(load_cases(c, N_CASES) == N_CASES);
+    REQUIRE(test_load_cases(c, N_CASES) == N_CASES);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -196,7 +167,7 @@ TEST(test_modes_split_lossy_fidelity) {
 TEST(test_modes_link_rtt_shows) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(test_load_cases(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -218,7 +189,7 @@ TEST(test_modes_link_rtt_shows) {
 TEST(test_modes_device_slowdown) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(test_load_cases(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -252,7 +223,7 @@ TEST(test_modes_device_slowdown) {
 TEST(test_modes_cloud_missing_or_silent) {
     char err[512] = "";
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(test_load_cases(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
     mode_request rq = request(&c[0], 4);
@@ -345,7 +316,7 @@ static void *device_thread(void *arg) {
 TEST(test_modes_sixteen_devices_at_once) {
     char err[512];
     ref_case c[N_CASES];
-    REQUIRE(load_cases(c, N_CASES) == N_CASES);
+    REQUIRE(test_load_cases(c, N_CASES) == N_CASES);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -514,7 +485,7 @@ static void *fake_main(void *arg) {
 TEST(test_modes_bad_cloud_answers) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(test_load_cases(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);

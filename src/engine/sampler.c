@@ -98,3 +98,8 @@ int duet_sample(duet_sampler *s, float *logits) {
     }
     return s->c[n - 1].id;
 }
+
+void duet_sampler_skip(duet_sampler *s, uint64_t n) {
+    if (s->cfg.temperature <= 0) return; /* greedy draws nothing */
+    for (uint64_t i = 0; i < n; i++) next_uniform(s);
+}

@@ -12,6 +12,7 @@ void metrics_start(metrics *m, const char *mode) {
     m->mode = mode;
     m->fallback_at = -1;
     m->t_start = clock_now_ms();
+    m->handover_at = -1;
 }
 
 void metrics_free(metrics *m) {
@@ -103,6 +104,8 @@ void metrics_print_json(const metrics *m, FILE *f) {
             m->rounds ? (double)m->accepted / m->rounds : 0,
             m->drafted ? (double)m->accepted / m->drafted : 0, (unsigned long long)m->cloud_tokens);
     if (m->fallback_at >= 0) fprintf(f, ",\"fallback_at\":%d", m->fallback_at);
+    if (m->has_pd)
+        fprintf(f, ",\"handover_at\":%d,\"pace_ms\":%.3f", m->handover_at, m->pace_ms);
     if (m->has_reference)
         fprintf(f, ",\"fidelity\":{\"exact_match_rate\":%.4f,\"rouge_l_f1\":%.4f}", m->exact_match_rate,
                 m->rouge_l_f1);

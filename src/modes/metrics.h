@@ -21,6 +21,9 @@ typedef struct metrics {
     uint64_t bytes_up, bytes_down, round_trips, cloud_requests, cloud_tokens;
     uint64_t drafted, accepted, rounds; /* speculative modes */
     int fallback_at;          /* index of the first token produced without the cloud after losing it; -1: never */
+    int has_pd;               /* pd mode: the fields below go into the JSON */
+    int handover_at;          /* pd: output index of the first token the device made itself; -1: none */
+    double pace_ms;           /* pd: the speed controller's target time per output token */
     int has_reference;        /* fidelity computed against a device-only run */
     double exact_match_rate, rouge_l_f1;
 } metrics;

@@ -1,0 +1,406 @@
+/* pd mode: the speed controller's schedule against a fake clock; llama.cpp's greedy tokens with the hand-over
+ * anywhere (never, after the first token, in the middle, when caught up) and any chunk size; temperature runs
+ * equal to device-only from the same seed; a cloud that is unreachable, killed (a real `duet cloud` process,
+ * kill -9 mid-stream) or streaming nonsense leaves the device to finish the same tokens alone. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/json.h"
+#include "cases.h"
+#include "modes/pd.h"
+#include "test.h"
+
+#define MODEL "models/stories260K.gguf"
+
+/* ---- the speed controller ---- */
+
+typedef struct fake_clock { double t; } fake_clock;
+static double fake_now(void *arg) { return ((fake_clock *)arg)->t; }
+static void fake_sleep_until(void *arg, double t) {
+    fake_clock *f = arg;
+    if (t > f->t) f->t = t;
+}
+
+/* Drives a pace the way pd's loop does: tokens become known at arrive[i]; returns release times in out[]. */
+static void drive(double tpot, const double *arrive, int n, double *out) {
+    fake_clock fc = {0};
+    pace_clock clk = {fake_now, fake_sleep_until, &fc};
+    pace p;
+    pace_init(&p, tpot);
+    int added = 0;
+    while (p.released < n) {
+        while (added < n && arrive[added] <= clk.now(clk.arg)) pace_add(&p, 1), added++;
+        int k = pace_take(&p, clk.now(clk.arg));
+        for (int i = p.released - k; i < p.released; i++) out[i] = clk.now(clk.arg);
+        double due = pace_due(&p), next = added < n ? arrive[added] : 1e30;
+        if (due > clk.now(clk.arg) || k == 0) clk.sleep_until(clk.arg, due < next ? due : next);
+    }
+}
+
+TEST(test_pace_burst_released_at_pace) {
+    double arrive[10], out[10];
+    for (int i = 0; i < 10; i++) arrive[i] = 5.0; /* a burst: all ten known at 5 ms */
+    drive(30, arrive, 10, out);
+    for (int i = 0; i < 10; i++) CHECK_NEAR(out[i], 5.0 + 30.0 * i, 1e-9);
+    /* without pacing the burst goes out at once */
+    drive(0, arrive, 10, out);
+    for (int i = 0; i < 10; i++) CHECK_NEAR(out[i], 5.0, 1e-9);
+}
+
+TEST(test_pace_late_tokens_go_at_once_and_never_early_after) {
+    /* 0, then a token late for its slot (100 > 0 + 30), then two right behind it: the gap restarts from the
+     * late release, so they come 30 ms apart after it, not in a burst */
+    double arrive[4] = {0, 100, 101, 102}, out[4];
+    drive(30, arrive, 4, out);
+    CHECK_NEAR(out[0], 0, 1e-9);
+    CHECK_NEAR(out[1], 100, 1e-9);
+    CHECK_NEAR(out[2], 130, 1e-9);
+    CHECK_NEAR(out[3], 160, 1e-9);
+    pace p;
+    pace_init(&p, 30);
+    CHECK(isinf(pace_due(&p)) && pace_due(&p) > 0); /* nothing waits */
+    CHECK_EQ_INT(pace_take(&p, 1e9), 0);
+}
+
+/* ---- the mode ---- */
+
+static mode_request request(const ref_case *c, int n, float temp, uint64_t seed) {
+    mode_request rq = {c->prompt, c->n_prompt, n, {.temperature = temp, .top_k = 0, .top_p = 1, .seed = seed}, -1};
+    return rq;
+}
+
+static remote_opts local_opts(void) {
+    remote_opts o = remote_opts_default();
+    o.model_path = MODEL;
+    o.timeout_ms = 20000;
+    return o;
+}
+
+/* One pd request: a fresh session when the plan asks the cloud (o NULL: no cloud at all). */
+static int run_pd(duet_model *m, duet_pool *pool, const remote_opts *o, const pd_plan *plan, const mode_request *rq,
+                  mode_emit_fn emit, void *arg, metrics *mt, char *note, size_t notelen, char *err, size_t errlen) {
+    remote r = {0};
+    int rc = 0;
+    if (o && plan->cloud_tokens > 0)
+        rc = remote_open(&r, m, o, FRAME_MODE_PD, 0, rq->n_prompt + rq->max_tokens, &rq->sampling, err, errlen);
+    metrics_start(mt, "pd");
+    if (!rc) rc = mode_pd_run(m, pool, o ? &r : NULL, plan, 1, rq, emit, arg, mt, note, notelen, err, errlen);
+    if (!rc && o && plan->cloud_tokens > 0) return remote_close(&r, err, errlen);
+    remote_free(&r);
+    return rc;
+}
+
+static int same_ids(const metrics *mt, const int *want, int n) {
+    if (mt->tokens != n) return 0;
+    for (int i = 0; i < n; i++)
+        if (mt->ids[i] != want[i]) return 0;
+    return 1;
+}
+
+TEST(test_pd_greedy_identical_to_llamacpp_at_any_handover) {
+    char err[512], note[512];
+    ref_case c[6];
+    REQUIRE(test_load_cases(c, 6) == 6);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    remote_opts o = local_opts();
+    struct { pd_plan p; int handover_at; } plans[] = {
+        {{0, 7, PD_NEVER, 1000}, -1},   /* the cloud makes every token */
+        {{0, 64, PD_FIXED, 1}, 1},      /* after the first token */
+        {{0, 3, PD_FIXED, 5}, 5},       /* small chunks: the prompt takes several */
+        {{0, 1, PD_FIXED, 17}, 17},     /* one position at a time */
+        {{0, 64, PD_FIXED, 0}, 0},      /* no cloud: the device alone */
+        {{0, 4, PD_CAUGHT_UP, 40}, -2}, /* whenever the device has caught up (at most 40) */
+    };
+    for (int k = 0; k < 6; k++) {
+        mode_request rq = request(&c[k], c[k].n_out, 0, 1);
+        for (size_t i = 0; i < sizeof plans / sizeof plans[0]; i++) {
+            metrics mt;
+            int rc = run_pd(m, pool, &o, &plans[i].p, &rq, NULL, NULL, &mt, note, sizeof note, err, sizeof err);
+            CHECK_MSG(rc == 0, "plan %zu: %s", i, err);
+            CHECK_MSG(same_ids(&mt, c[k].out, c[k].n_out), "plan %zu, prompt '%s': %d tokens", i, c[k].text, mt.tokens);
+            CHECK_MSG(note[0] == 0, "plan %zu: %s", i, note);
+            CHECK_EQ_INT(mt.fallback_at, -1);
+            if (plans[i].handover_at >= -1) CHECK_EQ_INT(mt.handover_at, plans[i].handover_at);
+            else CHECK(mt.handover_at >= 0 && mt.handover_at <= 40);
+            if (plans[i].p.handover == PD_FIXED) CHECK_EQ_INT(mt.cloud_tokens, plans[i].p.cloud_tokens);
+            if (plans[i].p.handover == PD_NEVER) CHECK_EQ_INT(mt.cloud_tokens, c[k].n_out);
+            CHECK_EQ_INT(mt.cloud_requests, plans[i].p.cloud_tokens > 0);
+            CHECK((mt.bytes_up > 0) == (plans[i].p.cloud_tokens > 0));
+            CHECK(plans[i].p.handover == PD_NEVER || mt.device_compute_ms > 0);
+            metrics_free(&mt);
+        }
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* With temperature the cloud samples from the request's seed and the device continues with the next draw, so
+ * every hand-over point gives device-only's tokens for that seed. */
+TEST(test_pd_temperature_same_as_device_only) {
+    char err[512], note[512];
+    ref_case c[2];
+    REQUIRE(test_load_cases(c, 2) == 2);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    remote_opts o = local_opts();
+    int handovers[] = {1, 6, 23, 1000};
+    for (int k = 0; k < 2; k++) {
+        mode_request rq = request(&c[k], 48, 1.0f, 7 + (uint64_t)k);
+        metrics ref, other;
+        metrics_start(&ref, "device");
+        REQUIRE(mode_device_run(m, pool, &rq, NULL, NULL, &ref, err, sizeof err) == 0);
+        mode_request rq2 = request(&c[k], 48, 1.0f, 8 + (uint64_t)k);
+        metrics_start(&other, "device");
+        REQUIRE(mode_device_run(m, pool, &rq2, NULL, NULL, &other, err, sizeof err) == 0);
+        CHECK_MSG(!same_ids(&other, ref.ids, ref.tokens), "another seed gives the same tokens: the test would prove nothing");
+        CHECK_MSG(!same_ids(&ref, c[k].out, ref.tokens < c[k].n_out ? ref.tokens : c[k].n_out), "temperature 1 is greedy?");
+        for (int i = 0; i < 4; i++) {
+            pd_plan p = {0, 5, handovers[i] == 1000 ? PD_NEVER : PD_FIXED, handovers[i]};
+            metrics mt;
+            int rc = run_pd(m, pool, &o, &p, &rq, NULL, NULL, &mt, note, sizeof note, err, sizeof err);
+            CHECK_MSG(rc == 0, "%s", err);
+            CHECK_MSG(same_ids(&mt, ref.ids, ref.tokens), "prompt '%s', hand-over at %d: %d tokens", c[k].text,
+                      handovers[i], mt.tokens);
+            metrics_free(&mt);
+        }
+        metrics_free(&ref);
+        metrics_free(&other);
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* The releases the user sees keep the pace: never closer than tpot (the clock only overshoots a sleep). */
+TEST(test_pd_releases_keep_the_pace) {
+    char err[512], note[512];
+    ref_case c[1];
+    REQUIRE(test_load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    remote_opts o = local_opts();
+    pd_plan p = {8, 16, PD_FIXED, 6}; /* the cloud bursts 6 tokens in well under 8 ms each; the device the rest */
+    mode_request rq = request(&c[0], 12, 0, 1);
+    metrics mt;
+    REQUIRE_MSG(run_pd(m, pool, &o, &p, &rq, NULL, NULL, &mt, note, sizeof note, err, sizeof err) == 0, "%s", err);
+    CHECK(same_ids(&mt, c[0].out, 12));
+    for (int i = 1; i < mt.tokens; i++)
+        CHECK_MSG(mt.t_token[i] - mt.t_token[i - 1] >= 8.0, "gap %d: %.3f ms", i, mt.t_token[i] - mt.t_token[i - 1]);
+    CHECK_NEAR(mt.pace_ms, 8, 0);
+    CHECK(mt.has_pd);
+    metrics_free(&mt);
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* ---- losing the cloud ---- */
+
+TEST(test_pd_no_cloud_device_alone) {
+    char err[512], note[512];
+    ref_case c[1];
+    REQUIRE(test_load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    pd_plan p = {0, 16, PD_CAUGHT_UP, 32};
+    mode_request rq = request(&c[0], c[0].n_out, 0, 1);
+    metrics mt;
+    REQUIRE_MSG(run_pd(m, pool, NULL, &p, &rq, NULL, NULL, &mt, note, sizeof note, err, sizeof err) == 0, "%s", err);
+    CHECK(same_ids(&mt, c[0].out, c[0].n_out));
+    CHECK_EQ_INT(mt.fallback_at, 0);
+    CHECK_EQ_INT(mt.handover_at, 0);
+    CHECK_EQ_INT(mt.cloud_tokens, 0);
+    CHECK_MSG(strstr(note, "no connection to the cloud") && strstr(note, "finishes alone from token 0"), "%s", note);
+    metrics_free(&mt);
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+typedef struct killer {
+    pid_t pid;
+    int at, seen;
+} killer;
+
+static void kill_at(void *arg, int id) {
+    (void)id;
+    killer *k = arg;
+    if (++k->seen == k->at && k->pid > 0) {
+        kill(k->pid, SIGKILL);
+        waitpid(k->pid, NULL, 0);
+        k->pid = 0;
+    }
+}
+
+/* Starts `duet cloud` on a free port; returns its pid and writes "127.0.0.1:PORT" into addr. */
+static pid_t spawn_cloud(char *addr, size_t cap) {
+    const char *bin = getenv("DUET_BIN") ? getenv("DUET_BIN") : "build/duet";
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/duet-test-pd-%d.out", (int)getpid());
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        if (!freopen(path, "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(127);
+        execl(bin, bin, "cloud", "-m", MODEL, "--port", "0", "-q", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 100; i++) { /* up to 10 s for "serving ... on *:PORT" */
+        usleep(100000);
+        char *out = test_read_file(path, NULL);
+        const char *on = out ? strstr(out, " on *:") : NULL;
+        if (on) {
+            snprintf(addr, cap, "127.0.0.1:%d", atoi(on + 6));
+            free(out);
+            remove(path);
+            return pid;
+        }
+        free(out);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    remove(path);
+    return -1;
+}
+
+/* A real cloud process killed with SIGKILL in the middle of its stream: the device keeps every token it
+ * received, runs them and the prompt itself and finishes with exactly device-only's tokens. */
+TEST(test_pd_cloud_process_killed_mid_stream) {
+    char err[512], note[512], addr[64];
+    ref_case c[1];
+    REQUIRE(test_load_cases(c, 1) == 1);
+    REQUIRE(c[0].n_out == 64);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    pd_plan plans[2] = {{0, 16, PD_NEVER, 64}, {0, 16, PD_FIXED, 40}};
+    for (int i = 0; i < 2; i++) {
+        killer k = {spawn_cloud(addr, sizeof addr), 5, 0};
+        REQUIRE_MSG(k.pid > 0, "duet cloud did not start");
+        remote_opts o = local_opts();
+        o.cloud = addr;
+        /* a slow downlink (40-byte frames at 16 kbit/s: 20 ms each) keeps the stream going when the kill comes */
+        REQUIRE(link_parse("down=16kbit", &o.link, err, sizeof err) == 0);
+        mode_request rq = request(&c[0], 64, 0, 1);
+        metrics mt;
+        int rc = run_pd(m, pool, &o, &plans[i], &rq, kill_at, &k, &mt, note, sizeof note, err, sizeof err);
+        CHECK_MSG(rc == 0, "%s", err);
+        CHECK_MSG(same_ids(&mt, c[0].out, 64), "plan %d: %d tokens", i, mt.tokens);
+        CHECK_MSG(mt.fallback_at >= 5 && mt.fallback_at < 40, "plan %d: fallback at %d", i, mt.fallback_at);
+        CHECK_EQ_INT(mt.handover_at, mt.fallback_at);
+        CHECK_MSG(strstr(note, "the cloud") && strstr(note, "finishes alone"), "%s", note);
+        metrics_free(&mt);
+        if (k.pid > 0) {
+            kill(k.pid, SIGKILL);
+            waitpid(k.pid, NULL, 0);
+        }
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
+
+/* ---- a misbehaving cloud ---- */
+
+enum { BAD_ORDER, BAD_PAST, BAD_ID, BAD_AFTER_EOS, BAD_ERROR, BAD_DROP };
+
+typedef struct bad_cloud {
+    transport_listener *l;
+    int act;
+    const int *ids; /* the right tokens, to stream before misbehaving */
+} bad_cloud;
+
+static void send_tok(transport *t, uint32_t pos, int32_t id) {
+    frame_msg m = {.type = FRAME_TOKENS, .session = 7};
+    m.u.tokens = (frame_tokens){.pos0 = pos, .n = 1, .ids = &id};
+    transport_send(t, &m, NULL, 0);
+}
+
+/* Speaks the handshake like a real cloud, streams 3 right tokens, then misbehaves. */
+static void *bad_main(void *arg) {
+    bad_cloud *f = arg;
+    transport_opts o = transport_opts_default(LINK_DOWN);
+    transport *t = NULL;
+    frame_msg m;
+    if (transport_accept(f->l, &o, 5000, &t, NULL, 0)) return NULL;
+    if (transport_expect(t, FRAME_HELLO, &m, 5000, NULL, 0) == 0) {
+        m.type = FRAME_HELLO_OK;
+        transport_send(t, &m, NULL, 0);
+    }
+    if (transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
+        uint32_t n_ctx = m.u.open.n_ctx;
+        m = (frame_msg){.type = FRAME_OPENED, .session = 7};
+        m.u.opened.n_ctx = n_ctx;
+        transport_send(t, &m, NULL, 0);
+    }
+    while (transport_recv(t, &m, 5000, NULL, 0) == 0 && m.type != FRAME_REQUEST) {}
+    frame_request q = m.u.request;
+    for (uint32_t i = 0; i < 3; i++) send_tok(t, q.pos + i, f->ids[i]);
+    if (f->act == BAD_ORDER) send_tok(t, q.pos + 4, f->ids[4]);
+    if (f->act == BAD_ID) send_tok(t, q.pos + 3, 1 << 20);
+    if (f->act == BAD_PAST)
+        for (uint32_t i = 3; i <= q.count; i++) send_tok(t, q.pos + i, f->ids[i]);
+    if (f->act == BAD_AFTER_EOS) {
+        send_tok(t, q.pos + 3, 2); /* stories260K's EOS, asked to stop there */
+        send_tok(t, q.pos + 4, f->ids[4]);
+    }
+    if (f->act == BAD_ERROR) {
+        frame_error_msg(&m, 7, FRAME_E_INTERNAL, "out of cheese");
+        transport_send(t, &m, NULL, 0);
+    }
+    if (f->act != BAD_DROP) /* then wait until the device hangs up */
+        while (transport_recv(t, &m, 5000, NULL, 0) == 0) {}
+    transport_flush(t, 1000, NULL, 0);
+    transport_free(t);
+    return NULL;
+}
+
+TEST(test_pd_bad_cloud_device_finishes) {
+    char err[512], note[512];
+    ref_case c[1];
+    REQUIRE(test_load_cases(c, 1) == 1);
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    REQUIRE_MSG(m && pool, "%s", err);
+    struct { int act, n, keep; const char *msg; } cases[] = {
+        {BAD_ORDER, 16, 3, "out of order"},
+        {BAD_PAST, 6, 5, "past the request (position"},
+        {BAD_ID, 16, 3, "outside the vocabulary"},
+        {BAD_ERROR, 16, 3, "out of cheese"},
+        {BAD_DROP, 16, 3, "closed the connection"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bad_cloud f = {transport_listen("127.0.0.1", 0, err, sizeof err), cases[i].act, c[0].out};
+        REQUIRE(f.l);
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, bad_main, &f) == 0);
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", transport_listener_port(f.l));
+        remote_opts o = local_opts();
+        o.cloud = addr;
+        o.timeout_ms = 3000;
+        mode_request rq = request(&c[0], cases[i].n, 0, 1);
+        if (cases[i].act == BAD_AFTER_EOS) rq.eos_id = 2;
+        pd_plan p = {0, 16, PD_NEVER, cases[i].act == BAD_PAST ? 5 : 1000};
+        metrics mt;
+        note[0] = 0;
+        int rc = run_pd(m, pool, &o, &p, &rq, NULL, NULL, &mt, note, sizeof note, err, sizeof err);
+        CHECK_MSG(rc == 0, "case %zu: %s", i, err);
+        CHECK_MSG(strstr(note, cases[i].msg) != NULL, "case %zu: %s", i, note);
+        CHECK_EQ_INT(mt.fallback_at, cases[i].keep);
+        if (cases[i].act == BAD_AFTER_EOS) { /* the EOS the cloud sent ended the request: nothing to finish */
+            CHECK_EQ_INT(mt.tokens, 4);
+        } else {
+            CHECK_MSG(same_ids(&mt, c[0].out, cases[i].n), "case %zu: %d tokens", i, mt.tokens);
+        }
+        metrics_free(&mt);
+        pthread_join(th, NULL);
+        transport_listener_free(f.l);
+    }
+    duet_pool_free(pool);
+    duet_model_free(m);
+}
