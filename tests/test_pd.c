@@ -11,7 +11,7 @@
 
 #include "base/json.h"
 #include "cases.h"
-#include "modes/pd.h"
+#include "modes/pdplan.h"
 #include "test.h"
 
 #define MODEL "models/stories260K.gguf"
@@ -25,37 +25,45 @@ static void fake_sleep_until(void *arg, double t) {
     if (t > f->t) f->t = t;
 }
 
-/* Drives a pace the way pd's loop does: tokens become known at arrive[i]; returns release times in out[]. */
-static void drive(double tpot, const double *arrive, int n, double *out) {
+/* Drives a pace the way pd's loop does: tokens become known at arrive[i]; a loop busy with other work
+ * looks `late` ms after each due time; the release times go to out[]. */
+static void drive(double tpot, const double *arrive, int n, double late, double *out) {
     fake_clock fc = {0};
     pace_clock clk = {fake_now, fake_sleep_until, &fc};
     pace p;
     pace_init(&p, tpot);
     int added = 0;
     while (p.released < n) {
-        while (added < n && arrive[added] <= clk.now(clk.arg)) pace_add(&p, 1), added++;
+        while (added < n && arrive[added] <= clk.now(clk.arg)) pace_add(&p, 1, arrive[added++]);
         int k = pace_take(&p, clk.now(clk.arg));
         for (int i = p.released - k; i < p.released; i++) out[i] = clk.now(clk.arg);
         double due = pace_due(&p), next = added < n ? arrive[added] : 1e30;
-        if (due > clk.now(clk.arg) || k == 0) clk.sleep_until(clk.arg, due < next ? due : next);
+        if (due > clk.now(clk.arg) || k == 0) clk.sleep_until(clk.arg, due < next ? due + (p.released ? late : 0) : next);
     }
 }
 
 TEST(test_pace_burst_released_at_pace) {
     double arrive[10], out[10];
     for (int i = 0; i < 10; i++) arrive[i] = 5.0; /* a burst: all ten known at 5 ms */
-    drive(30, arrive, 10, out);
+    drive(30, arrive, 10, 0, out);
     for (int i = 0; i < 10; i++) CHECK_NEAR(out[i], 5.0 + 30.0 * i, 1e-9);
     /* without pacing the burst goes out at once */
-    drive(0, arrive, 10, out);
+    drive(0, arrive, 10, 0, out);
     for (int i = 0; i < 10; i++) CHECK_NEAR(out[i], 5.0, 1e-9);
+    /* a loop that comes 10 ms late to every release: each is 10 ms late, the lateness does not add up */
+    drive(30, arrive, 10, 10, out);
+    CHECK_NEAR(out[0], 5.0, 1e-9);
+    for (int i = 1; i < 10; i++) CHECK_NEAR(out[i], 5.0 + 30.0 * i + 10, 1e-9);
+    /* more than a whole slot late: the schedule starts again from there (no burst after it) */
+    drive(30, arrive, 10, 45, out);
+    for (int i = 1; i < 10; i++) CHECK_NEAR(out[i] - out[i - 1], 30 + 45, 1e-9);
 }
 
 TEST(test_pace_late_tokens_go_at_once_and_never_early_after) {
     /* 0, then a token late for its slot (100 > 0 + 30), then two right behind it: the gap restarts from the
      * late release, so they come 30 ms apart after it, not in a burst */
     double arrive[4] = {0, 100, 101, 102}, out[4];
-    drive(30, arrive, 4, out);
+    drive(30, arrive, 4, 0, out);
     CHECK_NEAR(out[0], 0, 1e-9);
     CHECK_NEAR(out[1], 100, 1e-9);
     CHECK_NEAR(out[2], 130, 1e-9);
@@ -177,7 +185,7 @@ TEST(test_pd_temperature_same_as_device_only) {
     duet_model_free(m);
 }
 
-/* The releases the user sees keep the pace: never closer than tpot (the clock only overshoots a sleep). */
+/* The releases the user sees keep the pace: token i never before the first + i * tpot. */
 TEST(test_pd_releases_keep_the_pace) {
     char err[512], note[512];
     ref_case c[1];
@@ -191,8 +199,8 @@ TEST(test_pd_releases_keep_the_pace) {
     metrics mt;
     REQUIRE_MSG(run_pd(m, pool, &o, &p, &rq, NULL, NULL, &mt, note, sizeof note, err, sizeof err) == 0, "%s", err);
     CHECK(same_ids(&mt, c[0].out, 12));
-    for (int i = 1; i < mt.tokens; i++)
-        CHECK_MSG(mt.t_token[i] - mt.t_token[i - 1] >= 8.0, "gap %d: %.3f ms", i, mt.t_token[i] - mt.t_token[i - 1]);
+    for (int i = 1; i < mt.tokens; i++) /* slots are 8 ms apart (a release may be late, never early) */
+        CHECK_MSG(mt.t_token[i] - mt.t_token[0] >= 8.0 * i - 0.01, "token %d at %.3f ms", i, mt.t_token[i] - mt.t_token[0]);
     CHECK_NEAR(mt.pace_ms, 8, 0);
     CHECK(mt.has_pd);
     metrics_free(&mt);
@@ -403,4 +411,152 @@ TEST(test_pd_bad_cloud_device_finishes) {
     }
     duet_pool_free(pool);
     duet_model_free(m);
+}
+
+/* ---- the settings ---- */
+
+/* The cost model's device time for n positions in chunks (docs/PD.md), written out independently. */
+static double model_catch_up(const pd_costs *c, int n, int chunk) {
+    double t = 0;
+    for (int done = 0; done < n; done += chunk) t += c->dev_fixed_ms + (n - done < chunk ? n - done : chunk) * c->dev_pos_ms;
+    return t;
+}
+
+TEST(test_pdplan_auto_meets_its_constraints) {
+    char err[256], note[256];
+    pd_costs c = {.dev_fixed_ms = 30, .dev_pos_ms = 2, .n_layers = 16, .cloud_ttft_ms = 300, .cloud_tpot_ms = 10,
+                  .cloud_pos_ms = 0.5};
+    pd_plan p;
+    pd_forecast fc;
+    int P = 128, N = 200;
+    REQUIRE_MSG(pdplan_auto(&c, P, N, 0, 0, &p, &fc, note, sizeof note, err, sizeof err) == 0, "%s", err);
+    CHECK_EQ_INT(p.handover, PD_CAUGHT_UP);
+    CHECK_NEAR(p.tpot_ms, 1.1 * 32, 1e-9); /* the device's own step, with a margin */
+    CHECK(note[0] == 0);
+    /* one layer of one chunk fits in 15% of the pace, one more position would not */
+    CHECK((c.dev_fixed_ms + p.chunk * c.dev_pos_ms) / 16 <= 0.15 * p.tpot_ms);
+    CHECK((c.dev_fixed_ms + (p.chunk + 1) * c.dev_pos_ms) / 16 > 0.15 * p.tpot_ms);
+    int H = p.cloud_tokens;
+    CHECK_MSG(H > 0 && H < N, "H %d", H);
+    /* in time at H; not in time without the margin's tokens */
+    CHECK(model_catch_up(&c, P + H, p.chunk) <= c.cloud_ttft_ms + H * p.tpot_ms);
+    int bare = H - H / 10 - 2;
+    CHECK(model_catch_up(&c, P + bare, p.chunk) > c.cloud_ttft_ms + bare * p.tpot_ms);
+    CHECK_NEAR(fc.cloud_busy_ms, P * 0.5 + H * 10, 1e-6);
+    CHECK_NEAR(fc.ttft_ms, 300, 1e-9);
+
+    /* --max-tpot bounds the chunk: a layer of it fits in max - pace */
+    REQUIRE(pdplan_auto(&c, P, N, 40, 50, &p, &fc, note, sizeof note, err, sizeof err) == 0);
+    CHECK_NEAR(p.tpot_ms, 40, 0);
+    CHECK((c.dev_fixed_ms + p.chunk * c.dev_pos_ms) / 16 <= 10);
+    CHECK((c.dev_fixed_ms + (p.chunk + 1) * c.dev_pos_ms) / 16 > 10);
+
+    /* a pace faster than the device decodes: said, and paced at what it can keep */
+    REQUIRE(pdplan_auto(&c, P, N, 5, 0, &p, &fc, note, sizeof note, err, sizeof err) == 0);
+    CHECK_MSG(strstr(note, "--tpot 5.0 ms is faster than this device decodes (32.0 ms"), "%s", note);
+    CHECK(p.tpot_ms >= 32);
+    /* a bound the device cannot keep but the cloud can: the cloud makes every token */
+    REQUIRE(pdplan_auto(&c, P, N, 0, 20, &p, &fc, note, sizeof note, err, sizeof err) == 0);
+    CHECK_EQ_INT(p.handover, PD_NEVER);
+    CHECK_EQ_INT(p.cloud_tokens, N);
+    CHECK_MSG(strstr(note, "the cloud makes every token"), "%s", note);
+    /* a bound nobody can keep, and contradictory flags */
+    CHECK_EQ_INT(pdplan_auto(&c, P, N, 0, 5, &p, &fc, note, sizeof note, err, sizeof err), DUET_EINVAL);
+    CHECK_MSG(strstr(err, "--max-tpot 5.0 ms cannot be met") && strstr(err, "at least 10.0"), "%s", err);
+    CHECK_EQ_INT(pdplan_auto(&c, P, N, 60, 50, &p, &fc, note, sizeof note, err, sizeof err), DUET_EINVAL);
+    CHECK_MSG(strstr(err, "above --max-tpot"), "%s", err);
+
+    /* a device that beats the cloud's first token needs no cloud; one that never catches up gets it all */
+    c.cloud_ttft_ms = 1e6;
+    REQUIRE(pdplan_auto(&c, P, N, 0, 0, &p, &fc, note, sizeof note, err, sizeof err) == 0);
+    CHECK_EQ_INT(p.cloud_tokens, 0);
+    c.cloud_ttft_ms = 300;
+    c.dev_pos_ms = 40;
+    REQUIRE(pdplan_auto(&c, P, N, 0, 0, &p, &fc, note, sizeof note, err, sizeof err) == 0);
+    CHECK_EQ_INT(p.cloud_tokens, N);
+}
+
+TEST(test_pdplan_parse) {
+    char err[256];
+    pd_plan p = {10, 64, PD_CAUGHT_UP, 50};
+    int is_auto;
+    CHECK(pdplan_parse("auto", &p, &is_auto, err, sizeof err) == 0 && is_auto);
+    CHECK(pdplan_parse("never", &p, &is_auto, err, sizeof err) == 0 && !is_auto && p.handover == PD_NEVER);
+    CHECK(pdplan_parse("handover=5,chunk=3", &p, &is_auto, err, sizeof err) == 0);
+    CHECK(p.handover == PD_FIXED && p.cloud_tokens == 5 && p.chunk == 3 && p.tpot_ms == 10);
+    CHECK(pdplan_parse("caught-up,cloud=7", &p, &is_auto, err, sizeof err) == 0);
+    CHECK(p.handover == PD_CAUGHT_UP && p.cloud_tokens == 7 && p.chunk == 3);
+    const char *bad[] = {"", "fast", "chunk=0", "handover=-1", "handover=x", "handover=", "chunk=4", "never=3",
+                         "handover=99999999999", ",,,", "auto,never"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        pd_plan q = p;
+        err[0] = 0;
+        CHECK_MSG(pdplan_parse(bad[i], &q, &is_auto, err, sizeof err) == DUET_EINVAL, "'%s' taken", bad[i]);
+        CHECK_MSG(strstr(err, "--pd-plan"), "'%s': %s", bad[i], err);
+        CHECK(!memcmp(&q, &p, sizeof p));
+    }
+}
+
+/* ---- the CLI ---- */
+
+static json *run_json(const char *args, int *status) {
+    char *out = test_run_cli(args, status, 0);
+    if (!out) return NULL;
+    char err[256];
+    json *doc = json_parse(out, strlen(out), err, sizeof err);
+    if (!doc) test_fail(__FILE__, __LINE__, "%s: not JSON (%s): %s", args, err, out);
+    free(out);
+    return doc;
+}
+
+TEST(test_pd_cli) {
+    struct { const char *args; int handover, cloud_tokens, fallback; } cases[] = {
+        {"--pd-plan handover=5 --tpot 1", 5, 5, -1},
+        {"--pd-plan never,chunk=3 --link lan", -1, 48, -1},
+        {"--pd-plan handover=10 --cloud 127.0.0.1:1", 0, 0, 0}, /* unreachable: the device answers alone */
+        {"", -2, -2, -1},                                      /* auto */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[512];
+        snprintf(args, sizeof args, "run --mode pd -m " MODEL " -p 'Once upon a time' -n 48 --compare --json %s",
+                 cases[i].args);
+        int st;
+        json *doc = run_json(args, &st);
+        REQUIRE(doc);
+        CHECK_MSG(st == 0, "%s: status %d", args, st);
+        const json_val *r = json_root(doc);
+        CHECK_EQ_INT(json_num(json_get(r, "tokens")), 48);
+        CHECK_NEAR(json_num(json_get(json_get(r, "fidelity"), "exact_match_rate")), 1.0, 0);
+        if (cases[i].handover > -2) CHECK_EQ_INT(json_num(json_get(r, "handover_at")), cases[i].handover);
+        if (cases[i].cloud_tokens > -2) CHECK_EQ_INT(json_num(json_get(r, "cloud_tokens")), cases[i].cloud_tokens);
+        CHECK_EQ_INT(json_num(json_get(r, "fallback_at")), cases[i].fallback);
+        CHECK(json_get(r, "pace_ms") && json_get(json_get(r, "tbt_ms"), "p90") && json_get(json_get(r, "tbt_ms"), "max"));
+        json_free(doc);
+    }
+    int st;
+    char *out = test_run_cli("run --mode pd -m " MODEL " -p 'Once upon a time' -n 48 --pd-plan handover=3 --tpot 1", &st, 0);
+    REQUIRE(out);
+    const char *want = "Once upon a time, there was a little girl named Lily.";
+    CHECK_MSG(st == 0 && !strncmp(out, want, strlen(want)), "%s", out);
+    free(out);
+}
+
+TEST(test_pd_cli_errors) {
+    struct { const char *args, *msg; int status; } cases[] = {
+        {"run --help", "--pd-plan", 0},
+        {"run --mode pd --tpot 50 --max-tpot 10 -m " MODEL, "--tpot is above --max-tpot", 2},
+        {"run --mode pd --tpot 0 -m " MODEL, "--tpot", 2},
+        {"run --mode pd --pd-plan fast -m " MODEL, "not auto, never, caught-up", 2},
+        {"run --mode cloud --tpot 5 -m " MODEL, "--mode pd only", 2},
+        {"run --mode pd --max-tpot 0.001 -m " MODEL, "--max-tpot 0.0 ms cannot be met", 2},
+        {"run --mode pd --pd-plan handover=4 --cloud 127.0.0.1:1 -n 8 -m " MODEL, "the device answers alone", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st;
+        char *out = test_run_cli(cases[i].args, &st, 1);
+        REQUIRE(out);
+        CHECK_MSG(st == cases[i].status, "%s: status %d: %s", cases[i].args, st, out);
+        CHECK_MSG(strstr(out, cases[i].msg) != NULL, "%s: %s", cases[i].args, out);
+        free(out);
+    }
 }

@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 #include "cli/text.h"
 #include "modes/mode.h"
+#include "modes/pdplan.h"
 
 static const char *USAGE =
     "usage: duet run --mode device|cloud|split -m MODEL [-p TEXT] [-n N] [options]\n"
@@ -18,10 +19,13 @@ static const char *USAGE =
     "  cloud   the prompt's tokens go up, the cloud runs every layer and streams the tokens down\n"
     "  split   this machine runs layers [0,A) and uploads each position's hidden state; the cloud runs [A,L)\n"
     "          and the head and sends each token down (one round trip per token)\n"
+    "  pd      P/D-Device: both hold every layer; the cloud answers first and streams the tokens, which reach\n"
+    "          the user at a steady pace; this machine runs the prompt and the streamed tokens meanwhile and\n"
+    "          takes over once it has caught up; if the cloud is unreachable or drops, it finishes alone\n"
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud or split (required)\n"
+    "  --mode MODE            device, cloud, split or pd (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -34,10 +38,19 @@ static const char *USAGE =
     "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
     "                         t ms, sleep (X-1)*t ms (default 1: none)\n"
     "      --hidden-enc ENC   split mode: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --tpot MS          pd: release one token every MS ms (default: 1.1 x this device's measured decode\n"
+    "                         step, so its own tokens keep the pace after the hand-over)\n"
+    "      --max-tpot MS      pd: bound on any gap between tokens the user sees; auto keeps the catch-up\n"
+    "                         steps inside it, and lets the cloud make every token if this device cannot\n"
+    "      --pd-plan PLAN     pd: auto (default: pace, chunk and hand-over from the measured device speed and\n"
+    "                         link, docs/PD.md), or a comma list: never (the cloud makes every token),\n"
+    "                         handover=N (the cloud makes N, this machine the rest), caught-up (this machine\n"
+    "                         takes over once it has run every token so far; cloud=N: the cloud makes at most\n"
+    "                         N), chunk=C (positions per catch-up forward, default 64)\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
     "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
-    "      --seed S           random seed for sampling (default 1); the cloud samples in cloud and split mode\n"
+    "      --seed S           random seed for sampling (default 1); the cloud samples in cloud, split and pd mode\n"
     "  -t, --threads N        device compute threads (default 1; 0 = all CPUs)\n"
     "      --cloud-threads N  compute threads of the local cloud (default 1)\n"
     "      --no-bos           do not put BOS before the prompt\n"
@@ -55,9 +68,49 @@ static int usage_error(const char *msg) {
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT };
-static const char *MODES[] = {"device", "cloud", "split"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_PD };
+static const char *MODES[] = {"device", "cloud", "split", "pd"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
+
+static double max_gap(const metrics *mt) {
+    double mx = 0;
+    for (int i = 1; i < mt->tokens; i++)
+        if (mt->t_token[i] - mt->t_token[i - 1] > mx) mx = mt->t_token[i] - mt->t_token[i - 1];
+    return mx;
+}
+
+/* pd: connects (or says the device answers alone), measures what --pd-plan auto needs and chooses the plan.
+ * 0 ok, 2 a --tpot/--max-tpot that nothing can meet, else a runtime failure; messages in err. */
+static int pd_setup(duet_model *full, duet_pool *pool, remote *r, const remote_opts *ro, double slowdown, int plan_auto,
+                    double max_tpot, pd_plan *plan, const mode_request *rq, char *err, size_t errlen) {
+    if ((plan_auto || plan->cloud_tokens > 0) &&
+        remote_open(r, full, ro, FRAME_MODE_PD, 0, rq->n_prompt + rq->max_tokens, &rq->sampling, err, errlen)) {
+        fprintf(stderr, "duet run: %s: the device answers alone\n", err);
+        remote_free(r);
+    }
+    if (!plan_auto && plan->tpot_ms > 0) return 0;
+    pd_costs costs;
+    if (pdplan_probe(full, pool, slowdown, &costs, err, errlen)) return 1;
+    if (!plan_auto) { /* an explicit plan without --tpot: the device's own pace */
+        plan->tpot_ms = 1.1 * (costs.dev_fixed_ms + costs.dev_pos_ms);
+        return 0;
+    }
+    const link_params *lp = &ro->link;
+    double net_ms = lp->rtt_us / 1e3 + (lp->up_bps ? (4.0 * rq->n_prompt + 48) * 8e3 / (double)lp->up_bps : 0);
+    if (r->t && pdplan_measure_net(r, rq->n_prompt, &net_ms, err, errlen)) return 1;
+    double down_ms = lp->down_bps ? (FRAME_HEADER_SIZE + FRAME_TOKENS_FIXED + 4) * 8e3 / (double)lp->down_bps : 0;
+    pdplan_cloud_estimate(&costs, net_ms, down_ms, slowdown, rq->n_prompt);
+    char note[512];
+    pd_forecast fc;
+    if (pdplan_auto(&costs, rq->n_prompt, rq->max_tokens, plan->tpot_ms, max_tpot, plan, &fc, note, sizeof note, err, errlen))
+        return 2;
+    if (note[0]) fprintf(stderr, "duet run: %s\n", note);
+    fprintf(stderr, "duet run: pd plan: pace %.1f ms, chunk %d, the cloud makes %s%d tokens (device step %.1f ms + %.2f "
+                    "ms/position, cloud first token in ~%.1f ms); forecast: hand-over at %.0f ms, cloud busy %.1f ms\n",
+            plan->tpot_ms, plan->chunk, plan->handover == PD_CAUGHT_UP ? "at most " : "", plan->cloud_tokens,
+            costs.dev_fixed_ms + costs.dev_pos_ms, costs.dev_pos_ms, costs.cloud_ttft_ms, fc.catch_up_ms, fc.cloud_busy_ms);
+    return 0;
+}
 
 static int lookup(const char *v, const char **names, int n) {
     for (int i = 0; i < n; i++)
@@ -68,7 +121,8 @@ static int lookup(const char *v, const char **names, int n) {
 int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
     int mode = -1, split = -1, compare = 0;
-    float slowdown = 1;
+    float slowdown = 1, tpot = 0, max_tpot = 0;
+    const char *pd_spec = NULL;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
     for (int i = 1; i < argc; i++) {
@@ -88,7 +142,7 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 3)) < 0) return usage_error("--mode must be device, cloud or split");
+                if ((mode = lookup(v, MODES, 4)) < 0) return usage_error("--mode must be device, cloud, split or pd");
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
             } else if (!strcmp(a, "--cloud")) {
@@ -99,6 +153,12 @@ int cmd_run(int argc, char **argv) {
                 bad = args_float("run", a, v, 1, 1000, &slowdown);
             } else if (!strcmp(a, "--hidden-enc")) {
                 if ((ro.enc = lookup(v, ENCS, 3)) < 0) return usage_error("--hidden-enc must be fp16, fp32 or int8");
+            } else if (!strcmp(a, "--tpot")) {
+                bad = args_float("run", a, v, 0.001, 1e6, &tpot);
+            } else if (!strcmp(a, "--max-tpot")) {
+                bad = args_float("run", a, v, 0.001, 1e6, &max_tpot);
+            } else if (!strcmp(a, "--pd-plan")) {
+                pd_spec = v;
             } else if (!strcmp(a, "--cloud-threads")) {
                 bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
             } else {
@@ -112,9 +172,16 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|pd is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
+    if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
+        return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
+    if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
+        return usage_error("--tpot is above --max-tpot: no pace can meet both (make --tpot <= --max-tpot)");
+    pd_plan plan = {tpot, 64, PD_CAUGHT_UP, g.n_tokens};
+    int plan_auto = 1;
+    if (pd_spec && pdplan_parse(pd_spec, &plan, &plan_auto, err, sizeof err)) return usage_error(err);
     if (link_parse(link_spec, &ro.link, err, sizeof err)) {
         fprintf(stderr, "duet run: --link: %s\n", err);
         return 2;
@@ -153,35 +220,51 @@ int cmd_run(int argc, char **argv) {
     int n_prompt;
     if (cli_tokenize_prompt(tok, prompt, bos, &prompt_ids, &n_prompt, err, sizeof err)) goto fail;
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
-    if ((mode == RUN_DEVICE || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
+    if ((mode == RUN_DEVICE || mode == RUN_PD || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
     if (mode == RUN_SPLIT) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
         if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
     }
-    if (mode != RUN_DEVICE && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+    if (mode != RUN_DEVICE && mode != RUN_PD && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
                                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
+    char note[512] = "";
+    int pd_status = mode == RUN_PD ? pd_setup(full, pool, &r, &ro, slowdown, plan_auto, max_tpot, &plan, &rq, err, sizeof err) : 0;
+    if (pd_status == 2) {
+        fprintf(stderr, "duet run: %s\n", err);
+        status = 2;
+        goto out;
+    }
+    if (pd_status) goto fail;
 
     cli_text o = {tok, json ? stderr : stdout, false};
     fputs(prompt, o.f);
     metrics_start(&mt, MODES[mode]);
     int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+             : mode == RUN_PD    ? mode_pd_run(full, pool, r.t ? &r : NULL, &plan, slowdown, &rq, cli_text_emit, &o, &mt,
+                                               note, sizeof note, err, sizeof err)
                                  : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
     fflush(o.f);
+    if (note[0]) fprintf(stderr, "duet run: %s\n", note);
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
 
     char where[128] = "";
-    if (mode == RUN_CLOUD) snprintf(where, sizeof where, " over link %.64s", link_spec);
+    if (mode == RUN_CLOUD || mode == RUN_PD) snprintf(where, sizeof where, " over link %.64s", link_spec);
     if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
     fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
                     "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
             (unsigned long long)mt.bytes_up, (unsigned long long)mt.bytes_down, (unsigned long long)mt.round_trips,
             mt.device_compute_ms, mt.cloud_compute_ms, mt.comm_wait_ms);
+    if (mode == RUN_PD)
+        fprintf(stderr, "; cloud made %llu tokens, hand-over at %d%s, tpot mean %.1f max %.1f ms (pace %.1f)",
+                (unsigned long long)mt.cloud_tokens, mt.handover_at, mt.fallback_at >= 0 ? " (the cloud was lost)" : "",
+                mt.tokens > 1 ? (mt.t_token[mt.tokens - 1] - mt.t_token[0]) / (mt.tokens - 1) : 0, max_gap(&mt),
+                mt.pace_ms);
     if (compare) fprintf(stderr, "; vs device-only: exact %.4f, ROUGE-L F1 %.4f", mt.exact_match_rate, mt.rouge_l_f1);
     fputc('\n', stderr);
     if (json) metrics_print_json(&mt, stdout);

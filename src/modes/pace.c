@@ -24,21 +24,29 @@ pace_clock pace_clock_real(void) { return (pace_clock){real_now, real_sleep_unti
 
 void pace_init(pace *p, double tpot_ms) { *p = (pace){.tpot_ms = tpot_ms > 0 ? tpot_ms : 0}; }
 
-void pace_add(pace *p, int n) { p->known += n; }
+void pace_add(pace *p, int n, double now) {
+    if (n <= 0) return;
+    if (p->released == p->known) p->head_known = now;
+    p->known += n;
+}
 
 double pace_due(const pace *p) {
     if (p->released >= p->known) return INFINITY;
-    if (p->released == 0 || p->tpot_ms <= 0) return -INFINITY;
-    return p->last_ms + p->tpot_ms;
+    if (p->tpot_ms <= 0) return -INFINITY;
+    if (p->released == 0) return p->head_known;
+    double next = p->slot_ms + p->tpot_ms;
+    return next > p->head_known ? next : p->head_known;
 }
 
 int pace_take(pace *p, double now) {
     int n = 0;
-    while (p->released < p->known && pace_due(p) <= now) {
+    double due;
+    while ((due = pace_due(p)) <= now) {
+        p->slot_ms = p->released == 0 || now - due > p->tpot_ms ? now : due;
         p->released++;
-        p->last_ms = now;
+        p->head_known = now; /* the next one, if known, was known by now */
         n++;
-        if (p->tpot_ms > 0) break; /* the next one is due tpot later */
+        if (p->tpot_ms > 0) break; /* the next one is due a slot later */
     }
     return n;
 }

@@ -96,7 +96,7 @@ static void token_known(pd_run *R, int id) {
     R->seq[R->P + R->known++] = id;
     if (R->known == 1) R->mt->prefill_ms = clock_now_ms() - R->t0;
     if (id == R->rq->eos_id) R->total = R->known;
-    pace_add(&R->pc, 1);
+    pace_add(&R->pc, 1, clock_now_ms());
 }
 
 /* One streamed TOKENS frame. While streaming it must be the next position, one token, inside the request. */
@@ -258,7 +258,7 @@ static void finish_cloud(pd_run *R) {
     double end = clock_now_ms() + R->r->timeout_ms;
     while (R->cloud == CLOUD_CLOSING && clock_now_ms() < end) cloud_poll(R, (int)(end - clock_now_ms()) + 1);
     if (R->cloud == CLOUD_CLOSING) R->cloud = CLOUD_LOST;
-    R->r->opened = 0; /* closed or lost: remote_close only frees */
+    if (R->cloud != CLOUD_NONE) R->r->opened = 0; /* closed or lost: remote_close only frees */
 }
 
 int mode_pd_run(const duet_model *m, duet_pool *pool, remote *r, const pd_plan *plan, double slowdown,
