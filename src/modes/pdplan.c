@@ -12,13 +12,13 @@
 
 #include "base/clock.h"
 #include "base/err.h"
+#include "base/stats.h"
 
 #define PROBE_N 32
+#define PROBE_REPS 5
 #define MAX_CHUNK 512
 #define SLACK 0.15      /* without --max-tpot: how late a release may be, as a share of the pace */
 #define PACE_MARGIN 1.1 /* pace over the device's decode step: its own tokens keep the pace despite jitter */
-
-static double best_of(double a, double b) { return a < b ? a : b; }
 
 int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs *c, char *err, size_t errlen) {
     const duet_config *cf = duet_model_config(m);
@@ -27,36 +27,40 @@ int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs
     duet_kv *kv = duet_kv_init(m, part, PROBE_N + 1, err, errlen);
     duet_ctx *ctx = duet_ctx_init(m, PROBE_N, pool, err, errlen);
     float *h = malloc(sizeof(float) * PROBE_N * (size_t)cf->dim); /* [PROBE_N][dim] */
+    float *logits = malloc(sizeof(float) * (size_t)cf->vocab_size);
     int ids[PROBE_N];
     for (int i = 0; i < PROBE_N; i++) ids[i] = 1 + i % (cf->vocab_size - 1);
-    double t1 = INFINITY, tn = INFINITY;
+    double t1[PROBE_REPS], tn[PROBE_REPS];
     if (!kv || !ctx) goto out;
-    if (!h) {
+    if (!h || !logits) {
         err_set(err, errlen, DUET_ENOMEM, "out of memory");
         goto out;
     }
-    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up; the best of the rest (the machine is shared) */
+    /* the first round is a warm-up; then the median of the rest, as a shared machine's typical step */
+    for (int rep = -1; rep < PROBE_REPS; rep++) {
         for (int n = 1; n <= PROBE_N; n += PROBE_N - 1) {
             duet_kv_truncate(kv, 0);
             double t0 = clock_now_ms();
             if ((rc = duet_embed(ctx, ids, n, h, err, errlen)) ||
-                (rc = duet_forward(ctx, kv, 0, cf->n_layers, h, n, 0, err, errlen)))
+                (rc = duet_forward(ctx, kv, 0, cf->n_layers, h, n, 0, err, errlen)) ||
+                (rc = duet_head(ctx, h + (size_t)(n - 1) * cf->dim, 1, logits, err, errlen)))
                 goto out;
             double t = clock_now_ms() - t0;
-            if (rep == 0) continue;
-            if (n == 1) t1 = best_of(t1, t);
-            else tn = best_of(tn, t);
+            if (rep >= 0) (n == 1 ? t1 : tn)[rep] = t;
         }
     }
-    double s = slowdown > 1 ? slowdown : 1;
-    double pos = (tn - t1) / (PROBE_N - 1);
-    if (pos < 0) pos = tn / PROBE_N;
+    stats_sort(t1, PROBE_REPS);
+    stats_sort(tn, PROBE_REPS);
+    double s = slowdown > 1 ? slowdown : 1, m1 = t1[PROBE_REPS / 2], mn = tn[PROBE_REPS / 2];
+    double pos = (mn - m1) / (PROBE_N - 1);
+    if (pos < 0) pos = mn / PROBE_N;
     c->dev_pos_ms = pos * s;
-    c->dev_fixed_ms = (t1 - pos > 0 ? t1 - pos : 0) * s;
+    c->dev_fixed_ms = (m1 - pos > 0 ? m1 - pos : 0) * s;
     c->n_layers = cf->n_layers;
     rc = DUET_OK;
 out:
     free(h);
+    free(logits);
     duet_ctx_free(ctx);
     duet_kv_free(kv);
     return rc;

@@ -23,8 +23,9 @@ typedef struct pd_forecast {
     double cloud_busy_ms; /* prefill + cloud_tokens streamed */
 } pd_forecast;
 
-/* Times device forwards of 1 and of 32 positions on a scratch cache (after a warm-up), each stretched by
- * slowdown as pd's steps are, and fills dev_fixed_ms, dev_pos_ms and n_layers. */
+/* Times device forwards (with the head on the last row) of 1 and of 32 positions on a scratch cache, the
+ * median of 5 after a warm-up, stretched by slowdown as pd's steps are; fills dev_fixed_ms, dev_pos_ms and
+ * n_layers. */
 int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs *c, char *err, size_t errlen);
 
 /* The cloud's side of c: net_ms is the measured time to send the prompt and get an answer (a PING padded to
