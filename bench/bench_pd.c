@@ -144,7 +144,7 @@ static FILE *open_in(const char *dir, const char *name) {
 }
 
 int main(int argc, char **argv) {
-    const char *path = argc > 1 ? argv[1] : NULL, *slow_s = "4,8", *prompts_s = "32,128,512,2048",
+    const char *path = argc > 1 ? argv[1] : NULL, *slow_s = "4,8", *prompts_s = "32,128,512,2016",
                *devices_s = "1,2,4,8,16", *dir = "build";
     bench b = {.link_spec = "wan", .n_tokens = 64};
     int tp_prompt = 128, long_n = 256;
@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
         else path = NULL;
     }
     if (!path || path[0] == '-' || argc % 2 || b.n_tokens < 2) {
-        fprintf(stderr, "usage: bench_pd MODEL [-s 4,8] [-l wan] [-p 32,128,512,2048] [-n 64] [-d 1,2,4,8,16] "
+        fprintf(stderr, "usage: bench_pd MODEL [-s 4,8] [-l wan] [-p 32,128,512,2016] [-n 64] [-d 1,2,4,8,16] "
                         "[--tp-prompt 128] [--long 256] [-o DIR]\n");
         return 2;
     }
@@ -176,7 +176,6 @@ int main(int argc, char **argv) {
     b.m = duet_model_load(path, NULL, 0, err, sizeof err);
     server_opts so = server_opts_default();
     so.host = "127.0.0.1";
-    so.max_ctx = 4096 + b.n_tokens + long_n; /* positions are what the rope computes; the file's 2048 is only advice */
     cloud_server *srv = b.m ? server_init(b.m, &so, err, sizeof err) : NULL;
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     if (!srv || !pool || server_start(srv, err, sizeof err)) {

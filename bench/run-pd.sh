@@ -1,13 +1,14 @@
 #!/bin/sh
 # make bench-pd: P/D-Device against device-only and cloud-only on the mid synthetic shape (q8_0, timing only),
 # devices SLOWDOWNS times slower than this machine, under the LINK profile; writes docs/results/pd.md and its
-# PNG plots (gnuplot). Narrow or widen it with SLOWDOWNS=4,8 PROMPTS=32,128,512,2048 TOKENS=32
-# DEVICES=1,4,16 TP_PROMPT=128 LONG=128 LINK=wan (LONG: the answer length of the long-answer rows and of
+# PNG plots (gnuplot). Narrow or widen it with SLOWDOWNS=4,8 PROMPTS=32,128,512,2016 TOKENS=32
+# DEVICES=1,4,16 TP_PROMPT=128 LONG=128 LINK=wan (the longest prompt plus TOKENS must fit the shape's 2048
+# positions; LONG: the answer length of the long-answer rows and of
 # the devices-sharing-a-cloud part). JSON lines go to $BUILD/bench-pd.jsonl.
 set -eu
 BUILD=${1:-build}
 SLOWDOWNS=${SLOWDOWNS:-4,8}
-PROMPTS=${PROMPTS:-32,128,512,2048}
+PROMPTS=${PROMPTS:-32,128,512,2016}
 TOKENS=${TOKENS:-32}
 DEVICES=${DEVICES:-1,4,16}
 TP_PROMPT=${TP_PROMPT:-128}

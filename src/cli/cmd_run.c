@@ -1,4 +1,4 @@
-/* duet run: one request in one of the baseline modes (device, cloud, split) over the real protocol, streaming
+/* duet run: one request in one of the baseline modes (device, cloud, split) or pd over the real protocol, streaming
  * the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +11,10 @@
 #include "modes/pdplan.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|pd -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
-    "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
-    "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
+    "Answers one request in a baseline mode or pd, streaming the text as it is made, then prints a summary line\n"
+    "(and with --json the metrics of DESIGN section 6). Greedy outputs of the modes are identical.\n"
     "  device  every layer on this machine\n"
     "  cloud   the prompt's tokens go up, the cloud runs every layer and streams the tokens down\n"
     "  split   this machine runs layers [0,A) and uploads each position's hidden state; the cloud runs [A,L)\n"
