@@ -214,6 +214,30 @@ TEST(test_pd_releases_keep_the_pace) {
     fx_free(&f);
 }
 
+/* A device far slower at catching up than the cloud streams would never catch up while the cloud runs ahead:
+ * it stops the cloud itself once the tokens it knows last the user until it has run them (measured speed). */
+TEST(test_pd_device_stops_the_cloud_once_in_time) {
+    fx f;
+    REQUIRE_MSG(fx_init(&f), "%s", f.err);
+    remote_opts o = local_opts();
+    REQUIRE(link_parse("down=64kbit", &o.link, f.err, sizeof f.err) == 0); /* a token every 5 ms */
+    mode_request rq = request(&f.c[0], 32, 0, 1);
+    pd_plan p = {100, 4, PD_CAUGHT_UP, 32};
+    remote r;
+    REQUIRE_MSG(remote_open(&r, f.m, &o, FRAME_MODE_PD, 0, rq.n_prompt + 32, &rq.sampling, f.err, sizeof f.err) == 0,
+                "%s", f.err);
+    metrics mt;
+    metrics_start(&mt, "pd");
+    int rc = mode_pd_run(f.m, f.pool, &r, &p, 300, &rq, NULL, NULL, &mt, f.note, sizeof f.note, f.err, sizeof f.err);
+    CHECK_MSG(rc == 0, "%s", f.err);
+    CHECK_EQ_INT(remote_close(&r, f.err, sizeof f.err), 0);
+    CHECK(same_ids(&mt, f.c[0].out, 32));
+    CHECK_MSG(mt.handover_at >= 1 && mt.handover_at < 32, "hand-over at %d", mt.handover_at);
+    CHECK_EQ_INT(mt.fallback_at, -1);
+    metrics_free(&mt);
+    fx_free(&f);
+}
+
 /* ---- losing the cloud ---- */
 
 TEST(test_pd_no_cloud_device_alone) {
@@ -404,12 +428,12 @@ TEST(test_pdplan_auto_meets_its_constraints) {
     /* one layer of one chunk fits in 15% of the pace, one more position would not */
     CHECK((c.dev_fixed_ms + p.chunk * c.dev_pos_ms) / 16 <= 0.15 * p.tpot_ms);
     CHECK((c.dev_fixed_ms + (p.chunk + 1) * c.dev_pos_ms) / 16 > 0.15 * p.tpot_ms);
-    int H = p.cloud_tokens;
+    int H = fc.handover_at;
+    CHECK_EQ_INT(p.cloud_tokens, N); /* not capped: the device stops the cloud when it measures it is in time */
     CHECK_MSG(H > 0 && H < N, "H %d", H);
-    /* in time at H; not in time without the margin's tokens */
+    /* the first hand-over in time */
     CHECK(model_catch_up(&c, P + H, p.chunk) <= c.cloud_ttft_ms + H * p.tpot_ms);
-    int bare = H - H / 10 - 2;
-    CHECK(model_catch_up(&c, P + bare, p.chunk) > c.cloud_ttft_ms + bare * p.tpot_ms);
+    CHECK(model_catch_up(&c, P + H - 1, p.chunk) > c.cloud_ttft_ms + (H - 1) * p.tpot_ms);
     CHECK_NEAR(fc.cloud_busy_ms, P * 0.5 + H * 10, 1e-6);
     CHECK_NEAR(fc.ttft_ms, 300, 1e-9);
 
@@ -442,6 +466,7 @@ TEST(test_pdplan_auto_meets_its_constraints) {
     c.dev_pos_ms = 40;
     REQUIRE(pdplan_auto(&c, P, N, 0, 0, &p, &fc, note, sizeof note, err, sizeof err) == 0);
     CHECK_EQ_INT(p.cloud_tokens, N);
+    CHECK_EQ_INT(fc.handover_at, -1);
 }
 
 TEST(test_pdplan_parse) {

@@ -105,10 +105,13 @@ static int pd_setup(duet_model *full, duet_pool *pool, remote *r, const remote_o
     if (pdplan_auto(&costs, rq->n_prompt, rq->max_tokens, plan->tpot_ms, max_tpot, plan, &fc, note, sizeof note, err, errlen))
         return 2;
     if (note[0]) fprintf(stderr, "duet run: %s\n", note);
-    fprintf(stderr, "duet run: pd plan: pace %.1f ms, chunk %d, the cloud makes %s%d tokens (device step %.1f ms + %.2f "
-                    "ms/position, cloud first token in ~%.1f ms); forecast: hand-over at %.0f ms, cloud busy %.1f ms\n",
-            plan->tpot_ms, plan->chunk, plan->handover == PD_CAUGHT_UP ? "at most " : "", plan->cloud_tokens,
-            costs.dev_fixed_ms + costs.dev_pos_ms, costs.dev_pos_ms, costs.cloud_ttft_ms, fc.catch_up_ms, fc.cloud_busy_ms);
+    fprintf(stderr, "duet run: pd plan: pace %.1f ms, chunk %d, %s (device step %.1f ms + %.2f ms/position, cloud "
+                    "first token in ~%.1f ms); forecast: hand-over at token %d (%.0f ms), cloud busy %.1f ms\n",
+            plan->tpot_ms, plan->chunk,
+            !plan->cloud_tokens ? "no cloud: this device is first"
+            : plan->handover == PD_NEVER ? "the cloud makes every token" : "the cloud streams until this device has caught up",
+            costs.dev_fixed_ms + costs.dev_pos_ms, costs.dev_pos_ms, costs.cloud_ttft_ms, fc.handover_at, fc.catch_up_ms,
+            fc.cloud_busy_ms);
     return 0;
 }
 

@@ -15,6 +15,8 @@
 #include "base/clock.h"
 #include "base/err.h"
 
+#define CATCH_UP_MARGIN 1.25 /* the device's catch-up may run this much slower than measured so far */
+
 enum cloud_state {
     CLOUD_NONE,      /* not asked (no cloud in the plan, or no connection) */
     CLOUD_STREAMING, /* STREAM sent: tokens come */
@@ -50,6 +52,8 @@ typedef struct pd_run {
     int dev_pos;    /* positions run through every layer */
     int ck_pos0, ck_n, ck_layer; /* chunk in flight (ck_n 0: none) and its next layer */
     int handed;     /* the device makes every token from mt->handover_at on */
+    double cu_ms;   /* device time spent on catch-up chunks so far, and their positions: its measured speed */
+    int cu_pos;
 
     int cloud;      /* enum cloud_state */
     int cloud_got;  /* tokens taken from the stream */
@@ -192,7 +196,7 @@ static int device_has_work(const pd_run *R) {
 static int device_step(pd_run *R, char *err, size_t errlen) {
     const duet_config *c = R->c;
     double t0 = clock_now_ms();
-    int rc;
+    int rc, done = 0; /* positions a chunk completed in this step */
     if (!R->ck_n && R->dev_pos == R->P + R->known) { /* caught up: the next token is the device's */
         if (!R->handed) {
             R->handed = 1;
@@ -216,11 +220,30 @@ static int device_step(pd_run *R, char *err, size_t errlen) {
             return rc;
         if (++R->ck_layer == c->n_layers) {
             R->dev_pos += R->ck_n;
+            done = R->ck_n;
             R->ck_n = 0;
         }
     }
-    R->mt->device_compute_ms += remote_device_step(t0, R->slowdown);
+    double t = remote_device_step(t0, R->slowdown);
+    R->mt->device_compute_ms += t;
+    if (!R->handed) {
+        R->cu_ms += t;
+        R->cu_pos += done;
+    }
     return DUET_OK;
+}
+
+/* PD_CAUGHT_UP while the cloud streams: is it time to stop the cloud? Yes once the tokens already known last
+ * the user until the device, at the speed it has measured catching up, will have run them all (with a margin),
+ * so its first own token is ready by its slot. The device then catches up through them and takes over. */
+static int enough_known(const pd_run *R) {
+    if (R->plan->handover != PD_CAUGHT_UP || R->cloud != CLOUD_STREAMING || R->plan->tpot_ms <= 0) return 0;
+    if (R->pc.released < 1 || R->cu_pos < 1) return 0;
+    double per_pos = R->cu_ms / R->cu_pos, left = R->P + R->known - R->dev_pos;
+    if (R->ck_n) left -= (double)R->ck_n * R->ck_layer / R->c->n_layers;
+    double ready = clock_now_ms() + CATCH_UP_MARGIN * left * per_pos;
+    double slot = R->pc.slot_ms + (R->known - R->pc.released + 1) * R->plan->tpot_ms; /* of token `known` */
+    return ready <= slot;
 }
 
 /* Nothing to compute: wait for the cloud, or until the next release is due. */
@@ -327,6 +350,7 @@ int mode_pd_run(const duet_model *m, duet_pool *pool, remote *r, const pd_plan *
             goto out;
         }
         if (R.pc.released >= R.total) break;
+        if (enough_known(&R)) send_close(&R);
         if (device_has_work(&R)) rc = device_step(&R, err, errlen);
         else rc = idle_wait(&R, err, errlen);
         if (rc) goto out;

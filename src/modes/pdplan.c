@@ -120,11 +120,14 @@ int pdplan_auto(const pd_costs *c, int n_prompt, int max_tokens, double tpot_ms,
         /* the first hand-over point the device reaches in time; the cloud makes the tokens before it */
         int H = 0;
         while (H < N && catch_up_ms(c, P + H, p.chunk) > c->cloud_ttft_ms + H * tpot) H++;
-        if (H > 0 && H < N) H += H / 10 + 1; /* margin for a device slower than probed; it still takes over early */
-        p.cloud_tokens = H < N ? H : N;
+        /* the device stops the cloud itself once it has measured that it will be in time (pd.c), so the
+         * cloud is not capped at the forecast: a device slower than probed then costs cloud time, not a gap */
+        p.cloud_tokens = H ? N : 0;
+        if (fc) fc->handover_at = H < N ? H : -1;
     }
     if (fc) {
-        int H = p.cloud_tokens;
+        int H = p.handover == PD_NEVER ? N : fc->handover_at >= 0 ? fc->handover_at : N;
+        if (p.handover == PD_NEVER) fc->handover_at = -1;
         double dev_first = catch_up_ms(c, P, p.chunk);
         fc->ttft_ms = H ? (c->cloud_ttft_ms < dev_first ? c->cloud_ttft_ms : dev_first) : dev_first;
         fc->catch_up_ms = p.handover == PD_NEVER ? INFINITY : catch_up_ms(c, P + H, p.chunk);

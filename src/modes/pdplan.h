@@ -18,6 +18,7 @@ typedef struct pd_costs {
 
 /* What the plan expects (for reports and docs/results). */
 typedef struct pd_forecast {
+    int handover_at;      /* the first token the device is forecast to make itself */
     double ttft_ms;       /* the cloud's first token, or the device's if it comes first */
     double catch_up_ms;   /* when the device has caught up and takes over */
     double cloud_busy_ms; /* prefill + cloud_tokens streamed */
