@@ -298,6 +298,8 @@ int mode_ee_run(duet_model *m, duet_pool *pool, const ee_opts *o, const mode_req
         char why[512];
         if (connect_cloud(&s, why, sizeof why)) lose_cloud(&s, why, 0);
     }
+    /* As in every remote mode, the connection and the session are set up before the request is accepted. */
+    mt->t_start = clock_now_ms();
     int pos = 0, id;
     const int *in = rq->prompt;
     int n_in = rq->n_prompt;
