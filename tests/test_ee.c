@@ -453,6 +453,20 @@ TEST(test_ee_cloud_killed_and_restarted) {
 
 TEST(test_ee_cli_and_bad_input) {
     int st;
+    struct { const char *cmd, *flags[12]; } helps[] = {
+        {"run --help", {"--exits", "--threshold", "--calib", "--standalone", "--reconnect-ms", "--cloud-timeout",
+                        "--no-background-upload", "--hidden-enc", "ee"}},
+        {"calibrate --help", {"--model", "--text", "--pairs", "--output", "--window", "--holdout", "--lambda",
+                              "--max-tokens", "--threads", "--json"}},
+        {"--help", {"calibrate"}},
+    };
+    for (size_t h = 0; h < sizeof helps / sizeof helps[0]; h++) {
+        char *txt = test_run_cli(helps[h].cmd, &st, 0);
+        CHECK(txt && st == 0);
+        for (int i = 0; txt && helps[h].flags[i]; i++)
+            CHECK_MSG(strstr(txt, helps[h].flags[i]), "%s lacks %s", helps[h].cmd, helps[h].flags[i]);
+        free(txt);
+    }
     char *out = test_run_cli("run --mode ee -m " CASES_MODEL " -p \"Once upon a time\" -n 24 --exits 2,3 --threshold 0.8 "
                              "--calib " CALIB " --json --compare",
                              &st, 0);
