@@ -517,3 +517,37 @@ TEST(test_ee_foreign_calibration_refused) {
     unlink("/tmp/duet-test-foreign.gguf");
     calib_free(cal);
 }
+
+/* With temperature each token is sampled from the distribution of the head that answered it (an exit's on the
+ * device, the cloud's session sampler otherwise), both seeded: a run repeats exactly, another seed differs. */
+TEST(test_ee_sampling_is_seeded) {
+    char err[512];
+    ref_case c[1];
+    REQUIRE(cases_load(c, 1) == 1);
+    duet_pool *pool = duet_pool_init(1, err, sizeof err);
+    calib *cal = calib_load(CALIB, err, sizeof err);
+    duet_model *m = device_part(3, err, sizeof err);
+    REQUIRE_MSG(pool && cal && m, "%s", err);
+    int out[3][40];
+    uint64_t seeds[3] = {5, 5, 6}, from_exits = 0, from_cloud = 0;
+    for (int r = 0; r < 3; r++) {
+        mode_request rq = cases_request(&c[0], 40);
+        rq.sampling = (duet_sampling){.temperature = 1.0f, .top_p = 1, .seed = seeds[r]};
+        ee_opts o = opts(2, 3, 0.7f, cal, FRAME_ENC_F32);
+        o.sampling = rq.sampling;
+        metrics mt;
+        metrics_start(&mt, "ee");
+        REQUIRE_MSG(mode_ee_run(m, pool, &o, &rq, NULL, NULL, &mt, err, sizeof err) == 0, "%s", err);
+        REQUIRE(mt.tokens == 40);
+        memcpy(out[r], mt.ids, sizeof out[r]);
+        from_exits += mt.exit_tokens[0] + mt.exit_tokens[1];
+        from_cloud += mt.cloud_requests;
+        metrics_free(&mt);
+    }
+    CHECK(!memcmp(out[0], out[1], sizeof out[0]));
+    CHECK(memcmp(out[0], out[2], sizeof out[0]));
+    CHECK(from_exits > 0 && from_cloud > 0); /* both kinds of head were sampled */
+    duet_model_free(m);
+    calib_free(cal);
+    duet_pool_free(pool);
+}
