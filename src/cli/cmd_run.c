@@ -1,4 +1,4 @@
-/* duet run: one request in one of the baseline modes (device, cloud, split) over the real protocol, streaming
+/* duet run: one request in any mode (the baselines device, cloud, split; the collaborative modes) over the real protocol, streaming
  * the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
 #include <stdio.h>
 #include <stdlib.h>
