@@ -1,5 +1,5 @@
-/* duet run: one request in any mode (the baselines device, cloud, split; the collaborative modes) over the real protocol, streaming
- * the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
+/* duet run: one request in any mode (the baselines and the collaborative modes) over the real protocol,
+ * streaming the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
