@@ -329,13 +329,13 @@ int mode_ee_run(duet_model *m, duet_pool *pool, const ee_opts *o, const mode_req
     }
     rc = DUET_OK;
 out:
+    metrics_finish(mt); /* the request ends with its last token; saying goodbye to the cloud is not part of it */
     if (s.connected) {
         remote_end(&s.r, mt);
         char cerr[256];
         if (rc == DUET_OK && remote_close(&s.r, cerr, sizeof cerr)) ee_log(&s, "closing the cloud session: %s", cerr);
         remote_free(&s.r);
     }
-    metrics_finish(mt);
     free(s.h);
     free(s.deferred);
     free(s.kept);
