@@ -6,7 +6,7 @@
 #include "base/json.h"
 #include "test.h"
 
-int test_load_cases(ref_case *c, int cap) {
+int cases_load(ref_case *c, int cap) {
     char err[256];
     FILE *f = fopen(TEST_DATA "/stories260K-greedy.jsonl", "r");
     if (!f) return 0;
@@ -29,7 +29,19 @@ int test_load_cases(ref_case *c, int cap) {
     return n;
 }
 
-transport *test_fake_cloud_accept(transport_listener *l, frame_request *q) {
+mode_request cases_request(const ref_case *c, int n) {
+    mode_request rq = {c->prompt, c->n_prompt, n, {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1}, -1};
+    return rq;
+}
+
+int cases_same_ids(const metrics *mt, const int *want, int n) {
+    if (mt->tokens != n) return 0;
+    for (int i = 0; i < n; i++)
+        if (mt->ids[i] != want[i]) return 0;
+    return 1;
+}
+
+transport *cases_fake_cloud_accept(transport_listener *l, frame_request *q) {
     transport_opts o = transport_opts_default(LINK_DOWN);
     transport *t = NULL;
     frame_msg m;
@@ -49,7 +61,7 @@ transport *test_fake_cloud_accept(transport_listener *l, frame_request *q) {
     return t;
 }
 
-void test_fake_cloud_end(transport *t, int drop) {
+void cases_fake_cloud_end(transport *t, int drop) {
     frame_msg m;
     if (!drop)
         while (transport_recv(t, &m, 5000, NULL, 0) == 0) {}

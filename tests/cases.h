@@ -1,7 +1,13 @@
-/* cases.h: what the mode tests share: the reference generations they compare against (llama.cpp's greedy
- * stories260K outputs, tests/data/stories260K-greedy.jsonl) and the handshake of a misbehaving fake cloud. */
+/* cases.h: the reference requests every mode test runs: llama.cpp's greedy generations on stories260K
+ * (tests/data/stories260K-greedy.jsonl), as mode requests, and how to compare a run's output with them; and
+ * the handshake of a misbehaving fake cloud. */
 #ifndef DUET_TESTS_CASES_H
 #define DUET_TESTS_CASES_H
+
+#include "modes/mode.h"
+
+#define CASES_MODEL "models/stories260K.gguf"
+#define CASES_N 6
 
 typedef struct ref_case {
     int prompt[64], n_prompt;
@@ -9,15 +15,17 @@ typedef struct ref_case {
     char text[128];
 } ref_case;
 
-/* Reads up to cap cases into c; returns how many. */
-int test_load_cases(ref_case *c, int cap);
-
-#include "net/transport.h"
+/* Loads up to cap reference cases; returns how many. */
+int cases_load(ref_case *c, int cap);
+/* A greedy request for c's prompt and n tokens, no EOS stop. */
+mode_request cases_request(const ref_case *c, int n);
+/* Whether the run delivered exactly want[n]. */
+int cases_same_ids(const metrics *mt, const int *want, int n);
 
 /* A fake cloud: accepts one device on l, answers its HELLO and OPEN as a real cloud would (session 7), reads
  * up to its first REQUEST into *q and returns the connection (NULL if the device never came). */
-transport *test_fake_cloud_accept(transport_listener *l, frame_request *q);
+transport *cases_fake_cloud_accept(transport_listener *l, frame_request *q);
 /* Unless drop, waits until the device hangs up; then delivers what is queued and closes. */
-void test_fake_cloud_end(transport *t, int drop);
+void cases_fake_cloud_end(transport *t, int drop);
 
 #endif

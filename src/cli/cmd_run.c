@@ -1,5 +1,5 @@
-/* duet run: one request in one of the baseline modes (device, cloud, split) or pd over the real protocol, streaming
- * the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
+/* duet run: one request in any mode (the baselines and the collaborative modes) over the real protocol,
+ * streaming the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,25 +7,29 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/text.h"
+#include "base/err.h"
 #include "modes/mode.h"
 #include "modes/pdplan.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split|pd -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|ee|pd -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
-    "Answers one request in a baseline mode or pd, streaming the text as it is made, then prints a summary line\n"
-    "(and with --json the metrics of DESIGN section 6). Greedy outputs of the modes are identical.\n"
+    "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
+    "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
     "  device  every layer on this machine\n"
     "  cloud   the prompt's tokens go up, the cloud runs every layer and streams the tokens down\n"
     "  split   this machine runs layers [0,A) and uploads each position's hidden state; the cloud runs [A,L)\n"
     "          and the head and sends each token down (one round trip per token)\n"
+    "  ee      CE-CoLLM: this machine runs layers [0,E2] with early exits after layers E1 and E2 and uploads\n"
+    "          every position's hidden state in the background; only tokens no exit is confident about go\n"
+    "          to the cloud, which runs (E2,L) and the head. Lossless at --threshold 1\n"
     "  pd      P/D-Device: both hold every layer; the cloud answers first and streams the tokens, which reach\n"
     "          the user at a steady pace; this machine runs the prompt and the streamed tokens meanwhile and\n"
     "          takes over once it has caught up; if the cloud is unreachable or drops, it finishes alone\n"
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud, split or pd (required)\n"
+    "  --mode MODE            device, cloud, split, ee or pd (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -37,7 +41,20 @@ static const char *USAGE =
     "                         overrides like up=20mbit,down=50mbit,rtt=40ms,jitter=5ms (after a profile too)\n"
     "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
     "                         t ms, sleep (X-1)*t ms (default 1: none)\n"
-    "      --hidden-enc ENC   split mode: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --hidden-enc ENC   split and ee: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --exits E1,E2      ee: early exits after layers E1 < E2, 0 <= E1 < E2 <= L-2; the device holds\n"
+    "                         [0,E2], the cloud (E2,L) (default L/2-1 and 3L/4-1, e.g. 1,2 for 5 layers)\n"
+    "      --threshold T      ee: an exit emits its token when its top softmax probability is >= T, in\n"
+    "                         [0,1]; 1 never exits, so the output equals device-only (default 0.8)\n"
+    "      --calib FILE       ee: exit translators from `duet calibrate` (maps (E+1):L of this model),\n"
+    "                         e.g. models/stories260K-calib.gguf; default: the head reads the exit as is\n"
+    "      --standalone       ee: no cloud at all; the E2 exit always emits\n"
+    "      --reconnect-ms MS  ee: after losing the cloud, try again after MS, doubling up to 30 s; meanwhile\n"
+    "                         the E2 exit emits. 0: stay standalone (default 1000)\n"
+    "      --cloud-timeout MS ee: the longest wait for the cloud (connect, handshake, an answer); past it the\n"
+    "                         cloud counts as lost (default 5000)\n"
+    "      --no-background-upload  ee: send the hidden states with each cloud request instead of as soon as\n"
+    "                         they exist (the paper's ablation)\n"
     "      --tpot MS          pd: release one token every MS ms (default: 1.1 x this device's measured decode\n"
     "                         step, so its own tokens keep the pace after the hand-over)\n"
     "      --max-tpot MS      pd: bound on any gap between tokens the user sees; auto keeps the catch-up\n"
@@ -63,13 +80,15 @@ static const char *USAGE =
     "\n"
     "Exit status: 0 ok, 1 runtime failure (cloud unreachable or refusing, model error), 2 usage error.\n";
 
+static void log_warning(void *arg, const char *msg) { fprintf(stderr, "duet run: %s\n", msg); }
+
 static int usage_error(const char *msg) {
     fprintf(stderr, "duet run: %s (see duet run --help)\n", msg);
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_PD };
-static const char *MODES[] = {"device", "cloud", "split", "pd"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD };
+static const char *MODES[] = {"device", "cloud", "split", "ee", "pd"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static double max_gap(const metrics *mt) {
@@ -123,7 +142,9 @@ static int lookup(const char *v, const char **names, int n) {
 
 int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
-    int mode = -1, split = -1, compare = 0;
+    int mode = -1, split = -1, compare = 0, cloud_timeout = 5000;
+    ee_opts eo = ee_opts_default();
+    const char *ee_flag = NULL, *calib_path = NULL;
     float slowdown = 1, tpot = 0, max_tpot = 0;
     const char *pd_spec = NULL;
     args_gen g = args_gen_default();
@@ -138,6 +159,12 @@ int cmd_run(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--compare")) {
             compare = 1;
+        } else if (!strcmp(a, "--standalone")) {
+            eo.standalone = true;
+            ee_flag = a;
+        } else if (!strcmp(a, "--no-background-upload")) {
+            eo.background_upload = false;
+            ee_flag = a;
         } else {
             if (a[0] != '-' || !(v = args_value("run", argc, argv, &i))) {
                 if (a[0] != '-') fprintf(stderr, "duet run: unexpected argument '%s' (see duet run --help)\n", a);
@@ -145,7 +172,7 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 4)) < 0) return usage_error("--mode must be device, cloud, split or pd");
+                if ((mode = lookup(v, MODES, 5)) < 0) return usage_error("--mode must be device, cloud, split, ee or pd");
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
             } else if (!strcmp(a, "--cloud")) {
@@ -156,6 +183,24 @@ int cmd_run(int argc, char **argv) {
                 bad = args_float("run", a, v, 1, 1000, &slowdown);
             } else if (!strcmp(a, "--hidden-enc")) {
                 if ((ro.enc = lookup(v, ENCS, 3)) < 0) return usage_error("--hidden-enc must be fp16, fp32 or int8");
+            } else if (!strcmp(a, "--exits")) {
+                char *end;
+                eo.e1 = (int)strtol(v, &end, 10);
+                if (end == v || *end != ',' || (eo.e2 = (int)strtol(end + 1, &end, 10), *end))
+                    return usage_error("--exits takes two layer numbers, E1,E2 (e.g. 1,3)");
+                ee_flag = a;
+            } else if (!strcmp(a, "--threshold")) {
+                bad = args_float("run", a, v, 0, 1, &eo.threshold);
+                ee_flag = a;
+            } else if (!strcmp(a, "--calib")) {
+                calib_path = v;
+                ee_flag = a;
+            } else if (!strcmp(a, "--reconnect-ms")) {
+                bad = args_int("run", a, v, 0, 3600000, &eo.reconnect_ms);
+                ee_flag = a;
+            } else if (!strcmp(a, "--cloud-timeout")) {
+                bad = args_int("run", a, v, 1, 3600000, &cloud_timeout);
+                ee_flag = a;
             } else if (!strcmp(a, "--tpot")) {
                 bad = args_float("run", a, v, 0.001, 1e6, &tpot);
             } else if (!strcmp(a, "--max-tpot")) {
@@ -175,9 +220,13 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split|pd is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|ee|pd is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
+    if (ee_flag && mode != RUN_EE) {
+        fprintf(stderr, "duet run: %s applies to --mode ee only (see duet run --help)\n", ee_flag);
+        return 2;
+    }
     if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
         return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
     if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
@@ -206,12 +255,23 @@ int cmd_run(int argc, char **argv) {
     duet_pool *pool = NULL;
     int *prompt_ids = NULL;
     remote r = {0};
+    calib *cal = NULL;
     metrics mt, ref;
     metrics_start(&mt, MODES[mode]);
     metrics_start(&ref, "device");
     if (!meta) goto fail;
     const duet_config *c = duet_model_config(meta);
     if (mode == RUN_SPLIT && split < 0) split = c->n_layers / 2;
+    if (mode == RUN_EE && eo.e1 < 0 && eo.e2 < 0) {
+        eo.e1 = c->n_layers / 2 - 1 > 0 ? c->n_layers / 2 - 1 : 0;
+        eo.e2 = 3 * c->n_layers / 4 - 1 > eo.e1 ? 3 * c->n_layers / 4 - 1 : eo.e1 + 1;
+    }
+    if (mode == RUN_EE && (eo.e1 < 0 || eo.e2 > c->n_layers - 2 || eo.e1 >= eo.e2)) {
+        fprintf(stderr, "duet run: --exits %d,%d: this model has %d layers, so exits need 0 <= E1 < E2 <= %d\n", eo.e1,
+                eo.e2, c->n_layers, c->n_layers - 2);
+        status = 2;
+        goto out;
+    }
     if (mode == RUN_SPLIT && (split < 1 || split >= c->n_layers)) {
         fprintf(stderr, "duet run: --split %d: this model has %d layers, so the split must be in 1..%d\n", split,
                 c->n_layers, c->n_layers - 1);
@@ -229,7 +289,30 @@ int cmd_run(int argc, char **argv) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
         if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
     }
-    if (mode != RUN_DEVICE && mode != RUN_PD && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+    if (mode == RUN_EE) {
+        duet_part part = {.n_spans = 1, .span = {{0, eo.e2 + 1}}, .embed = true, .head = true};
+        if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
+        if (calib_path) {
+            if (!(cal = calib_load(calib_path, err, sizeof err))) goto fail;
+            if (calib_check_model(cal, duet_model_fingerprint(dev), c->n_layers, c->dim, err, sizeof err)) {
+                err_prefix(err, sizeof err, "--calib %s", calib_path);
+                goto fail;
+            }
+            for (int e = 0; e < 2; e++)
+                if (!calib_find(cal, (e ? eo.e2 : eo.e1) + 1, c->n_layers)) {
+                    snprintf(err, sizeof err, "--calib %s has no translator for the exit after layer %d (map %d:%d); "
+                             "run duet calibrate --pairs %d:%d", calib_path, e ? eo.e2 : eo.e1, (e ? eo.e2 : eo.e1) + 1,
+                             c->n_layers, (e ? eo.e2 : eo.e1) + 1, c->n_layers);
+                    goto fail;
+                }
+        }
+        eo.calib = cal;
+        eo.sampling = s;
+        eo.remote = ro;
+        eo.remote.timeout_ms = cloud_timeout;
+        eo.log = log_warning;
+    }
+    if (mode != RUN_DEVICE && mode != RUN_EE && mode != RUN_PD && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
                                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
     char note[512] = "";
@@ -246,6 +329,7 @@ int cmd_run(int argc, char **argv) {
     metrics_start(&mt, MODES[mode]);
     int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+             : mode == RUN_EE    ? mode_ee_run(dev, pool, &eo, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_PD    ? mode_pd_run(full, pool, r.t ? &r : NULL, &plan, slowdown, &rq, cli_text_emit, &o, &mt,
                                                note, sizeof note, err, sizeof err)
                                  : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
@@ -255,14 +339,23 @@ int cmd_run(int argc, char **argv) {
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
 
-    char where[128] = "";
+    char where[192] = "";
     if (mode == RUN_CLOUD || mode == RUN_PD) snprintf(where, sizeof where, " over link %.64s", link_spec);
     if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
+    if (mode == RUN_EE)
+        snprintf(where, sizeof where, " with exits %d,%d at threshold %g%s over link %.64s", eo.e1, eo.e2, eo.threshold,
+                 cal ? " (calibrated)" : "", eo.standalone ? "none (standalone)" : link_spec);
     fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
                     "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
             (unsigned long long)mt.bytes_up, (unsigned long long)mt.bytes_down, (unsigned long long)mt.round_trips,
             mt.device_compute_ms, mt.cloud_compute_ms, mt.comm_wait_ms);
+    if (mode == RUN_EE) {
+        fprintf(stderr, "; exits %llu+%llu, cloud requests %llu (rate %.3f)", (unsigned long long)mt.exit_tokens[0],
+                (unsigned long long)mt.exit_tokens[1], (unsigned long long)mt.cloud_requests,
+                mt.tokens ? (double)mt.cloud_requests / mt.tokens : 0);
+        if (mt.fallback_at >= 0) fprintf(stderr, "; standalone from token %d", mt.fallback_at);
+    }
     if (mode == RUN_PD)
         fprintf(stderr, "; cloud made %llu tokens, hand-over at %d%s, tpot mean %.1f max %.1f ms (pace %.1f)",
                 (unsigned long long)mt.cloud_tokens, mt.handover_at, mt.fallback_at >= 0 ? " (the cloud was lost)" : "",
@@ -277,6 +370,7 @@ fail:
     fprintf(stderr, "duet run: %s\n", err);
 out:
     remote_free(&r);
+    calib_free(cal);
     metrics_free(&mt);
     metrics_free(&ref);
     free(prompt_ids);

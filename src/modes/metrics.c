@@ -104,6 +104,14 @@ void metrics_print_json(const metrics *m, FILE *f) {
             m->rounds ? (double)m->accepted / m->rounds : 0,
             m->drafted ? (double)m->accepted / m->drafted : 0, (unsigned long long)m->cloud_tokens);
     if (m->fallback_at >= 0) fprintf(f, ",\"fallback_at\":%d", m->fallback_at);
+    if (m->reconnects) fprintf(f, ",\"reconnects\":%llu", (unsigned long long)m->reconnects);
+    if (m->n_exit_points) {
+        fprintf(f, ",\"exits\":[");
+        for (int i = 0; i < m->n_exit_points; i++)
+            fprintf(f, "%s{\"after_layer\":%d,\"tokens\":%llu}", i ? "," : "", m->exit_layer[i],
+                    (unsigned long long)m->exit_tokens[i]);
+        fprintf(f, "]");
+    }
     if (m->has_pd)
         fprintf(f, ",\"handover_at\":%d,\"pace_ms\":%.3f", m->handover_at, m->pace_ms);
     if (m->has_reference)

@@ -20,6 +20,10 @@ typedef struct metrics {
     double device_compute_ms, cloud_compute_ms, comm_wait_ms;
     uint64_t bytes_up, bytes_down, round_trips, cloud_requests, cloud_tokens;
     uint64_t drafted, accepted, rounds; /* speculative modes */
+    int n_exit_points;        /* ee: exits on the device */
+    int exit_layer[2];        /* ee: the layer each exit follows */
+    uint64_t exit_tokens[2];  /* ee: tokens emitted at each exit (the rest came from the cloud) */
+    uint64_t reconnects;      /* times the device reconnected to a cloud after losing one */
     int fallback_at;          /* index of the first token produced without the cloud after losing it; -1: never */
     int has_pd;               /* pd mode: the fields below go into the JSON */
     int handover_at;          /* pd: output index of the first token the device made itself; -1: none */
