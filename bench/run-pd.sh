@@ -47,7 +47,11 @@ cmd="SLOWDOWNS=$SLOWDOWNS PROMPTS=$PROMPTS TOKENS=$TOKENS DEVICES=$DEVICES TP_PR
     echo "is measured at full speed and multiplied by the slowdown (exactly what the slowdown's sleeping would give)."
     echo "Cloud busy time is the compute time the cloud's answers report (its prefill, every token it streamed,"
     echo "including those on their way when the device's CLOSE arrived). Everything shares 2 cores with the other"
-    echo "sessions on the machine, so absolute times are noisy; read the ratios."
+    echo "sessions on the machine, so absolute times are noisy; read the ratios. Two effects of the emulation go"
+    echo "against pd: its device computes on the same cores as the cloud while the cloud prefills and streams, which"
+    echo "slows the cloud (pd's TTFT and cloud busy time come out above cloud-only's for the same work); and with"
+    echo "several devices the cloud's one compute thread is shared, so the busy time its answers report includes"
+    echo "waiting for it: only the 1-device row of the last table measures the cloud's own time per request."
     echo
     cat "$BUILD/pd-tables.md"
     echo
