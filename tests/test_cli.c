@@ -97,3 +97,35 @@ TEST(test_cli_sampling_is_seeded) {
     free(b);
     free(c);
 }
+
+/* duet tokenize on a vocabulary-only file: ids and pieces, BOS as the vocabulary says, --special. */
+TEST(test_cli_tokenize) {
+    int st;
+    char *out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-llama3.gguf -p 'Hello world<|eot_id|>' --ids-only",
+                             &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    CHECK_MSG(!strcmp(out, "128000 9906 1917 27 91 68 354 851 91 29\n"), "%s", out);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-llama3.gguf -p 'Hello world<|eot_id|>' --ids-only "
+                       "--special --no-bos", &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    CHECK_MSG(!strcmp(out, "9906 1917 128009\n"), "%s", out);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-qwen2.gguf -p 'Hello world'", &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    CHECK_MSG(!strcmp(out, "  9707 -> 'Hello'\n  1879 -> ' world'\n"), "%s", out);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-qwen2.gguf", &st, 1);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 2);
+    CHECK(strstr(out, "-p TEXT or -f FILE") != NULL);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/quant/README.md -p x", &st, 1);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 1);
+    CHECK(strstr(out, "README.md") != NULL);
+    free(out);
+}
