@@ -5,7 +5,7 @@
 # $DUET_BENCH_DIR (default bench/models, ~25 GB for the full matrix). JSON lines go to $BUILD/bench-engine.jsonl.
 set -eu
 BUILD=${1:-build}
-SHAPES=${SHAPES:-"mid tinyllama llama32-1b"}
+SHAPES=${SHAPES:-"mid tinyllama llama32-1b llama3.2-1b qwen2.5-0.5b qwen3-0.6b"}
 TYPES=${TYPES:-"f32 f16 q8_0 q4_0 q4_k q6_k"}
 THREADS=${THREADS:-"1 2"}
 REPS=${REPS:-3}
