@@ -560,3 +560,55 @@ TEST(test_forward_arch_missing_tensors_named) {
     expect_patched_refused(TEST_DATA "/arch/qwen3-tiny.gguf", "qwen3.attention.key_length", "qwen3.attention.key_lengtZ",
                            "'qwen3.attention.value_length' = 16 differs from 'qwen3.attention.key_length' = 8");
 }
+
+/* llama3-tiny rewritten with rope scaling keys added (type, factor); 0 ok. */
+static int write_scaled(const char *dst, const char *type, float factor, char *err, size_t errlen) {
+    gguf *g = gguf_open(TEST_DATA "/arch/llama3-tiny.gguf", err, errlen);
+    if (!g) return -1;
+    gguf_writer *w = gguf_writer_init();
+    int rc = gguf_copy_kv(w, g, "") || gguf_set_str(w, "llama.rope.scaling.type", type) ||
+             gguf_set_f32(w, "llama.rope.scaling.factor", factor);
+    for (int i = 0; i < gguf_n_tensors(g) && !rc; i++) {
+        const gguf_tensor *t = gguf_tensor_at(g, i);
+        rc = gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, NULL, NULL);
+    }
+    if (!rc) rc = gguf_writer_write(w, dst, NULL, NULL, err, errlen);
+    gguf_writer_free(w);
+    gguf_close(g);
+    return rc;
+}
+
+/* Linear rope scaling divides positions by its factor: 1 changes no bit, 4 changes the logits; a scaling type
+ * duet does not implement is refused by name. */
+TEST(test_forward_rope_linear_scaling) {
+    char path[] = "/tmp/duet-test-rope-XXXXXX", err[512] = "";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    close(fd);
+    int ids[] = {50256, 7454, 2402, 257, 640, 1361};
+    duet_model *base = load(TEST_DATA "/arch/llama3-tiny.gguf", NULL);
+    REQUIRE(base);
+    float *want = logits_batch(base, ids, 6, NULL);
+    duet_model_free(base);
+    REQUIRE(want);
+    for (int k = 0; k < 2; k++) {
+        REQUIRE_MSG(write_scaled(path, "linear", k ? 4.0f : 1.0f, err, sizeof err) == 0, "%s", err);
+        duet_model *m = load(path, NULL);
+        REQUIRE(m);
+        float *lg = logits_batch(m, ids, 6, NULL);
+        REQUIRE(lg);
+        double worst = 0;
+        for (int v = 0; v < 6 * 50257; v++) worst = fmax(worst, fabs(lg[v] - want[v]));
+        if (k) CHECK_MSG(worst > 1e-3, "factor 4 moved the logits by only %g", worst);
+        else CHECK_MSG(worst == 0, "factor 1 moved the logits by %g", worst);
+        free(lg);
+        duet_model_free(m);
+    }
+    REQUIRE_MSG(write_scaled(path, "yarn", 4.0f, err, sizeof err) == 0, "%s", err);
+    duet_model *m = duet_model_load(path, NULL, 0, err, sizeof err);
+    CHECK(!m);
+    CHECK_MSG(strstr(err, "'llama.rope.scaling.type' = 'yarn' is not supported"), "%s", err);
+    duet_model_free(m);
+    free(want);
+    unlink(path);
+}

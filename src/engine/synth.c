@@ -60,52 +60,13 @@ const synth_extra *synth_shape_extra(const char *name) {
 static int copy_vocab(gguf_writer *w, const char *path, int *n_vocab, char *err, size_t errlen) {
     gguf *g = gguf_open(path, err, errlen);
     if (!g) return DUET_EIO;
-    int rc = 0;
-    *n_vocab = 0;
-    for (int i = 0; i < gguf_n_kv(g) && !rc; i++) {
-        const char *k = gguf_kv_key(g, i);
-        if (strncmp(k, "tokenizer.", 10)) continue;
-        int type = gguf_kv_type(g, i), et;
-        size_t n = 0;
-        if (type == GGUF_ARR) gguf_get_arr(g, k, &et, &n);
-        if (type == GGUF_STR) {
-            const char *v;
-            rc = gguf_get_str(g, k, &v) || gguf_set_str(w, k, v);
-        } else if (type == GGUF_BOOL) {
-            bool v;
-            rc = gguf_get_bool(g, k, &v) || gguf_set_bool(w, k, v);
-        } else if (type == GGUF_F32) {
-            float v;
-            rc = gguf_get_f32(g, k, &v) || gguf_set_f32(w, k, v);
-        } else if (type == GGUF_U32 || type == GGUF_I32) {
-            int64_t v;
-            rc = gguf_get_i64(g, k, &v) || (type == GGUF_U32 ? gguf_set_u32(w, k, (uint32_t)v) : gguf_set_i32(w, k, (int32_t)v));
-        } else if (type == GGUF_ARR && et == GGUF_STR) {
-            const char **v = malloc(n * sizeof *v);
-            size_t *lens = malloc(n * sizeof *lens);
-            rc = !v || !lens;
-            for (size_t j = 0; j < n && !rc; j++) v[j] = gguf_arr_str(g, k, j, &lens[j]);
-            if (!rc) rc = gguf_set_arr_str(w, k, v, lens, n);
-            if (!strcmp(k, "tokenizer.ggml.tokens")) *n_vocab = (int)n;
-            free(v);
-            free(lens);
-        } else if (type == GGUF_ARR && (et == GGUF_I32 || et == GGUF_F32)) {
-            int32_t *iv = malloc(n * sizeof *iv);
-            float *fv = malloc(n * sizeof *fv);
-            rc = !iv || !fv;
-            for (size_t j = 0; j < n && !rc; j++) {
-                int64_t x = 0;
-                rc = et == GGUF_I32 ? gguf_arr_i64(g, k, j, &x) : gguf_arr_f32(g, k, j, &fv[j]);
-                iv[j] = (int32_t)x;
-            }
-            if (!rc) rc = et == GGUF_I32 ? gguf_set_arr_i32(w, k, iv, n) : gguf_set_arr_f32(w, k, fv, n);
-            free(iv);
-            free(fv);
-        } /* other types: not used by tokenizers */
-    }
+    int et;
+    size_t n = 0;
+    int rc = gguf_copy_kv(w, g, "tokenizer.");
+    if (!rc && gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n) == 0) *n_vocab = (int)n;
     gguf_close(g);
     if (rc) return err_set(err, errlen, DUET_ENOMEM, "synth: cannot copy the vocabulary of %s", path);
-    if (!*n_vocab) return err_set(err, errlen, DUET_EFORMAT, "synth: %s has no tokenizer.ggml.tokens", path);
+    if (!n) return err_set(err, errlen, DUET_EFORMAT, "synth: %s has no tokenizer.ggml.tokens", path);
     return 0;
 }
 
