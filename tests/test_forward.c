@@ -448,17 +448,29 @@ TEST(test_forward_fingerprint_differs_between_models) {
 
 static const char *const ARCH_MODELS[] = {"llama3-tiny", "qwen2-tiny", "qwen3-tiny"};
 
+/* Reference model a and llama.cpp's run of it (*doc); NULL (test failed) if either is unreadable. */
+static duet_model *arch_open(size_t a, json **doc) {
+    char path[256], err[256];
+    snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf.refgen.json", ARCH_MODELS[a]);
+    *doc = json_load_file(path, err, sizeof err);
+    if (!*doc) {
+        test_fail(__FILE__, __LINE__, "%s", err);
+        return NULL;
+    }
+    snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf", ARCH_MODELS[a]);
+    duet_model *m = load(path, NULL);
+    if (!m) json_free(*doc);
+    return m;
+}
+
 /* llama.cpp's logits at positions 0 and 5 of "Once upon a time" + its first output, within 1e-4, and the
  * prompt ids from our byte-level BPE tokenizer (BOS only for the Llama 3 file). */
 TEST(test_forward_arch_logits_match_llamacpp) {
     for (size_t a = 0; a < 3; a++) {
         char path[256], err[256];
-        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf.refgen.json", ARCH_MODELS[a]);
-        json *doc = json_load_file(path, err, sizeof err);
-        REQUIRE_MSG(doc, "%s", err);
-        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf", ARCH_MODELS[a]);
-        duet_model *m = load(path, NULL);
-        if (!m) { json_free(doc); continue; }
+        json *doc;
+        duet_model *m = arch_open(a, &doc);
+        if (!m) continue;
         const duet_config *c = duet_model_config(m);
         CHECK_EQ_INT(c->vocab_size, 50257);
         CHECK(c->tied_output);
@@ -495,13 +507,9 @@ TEST(test_forward_arch_logits_match_llamacpp) {
 
 TEST(test_forward_arch_greedy_matches_llamacpp) {
     for (size_t a = 0; a < 3; a++) {
-        char path[256], err[256];
-        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf.refgen.json", ARCH_MODELS[a]);
-        json *doc = json_load_file(path, err, sizeof err);
-        REQUIRE_MSG(doc, "%s", err);
-        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf", ARCH_MODELS[a]);
-        duet_model *m = load(path, NULL);
-        if (!m) { json_free(doc); continue; }
+        json *doc;
+        duet_model *m = arch_open(a, &doc);
+        if (!m) continue;
         int prompt[8], want[16], got[16];
         int n_prompt = json_ids(json_get(json_root(doc), "prompt_ids"), prompt, 8);
         int n_want = json_ids(json_get(json_root(doc), "output_ids"), want, 16);

@@ -648,25 +648,24 @@ TEST(test_bpe_merge_order_long_piece) {
 /* llama-bpe takes a piece that is a token whole (ignore_merges) and adds BOS; smollm splits every digit
  * before the GPT-2 regex, so "123" does not merge. */
 TEST(test_bpe_pre_tokenizers) {
-    char err[256];
-    gguf *g;
-    duet_tokenizer *t = bpe_vocab("llama-bpe", BPE_OK, &g, err, sizeof err);
-    REQUIRE_MSG(t, "%s", err);
-    CHECK_IDS(t, "hello", DUET_TOK_BOS, " 263 262");
-    CHECK_IDS(t, "1234", 0, " 260 52");
-    tokenizer_free(t);
-    gguf_close(g);
-    t = bpe_vocab("smollm", BPE_OK, &g, err, sizeof err);
-    REQUIRE_MSG(t, "%s", err);
-    CHECK_IDS(t, "hello", DUET_TOK_BOS, " 104 101 108 108 111");
-    CHECK_IDS(t, "a123 aa", 0, " 97 49 50 51 32 256");
-    tokenizer_free(t);
-    gguf_close(g);
-    t = bpe_vocab("qwen2", BPE_OK, &g, err, sizeof err);
-    REQUIRE_MSG(t, "%s", err);
-    CHECK_IDS(t, "123", 0, " 49 50 51");
-    tokenizer_free(t);
-    gguf_close(g);
+    static const struct {
+        const char *pre, *text;
+        int flags;
+        const char *want;
+    } cases[] = {
+        {"llama-bpe", "hello", DUET_TOK_BOS, " 263 262"}, {"llama-bpe", "1234", 0, " 260 52"},
+        {"smollm", "hello", DUET_TOK_BOS, " 104 101 108 108 111"}, {"smollm", "a123 aa", 0, " 97 49 50 51 32 256"},
+        {"qwen2", "123", 0, " 49 50 51"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256];
+        gguf *g;
+        duet_tokenizer *t = bpe_vocab(cases[i].pre, BPE_OK, &g, err, sizeof err);
+        REQUIRE_MSG(t, "%s", err);
+        CHECK_IDS(t, cases[i].text, cases[i].flags, cases[i].want);
+        tokenizer_free(t);
+        gguf_close(g);
+    }
 }
 
 typedef struct id_list {
