@@ -129,3 +129,26 @@ TEST(test_cli_tokenize) {
     CHECK(strstr(out, "README.md") != NULL);
     free(out);
 }
+
+/* Every baseline mode over the real protocol on the Qwen3 reference model prints llama.cpp's greedy text. */
+TEST(test_cli_run_modes_on_qwen3_match_llamacpp) {
+    char err[256];
+    json *doc = json_load_file(TEST_DATA "/arch/qwen3-tiny.gguf.refgen.json", err, sizeof err);
+    REQUIRE_MSG(doc, "%s", err);
+    const char *want = json_str(json_get(json_root(doc), "output_text"), NULL);
+    REQUIRE(want);
+    static const char *const modes[] = {"device", "split", "cloud"};
+    for (int i = 0; i < 3; i++) {
+        char args[256];
+        snprintf(args, sizeof args, "run --mode %s -m " TEST_DATA "/arch/qwen3-tiny.gguf -p 'Once upon a time' -n 16",
+                 modes[i]);
+        int st;
+        char *out = test_run_cli(args, &st, 0);
+        REQUIRE(out);
+        CHECK_EQ_INT(st, 0);
+        CHECK_MSG(!strncmp(out, "Once upon a time", 16) && !strncmp(out + 16, want, strlen(want)), "%s: %s", modes[i],
+                  out);
+        free(out);
+    }
+    json_free(doc);
+}
