@@ -1,11 +1,13 @@
 #!/bin/sh
-# Installs the Debian packages duet needs to build and test (gcc, make; clang for `make fuzz`).
+# Installs the Debian packages duet needs to build and test (gcc, make; clang for `make fuzz`;
+# libpcre2-dev for the byte-level BPE pre-tokenizer regexes, which need Unicode classes and lookahead).
 # Does nothing when they are already there, so it is cheap to run before every build.
 set -e
 need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v clang >/dev/null 2>&1 || need="$need clang"
+[ -f /usr/include/pcre2.h ] || need="$need libpcre2-dev"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing:$need; run as root or: sudo apt-get install$need" >&2
