@@ -13,7 +13,7 @@ OPT     ?= -O2 -march=x86-64-v2 -mtune=native
 CFLAGS  ?= $(OPT) -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CPPFLAGS := -Iinclude -Isrc
-LDLIBS  := -lm -lpthread
+LDLIBS  := -lssl -lcrypto -lm -lpthread
 SAN     ?=
 
 LIB_SRC   := $(sort $(wildcard src/base/*.c src/engine/*.c src/net/*.c src/cloud/*.c src/modes/*.c))
@@ -67,7 +67,7 @@ build-fuzz/libduet.a: $(FUZZ_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 build-fuzz/%: fuzz/%.c fuzz/halt_on_ub.c build-fuzz/libduet.a
-	clang $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -lm -lpthread
+	clang $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -lssl -lcrypto -lm -lpthread
 
 # Benchmarks: each bench/*.c is a standalone program.
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)

@@ -95,6 +95,7 @@ int main(int argc, char **argv) {
     server_opts so = server_opts_default();
     so.host = "127.0.0.1";
     so.threads = cloud_threads;
+    so.max_per_address = 1 << 16; /* every device is on loopback */
     cloud_server *srv = cm ? server_init(cm, &so, err, sizeof err) : NULL;
     if (!srv || server_start(srv, err, sizeof err)) {
         fprintf(stderr, "bench_cloud: %s\n", err);

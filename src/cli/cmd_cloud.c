@@ -26,7 +26,11 @@ static const char *USAGE =
     "      --max-pending BYTES  per session: hidden states uploaded but not yet run (default 268435456)\n"
     "      --max-ctx N          positions per session (default: the model's context length)\n"
     "      --idle-timeout MS    close a session whose device is silent this long (default 60000)\n"
-    "      --handshake-timeout MS  close a connection that sends no HELLO this long (default 5000)\n"
+    "      --handshake-timeout MS  a connection must finish TLS, AUTH and HELLO within this, as a whole\n"
+    "                           (default 5000)\n"
+    "      --max-per-address N  connections at once from one address (default 16)\n"
+    "      --memory-budget BYTES  all connections together: pending input, queued output and large receive\n"
+    "                           buffers; beyond it ERROR LIMIT (default 1073741824)\n"
     "      --mmap               read the weights in place from the mapped file instead of copying them into\n"
     "                           memory first: starts faster, may decode slower\n"
     "  -q, --quiet              no line per session (errors, the start line and the summary still print)\n"
@@ -64,7 +68,7 @@ int cmd_cloud(int argc, char **argv) {
         }
         static const char *valued[] = {"-m", "--model", "--layers", "--host", "-p", "--port", "-t", "--threads",
                                        "--max-sessions", "--max-frame", "--max-pending", "--max-ctx", "--idle-timeout",
-                                       "--handshake-timeout"};
+                                       "--handshake-timeout", "--max-per-address", "--memory-budget"};
         int known = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) known |= !strcmp(a, valued[k]);
         if (!known) {
@@ -83,11 +87,13 @@ int cmd_cloud(int argc, char **argv) {
         else if (!strcmp(a, "--max-ctx")) bad = args_int("cloud", a, v, 1, 1 << 24, &o.max_ctx);
         else if (!strcmp(a, "--idle-timeout")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.idle_timeout_ms);
         else if (!strcmp(a, "--handshake-timeout")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.handshake_timeout_ms);
+        else if (!strcmp(a, "--max-per-address")) bad = args_int("cloud", a, v, 1, 1 << 16, &o.max_per_address);
         else if (!(bad = args_u64("cloud", a, v, &u)) && (u == 0 || (!strcmp(a, "--max-frame") && u > UINT32_MAX))) {
             fprintf(stderr, "duet cloud: %s '%s' must be between 1 and %s\n", a, v,
                     !strcmp(a, "--max-frame") ? "4294967295" : "2^64-1");
             bad = 1;
         } else if (!strcmp(a, "--max-frame")) o.max_frame = (uint32_t)u;
+        else if (!strcmp(a, "--memory-budget")) o.memory_budget = (size_t)u;
         else o.max_pending_bytes = (size_t)u;
         if (bad) return 2;
     }

@@ -22,7 +22,10 @@ typedef struct server_opts {
     size_t max_pending_bytes;  /* per session: uploaded hidden states not yet consumed (default 256 MiB) */
     int max_ctx;               /* positions per session (default: the model's context length) */
     int idle_timeout_ms;       /* a session silent this long is closed and freed (default 60000) */
-    int handshake_timeout_ms;  /* a connection must complete HELLO within this (default 5000) */
+    int handshake_timeout_ms;  /* a connection must complete TLS, AUTH and HELLO within this (default 5000) */
+    int max_per_address;       /* connections at once from one peer address (default 16) */
+    size_t memory_budget;      /* all connections together: pending input, queued output and large receive
+                                * buffers (default 1 GiB); beyond it ERROR LIMIT */
     void (*log)(void *arg, const char *line); /* one line per session at its end, and errors; NULL: silent */
     void *log_arg;
 } server_opts;
