@@ -6,6 +6,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cloud/server.h"
+#include "net/transport.h"
 
 static const char *USAGE =
     "usage: duet cloud -m MODEL [--layers A:B] [--port P] [options]\n"
@@ -31,6 +32,14 @@ static const char *USAGE =
     "      --max-per-address N  connections at once from one address (default 16)\n"
     "      --memory-budget BYTES  all connections together: pending input, queued output and large receive\n"
     "                           buffers; beyond it ERROR LIMIT (default 1073741824)\n"
+    "      --tls-cert FILE      serve TLS 1.3 with this certificate (PEM chain); needs --tls-key. Without it\n"
+    "                           the cloud speaks plain TCP: anyone on the path reads token ids and hidden\n"
+    "                           states, so keep plain TCP for loopback experiments\n"
+    "      --tls-key FILE       the certificate's private key (PEM)\n"
+    "      --token-file FILE    shared secret (1..256 bytes, trailing whitespace ignored): a device must send\n"
+    "                           it (AUTH) before HELLO, else it is refused before it learns anything about\n"
+    "                           the model; compared in constant time. Use it with TLS: plain TCP carries it\n"
+    "                           in clear\n"
     "      --mmap               read the weights in place from the mapped file instead of copying them into\n"
     "                           memory first: starts faster, may decode slower\n"
     "  -q, --quiet              no line per session (errors, the start line and the summary still print)\n"
@@ -50,7 +59,9 @@ static void log_line(void *arg, const char *line) {
 }
 
 int cmd_cloud(int argc, char **argv) {
-    const char *model = NULL, *layers = NULL;
+    const char *model = NULL, *layers = NULL, *cert = NULL, *key = NULL;
+    uint8_t token[FRAME_AUTH_MAX];
+    size_t token_len = 0;
     int quiet = 0, load_flags = 0;
     server_opts o = server_opts_default();
     o.port = 7070;
@@ -68,7 +79,8 @@ int cmd_cloud(int argc, char **argv) {
         }
         static const char *valued[] = {"-m", "--model", "--layers", "--host", "-p", "--port", "-t", "--threads",
                                        "--max-sessions", "--max-frame", "--max-pending", "--max-ctx", "--idle-timeout",
-                                       "--handshake-timeout", "--max-per-address", "--memory-budget"};
+                                       "--handshake-timeout", "--max-per-address", "--memory-budget", "--tls-cert",
+                                       "--tls-key", "--token-file"};
         int known = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) known |= !strcmp(a, valued[k]);
         if (!known) {
@@ -80,6 +92,9 @@ int cmd_cloud(int argc, char **argv) {
         uint64_t u = 0;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--layers")) layers = v;
+        else if (!strcmp(a, "--tls-cert")) cert = v;
+        else if (!strcmp(a, "--tls-key")) key = v;
+        else if (!strcmp(a, "--token-file")) bad = args_token_file("cloud", v, token, sizeof token, &token_len);
         else if (!strcmp(a, "--host")) o.host = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--port")) bad = args_int("cloud", a, v, 0, 65535, &o.port);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = args_int("cloud", a, v, 0, 256, &o.threads);
@@ -107,8 +122,20 @@ int cmd_cloud(int argc, char **argv) {
         return 2;
     }
 
+    if (!cert != !key) {
+        fprintf(stderr, "duet cloud: --tls-cert and --tls-key go together\n");
+        return 2;
+    }
     char err[512];
     int status = 1;
+    if (cert && !(o.tls = transport_tls_server(cert, key, err, sizeof err))) {
+        fprintf(stderr, "duet cloud: %s\n", err);
+        return 2;
+    }
+    if (token_len) {
+        o.token = token;
+        o.token_len = token_len;
+    }
     duet_part none = {0};
     duet_model *m = duet_model_load(model, &none, 0, err, sizeof err); /* metadata only: the layer count */
     cloud_server *s = NULL;
@@ -126,8 +153,9 @@ int cmd_cloud(int argc, char **argv) {
     o.log = log_line;
     o.log_arg = &quiet;
     if (!(s = server_init(m, &o, err, sizeof err))) goto fail;
-    printf("duet cloud: serving %s layers %d:%d on %s:%d (fingerprint %016llx)\n", model, a, b,
-           o.host ? o.host : "*", server_port(s), (unsigned long long)duet_model_fingerprint(m));
+    printf("duet cloud: serving %s layers %d:%d on %s%s:%d (fingerprint %016llx)%s\n", model, a, b, o.tls ? "tls://" : "",
+           o.host ? o.host : "*", server_port(s), (unsigned long long)duet_model_fingerprint(m),
+           token_len ? ", token required" : "");
     fflush(stdout);
 
     g_server = s;
@@ -159,5 +187,6 @@ fail:
 out:
     server_free(s);
     duet_model_free(m);
+    transport_tls_free(o.tls);
     return status;
 }

@@ -4,6 +4,7 @@
  * Every wait is sliced into SLICE_MS pieces so that server_stop, which only sets a flag, is seen promptly. */
 #include "cloud/server.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -14,6 +15,7 @@
 
 #include "base/clock.h"
 #include "base/err.h"
+#include "base/sha256.h"
 #include "cloud/session.h"
 #include "net/transport.h"
 
@@ -178,9 +180,9 @@ static int reserve_tokens(serve *v, uint32_t n) {
 static int hello_check(const cloud_server *s, const frame_hello *w, char *e, size_t elen) {
     const duet_config *c = duet_model_config(s->m);
     const duet_part *held = duet_model_part(s->m);
-    if (w->fingerprint != s->fingerprint)
-        return err_set(e, elen, FRAME_E_REFUSED, "handshake: model mismatch (expected fingerprint %016llx, held %016llx)",
-                       (unsigned long long)w->fingerprint, (unsigned long long)s->fingerprint);
+    if (w->fingerprint != s->fingerprint) /* the held fingerprint stays here: a caller learns nothing about it */
+        return err_set(e, elen, FRAME_E_REFUSED, "handshake: model mismatch (expected fingerprint %016llx; this "
+                       "cloud holds another model)", (unsigned long long)w->fingerprint);
     if (w->dim != (uint32_t)c->dim)
         return err_set(e, elen, FRAME_E_REFUSED, "handshake: hidden dim mismatch (expected %u, held %d)", w->dim, c->dim);
     if (w->layer_b > (uint32_t)c->n_layers)
@@ -202,13 +204,42 @@ static int hello_check(const cloud_server *s, const frame_hello *w, char *e, siz
 
 static int stop_session(serve *v);
 
+/* Equal tokens, in time that depends on neither token: both are hashed, and the digests compared whole. */
+static int token_equal(const uint8_t *a, size_t an, const uint8_t *b, size_t bn) {
+    unsigned char da[32], db[32];
+    sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, a, an);
+    sha256_final(&h, da);
+    sha256_init(&h);
+    sha256_update(&h, b, bn);
+    sha256_final(&h, db);
+    volatile unsigned char diff = 0;
+    for (int i = 0; i < 32; i++) diff |= da[i] ^ db[i];
+    return diff == 0;
+}
+
 static int handshake(serve *v) {
     cloud_server *s = v->srv;
     frame_msg m;
     char e[512];
-    /* one deadline for the whole handshake, not per frame or per read */
-    transport_set_deadline(v->t, v->t_accept + s->o.handshake_timeout_ms);
-    int rc = recv_sliced(v, &m, s->o.handshake_timeout_ms, e, sizeof e);
+    /* one deadline for the whole handshake (TLS, AUTH, HELLO), not per frame or per read */
+    double deadline = v->t_accept + s->o.handshake_timeout_ms;
+    transport_set_deadline(v->t, deadline);
+    int rc = transport_tls_accept(v->t, (int)(deadline - clock_now_ms()), e, sizeof e);
+    if (rc) { /* no channel to send an ERROR on */
+        v->failed = 1;
+        return snprintf(v->end, sizeof v->end, "error: %s", e), -1;
+    }
+    rc = recv_sliced(v, &m, s->o.handshake_timeout_ms, e, sizeof e);
+    if (rc == 0 && m.type == FRAME_AUTH) {
+        /* a cloud without a token accepts AUTH and ignores it; one with a token compares it */
+        if (s->o.token && !token_equal(m.u.auth.token, m.u.auth.len, s->o.token, s->o.token_len))
+            return fail(v, FRAME_E_REFUSED, "authentication failed: wrong token");
+        rc = recv_sliced(v, &m, (int)(deadline - clock_now_ms()), e, sizeof e);
+    } else if (rc == 0 && s->o.token) {
+        return fail(v, FRAME_E_REFUSED, "this cloud requires a token: send AUTH before HELLO (--token-file)");
+    }
     if (rc == SERVE_STOP) return stop_session(v);
     if (rc == TRANSPORT_TIMEOUT || (rc == DUET_EIO && clock_now_ms() >= v->t_accept + s->o.handshake_timeout_ms))
         return fail(v, FRAME_E_STATE, "no HELLO within %d ms of connecting", s->o.handshake_timeout_ms);
@@ -376,6 +407,11 @@ static int request(serve *v, const frame_request *q) {
     if (q->want == FRAME_WANT_HIDDEN) {
         const float *rows;
         if ((rc = session_rows(ss, q->pos, q->count, &rows, e, sizeof e))) return fail(v, rc, "HIDDEN: %s", e);
+        if (q->enc == FRAME_ENC_I8) /* int8 has no code for inf or NaN: say so rather than close */
+            for (size_t i = 0; i < (size_t)q->count * v->want.dim; i++)
+                if (!isfinite(rows[i]))
+                    return fail(v, FRAME_E_VALUE, "HIDDEN: row %zu holds NaN or infinity, which int8 cannot carry; "
+                                "ask for fp16 or fp32", i / v->want.dim + q->pos);
         r.type = FRAME_HIDDEN;
         r.u.rows = (frame_rows){.pos0 = q->pos, .n = q->count, .dim = v->want.dim, .enc = q->enc,
                                 .compute_us = elapsed_us(t0), .x = rows};
@@ -595,6 +631,15 @@ static void reap(cloud_server *s, int all) {
 
 /* A connection over a limit hears why and is closed at once. */
 static void refuse(cloud_server *s, transport *t, const char *text) {
+    /* over TLS the refusal needs the handshake first; a short one, since this is the accept thread */
+    if (transport_tls_accept(t, SLICE_MS, NULL, 0)) {
+        transport_free(t);
+        srv_log(s, "connection refused (TLS handshake not done in %d ms): %s", SLICE_MS, text);
+        pthread_mutex_lock(&s->mu);
+        s->st.errors++;
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     frame_msg m;
     frame_error_msg(&m, 0, FRAME_E_LIMIT, text);
     if (transport_send(t, &m, NULL, 0) == 0) transport_flush(t, SLICE_MS, NULL, 0);
@@ -610,6 +655,7 @@ int server_run(cloud_server *s) {
     to.limits.max_payload = s->o.max_frame;
     to.cancel = &s->stop;
     to.budget = &s->budget;
+    to.tls = s->o.tls;
     /* a frame the device's emulated link would deliver later than this is refused: a device asking for a
      * 1 bit/s link cannot pin a thread and its memory for days */
     to.max_backlog_ms = s->o.idle_timeout_ms;

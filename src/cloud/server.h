@@ -26,6 +26,9 @@ typedef struct server_opts {
     int max_per_address;       /* connections at once from one peer address (default 16) */
     size_t memory_budget;      /* all connections together: pending input, queued output and large receive
                                 * buffers (default 1 GiB); beyond it ERROR LIMIT */
+    struct transport_tls *tls; /* TLS 1.3 on every connection (transport_tls_server), or NULL: plain TCP */
+    const uint8_t *token;      /* shared secret every device must send in AUTH before HELLO, or NULL */
+    size_t token_len;          /* 1..FRAME_AUTH_MAX */
     void (*log)(void *arg, const char *line); /* one line per session at its end, and errors; NULL: silent */
     void *log_arg;
 } server_opts;

@@ -876,6 +876,8 @@ int transport_hello(transport *t, const frame_hello *want, frame_hello *got, int
                     size_t errlen) {
     frame_msg m = {.type = FRAME_HELLO};
     m.u.hello = *want;
+    link_params none = {0};
+    transport_set_link(t, &none);
     int rc = transport_send(t, &m, err, errlen);
     transport_set_link(t, &want->link); /* after HELLO: the cloud's deadline for it is link-independent */
     if (timeout_ms >= 0) /* HELLO_OK travels over the emulated down link */
