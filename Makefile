@@ -95,3 +95,10 @@ clean:
 	rm -rf build build-asan build-ubsan build-tsan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
+
+# make soak: SOAK_MIN minutes (default 10) of legitimate and hostile devices against one `duet cloud` process
+# on loopback (bench/soak.c): exact outputs, refusals by reason, RSS/threads/fds back to idle, SIGTERM <= 2 s.
+SOAK_MIN ?= 10
+.PHONY: soak
+soak: $(BUILD)/duet $(BUILD)/bench/soak
+	$(BUILD)/bench/soak $(BUILD)/duet models/stories260K.gguf -t $(SOAK_MIN)

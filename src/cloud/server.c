@@ -125,7 +125,7 @@ static int fail(serve *v, int code, const char *fmt, ...) {
     va_end(ap);
     frame_msg m;
     frame_error_msg(&m, v->sid, code, text);
-    if (transport_send(v->t, &m, NULL, 0) == 0) transport_flush(v->t, grace_ms(v), NULL, 0);
+    if (transport_send_last(v->t, &m, NULL, 0) == 0) transport_flush(v->t, grace_ms(v), NULL, 0);
     snprintf(v->end, sizeof v->end, "error: %s: %s", frame_err_name(code), text);
     v->failed = 1;
     return -1;
@@ -334,7 +334,7 @@ static uint32_t elapsed_us(double t0) {
 static int stop_session(serve *v) {
     frame_msg r;
     frame_error_msg(&r, v->sid, FRAME_E_SHUTDOWN, "the cloud server is stopping; the session ends now");
-    if (transport_send(v->t, &r, NULL, 0) == 0) transport_flush(v->t, STOP_FLUSH_MS, NULL, 0);
+    if (transport_send_last(v->t, &r, NULL, 0) == 0) transport_flush(v->t, STOP_FLUSH_MS, NULL, 0);
     snprintf(v->end, sizeof v->end, "shutdown");
     return -1;
 }

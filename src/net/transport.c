@@ -745,6 +745,23 @@ int transport_send(transport *t, const frame_msg *m, char *err, size_t errlen) {
     return rc;
 }
 
+int transport_send_last(transport *t, const frame_msg *m, char *err, size_t errlen) {
+    pthread_mutex_lock(&t->send_mu);
+    pthread_mutex_lock(&t->mu);
+    /* the head may be on its way to the socket: it stays; the frames behind it go, and m takes the sequence
+     * number of the first of them, so the peer sees no gap */
+    for (int k = t->count - 1; k >= 1; k--) {
+        slot *q = &t->slots[(t->head + k) % t->n_slots];
+        const uint8_t *h = q->buf + 12;
+        t->send_seq = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
+        slot_release(t, q);
+        t->count--;
+    }
+    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->send_mu);
+    return transport_send(t, m, err, errlen);
+}
+
 int transport_flush(transport *t, int timeout_ms, char *err, size_t errlen) {
     double t0 = clock_now_ms(), deadline = deadline_after(timeout_ms);
     pthread_mutex_lock(&t->mu);

@@ -98,6 +98,9 @@ void transport_set_link(transport *t, const link_params *lp);
 /* Queues m (the caller's arrays may be reused on return); blocks only while the queue is full. Numbers the
  * frame with this direction's next sequence number. Fails if the sender thread has failed. */
 int transport_send(transport *t, const frame_msg *m, char *err, size_t errlen);
+/* A last frame (an ERROR before closing): drops the queued frames that have not started to leave, then sends
+ * m in their place, so a peer that stopped reading still gets it first. For the connection's only producer. */
+int transport_send_last(transport *t, const frame_msg *m, char *err, size_t errlen);
 /* Waits up to timeout_ms (< 0: forever) until every queued frame is on the socket: 0, TRANSPORT_TIMEOUT, < 0. */
 int transport_flush(transport *t, int timeout_ms, char *err, size_t errlen);
 /* How long, in ms from now, until the frames queued so far are delivered over the emulated link (0 without
