@@ -650,7 +650,8 @@ static void refuse(cloud_server *s, transport *t, const char *text) {
     pthread_mutex_unlock(&s->mu);
 }
 
-int server_run(cloud_server *s) {
+/* The transport options of every connection. */
+static transport_opts conn_opts(cloud_server *s) {
     transport_opts to = transport_opts_default(LINK_DOWN);
     to.limits.max_payload = s->o.max_frame;
     to.cancel = &s->stop;
@@ -659,9 +660,57 @@ int server_run(cloud_server *s) {
     /* a frame the device's emulated link would deliver later than this is refused: a device asking for a
      * 1 bit/s link cannot pin a thread and its memory for days */
     to.max_backlog_ms = s->o.idle_timeout_ms;
-    /* the longest silence inside a frame; also how long a stop may wait for a thread stuck in one */
+    /* the longest a whole frame may take once its first byte arrived */
     if (to.io_timeout_ms > s->o.idle_timeout_ms) to.io_timeout_ms = s->o.idle_timeout_ms;
     if (to.io_timeout_ms > s->o.handshake_timeout_ms) to.io_timeout_ms = s->o.handshake_timeout_ms;
+    return to;
+}
+
+/* Gives a new connection its thread, or refuses it (connection and per-address caps). */
+static void serve_new(cloud_server *s, transport *t) {
+    conn *c = calloc(1, sizeof *c);
+    char addr[64], text[160] = "";
+    transport_peer(t, addr, sizeof addr);
+    char *colon = strrchr(addr, ':'); /* "host:port" or "[v6]:port" */
+    if (colon) *colon = 0;
+    pthread_mutex_lock(&s->mu);
+    int n = s->n_conns, same = 0;
+    for (conn *o = s->conns; o; o = o->next) same += !atomic_load(&o->done) && !strcmp(o->addr, addr);
+    if (n >= s->o.max_sessions + CONN_SLACK)
+        snprintf(text, sizeof text, "the server has %d connections open, its limit", n);
+    else if (same >= s->o.max_per_address)
+        snprintf(text, sizeof text, "%d connections from %s are open, the limit per address", same, addr);
+    if (c && !text[0]) {
+        c->srv = s;
+        c->t = t;
+        c->id = ++s->next_conn;
+        c->t_accept = clock_now_ms();
+        snprintf(c->addr, sizeof c->addr, "%s", addr);
+        atomic_init(&c->done, 0);
+        if (pthread_create(&c->thread, NULL, conn_main, c) == 0) {
+            c->next = s->conns;
+            s->conns = c;
+            s->n_conns++;
+            c = NULL;
+            t = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(c);
+    if (t) refuse(s, t, text[0] ? text : "the server cannot start a connection thread");
+}
+
+int server_adopt(cloud_server *s, int fd, char *err, size_t errlen) {
+    reap(s, 0);
+    transport_opts to = conn_opts(s);
+    transport *t = transport_adopt(fd, &to, err, errlen);
+    if (!t) return DUET_ERR;
+    serve_new(s, t);
+    return 0;
+}
+
+int server_run(cloud_server *s) {
+    transport_opts to = conn_opts(s);
     while (!atomic_load(&s->stop)) {
         reap(s, 0);
         transport *t;
@@ -673,36 +722,7 @@ int server_run(cloud_server *s) {
             nanosleep(&(struct timespec){0, SLICE_MS * 1000000L}, NULL);
             continue;
         }
-        conn *c = calloc(1, sizeof *c);
-        char addr[64], text[160] = "";
-        transport_peer(t, addr, sizeof addr);
-        char *colon = strrchr(addr, ':'); /* "host:port" or "[v6]:port" */
-        if (colon) *colon = 0;
-        pthread_mutex_lock(&s->mu);
-        int n = s->n_conns, same = 0;
-        for (conn *o = s->conns; o; o = o->next) same += !atomic_load(&o->done) && !strcmp(o->addr, addr);
-        if (n >= s->o.max_sessions + CONN_SLACK)
-            snprintf(text, sizeof text, "the server has %d connections open, its limit", n);
-        else if (same >= s->o.max_per_address)
-            snprintf(text, sizeof text, "%d connections from %s are open, the limit per address", same, addr);
-        if (c && !text[0]) {
-            c->srv = s;
-            c->t = t;
-            c->id = ++s->next_conn;
-            c->t_accept = clock_now_ms();
-            snprintf(c->addr, sizeof c->addr, "%s", addr);
-            atomic_init(&c->done, 0);
-            if (pthread_create(&c->thread, NULL, conn_main, c) == 0) {
-                c->next = s->conns;
-                s->conns = c;
-                s->n_conns++;
-                c = NULL;
-                t = NULL;
-            }
-        }
-        pthread_mutex_unlock(&s->mu);
-        free(c);
-        if (t) refuse(s, t, text[0] ? text : "the server cannot start a connection thread");
+        serve_new(s, t);
     }
     reap(s, 1);
     return 0;

@@ -50,6 +50,9 @@ cloud_server *server_init(duet_model *m, const server_opts *o, char *err, size_t
 int server_port(const cloud_server *s);
 /* Serves until server_stop: 0, or < 0 if the listener failed. */
 int server_run(cloud_server *s);
+/* Serves one connection on a socket the caller made (a socketpair end, for the protocol fuzzer); the server
+ * owns fd from now on. Also frees connections that have ended. 0 or < 0. */
+int server_adopt(cloud_server *s, int fd, char *err, size_t errlen);
 /* server_run on a background thread (for `--cloud local` and tests). */
 int server_start(cloud_server *s, char *err, size_t errlen);
 /* Asks the server to stop: it refuses new connections, closes sessions and returns from server_run.

@@ -5,12 +5,13 @@
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <linux/tcp.h> /* struct tcp_info with the byte counters (TCP_NODELAY too) */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -937,6 +938,17 @@ void transport_stats_get(transport *t, transport_stats *out) {
     out->round_trips = t->round_trips;
     out->comm_wait_ms = t->wait_ms;
     pthread_mutex_unlock(&t->mu);
+}
+
+int transport_wire_bytes(const transport *t, uint64_t *sent, uint64_t *received) {
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(t->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) || len < offsetof(struct tcp_info, tcpi_bytes_received) + 8)
+        return DUET_EUNSUPPORTED;
+    *sent = ti.tcpi_bytes_acked;
+    *received = ti.tcpi_bytes_received;
+    return 0;
 }
 
 void transport_peer(const transport *t, char *buf, size_t cap) {

@@ -128,6 +128,9 @@ int transport_hello_answer(transport *t, const frame_hello *have, frame_hello *g
                            size_t errlen);
 
 void transport_stats_get(transport *t, transport_stats *out);
+/* Bytes TCP carried on this connection since it opened (the kernel's TCP_INFO: sent and acknowledged,
+ * received), TLS records and handshake included: what TLS costs on the wire. 0 or DUET_EUNSUPPORTED. */
+int transport_wire_bytes(const transport *t, uint64_t *sent, uint64_t *received);
 /* The peer's address as "host:port" ("[v6]:port" for IPv6), or "?" if the socket cannot tell. */
 void transport_peer(const transport *t, char *buf, size_t cap);
 
