@@ -142,6 +142,30 @@ TEST(test_secure_tls_and_token) {
     check_same(&f, &mt, __LINE__);
     metrics_free(&mt);
 
+    /* megabyte frames both ways over TLS: the device's sender thread writes while its reader waits (a TLS read
+     * that blocked inside the I/O lock once deadlocked exactly here) */
+    transport_tls *ctls = transport_tls_client(c.ca, err, sizeof err);
+    REQUIRE_MSG(ctls, "%s", err);
+    transport_opts to = transport_opts_default(LINK_UP);
+    to.tls = ctls;
+    transport *t = transport_connect("127.0.0.1", server_port(cl.srv), &to, err, sizeof err);
+    REQUIRE_MSG(t, "%s", err);
+    frame_msg m = {.type = FRAME_AUTH};
+    m.u.auth = (frame_auth){.len = (uint32_t)so.token_len, .token = token};
+    frame_hello h = {.fingerprint = duet_model_fingerprint(f.m), .dim = (uint32_t)f.dim, .layer_a = 2,
+                     .layer_b = (uint32_t)f.L, .version = FRAME_VERSION, .part = FRAME_PART_HEAD, .encodings = 1};
+    REQUIRE(transport_send(t, &m, err, sizeof err) == 0);
+    REQUIRE_MSG(transport_hello(t, &h, NULL, WAIT_MS, err, sizeof err) == 0, "%s", err);
+    for (int i = 0; i < 3; i++) {
+        m = (frame_msg){.type = FRAME_PING};
+        m.u.ping = (frame_ping){.stamp = (uint64_t)i, .pad = 3u << 20, .reply_pad = 2u << 20};
+        REQUIRE(transport_send(t, &m, err, sizeof err) == 0);
+        CHECK_MSG(transport_expect(t, FRAME_PONG, &m, WAIT_MS, err, sizeof err) == 0, "%s", err);
+        CHECK(m.u.ping.stamp == (uint64_t)i && m.u.ping.pad == 2u << 20);
+    }
+    transport_free(t);
+    transport_tls_free(ctls);
+
     char fp[32];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)duet_model_fingerprint(f.m));
     o.token = (const uint8_t *)"wrong";
@@ -434,4 +458,80 @@ TEST(test_secure_int8_hidden_of_nonfinite_rows_is_one_error) {
     transport_free(t);
     server_free(cl.srv);
     ref_free(&f);
+}
+
+/* The CLI end to end: `duet cloud` with TLS and a token, `duet run` with and without the right token; and a
+ * `duet run` whose cloud is killed mid-request finishing on the device (--json shows fallback_at). */
+static int sh(const char *fmt, const char *a, const char *b, const char *c, const char *d) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, fmt, a, b, c, d);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static int slurp(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    return f ? 0 : -1;
+}
+
+TEST(test_secure_cli_tls_token_and_fallback) {
+    const char *bin = getenv("DUET_BIN");
+    REQUIRE_MSG(bin, "DUET_BIN is not set");
+    certs c;
+    if (certs_make(&c)) return;
+    char tok[128], out[128], cl[128];
+    snprintf(tok, sizeof tok, "%s/token", c.dir);
+    snprintf(out, sizeof out, "%s/run.out", c.dir);
+    snprintf(cl, sizeof cl, "%s/cloud.out", c.dir);
+    FILE *f = fopen(tok, "w");
+    REQUIRE(f);
+    fputs("s3cret-token\n", f);
+    fclose(f);
+    /* a TLS cloud with a token; the device asks with the right token, then with a wrong one */
+    CHECK_EQ_INT(sh("%1$s cloud -m " MODEL " --host 127.0.0.1 --port 0 --tls-cert %2$s --tls-key %3$s "
+                    "--token-file %4$s/token > %4$s/cloud.out 2>&1 & echo $! > %4$s/pid; "
+                    "for i in $(seq 100); do grep -q serving %4$s/cloud.out && break; sleep 0.05; done",
+                    bin, c.cert, c.key, c.dir), 0);
+    char text[4096];
+    REQUIRE(slurp(cl, text, sizeof text) == 0);
+    const char *at = strstr(text, "tls://127.0.0.1:");
+    REQUIRE_MSG(at && strstr(text, "token required"), "%s", text);
+    char url[64];
+    snprintf(url, sizeof url, "tls://127.0.0.1:%d", atoi(at + 16));
+    CHECK_EQ_INT(sh("%1$s run --mode split -m " MODEL " -n 8 --cloud %2$s --tls-ca %3$s --token-file %4$s/token "
+                    "--json > %4$s/run.out 2>/dev/null", bin, url, c.ca, c.dir), 0);
+    REQUIRE(slurp(out, text, sizeof text) == 0);
+    CHECK_MSG(strstr(text, "\"tokens\":8") && !strstr(text, "fallback_at"), "%s", text);
+    f = fopen(tok, "w");
+    fputs("wrong\n", f);
+    fclose(f);
+    CHECK_EQ_INT(sh("%1$s run --mode split -m " MODEL " -n 8 --cloud %2$s --tls-ca %3$s --token-file %4$s/token "
+                    "--fallback none > %4$s/run.out 2>&1", bin, url, c.ca, c.dir), 1);
+    REQUIRE(slurp(out, text, sizeof text) == 0);
+    CHECK_MSG(strstr(text, "authentication failed"), "%s", text);
+    /* SIGTERM: the cloud stops and says what it served */
+    CHECK_EQ_INT(sh("kill -TERM $(cat %1$s/pid); for i in $(seq 60); do kill -0 $(cat %1$s/pid) 2>/dev/null || "
+                    "exit 0; sleep 0.05; done; exit 1", c.dir, "", "", ""), 0);
+    REQUIRE(slurp(cl, text, sizeof text) == 0);
+    CHECK_MSG(strstr(text, "stopped: 1 sessions"), "%s", text);
+
+    /* a plain cloud killed after the device's first tokens: --fallback device (the default) finishes */
+    CHECK_EQ_INT(sh("%1$s cloud -m " MODEL " --host 127.0.0.1 --port 0 > %2$s/cloud.out 2>&1 & echo $! > %2$s/pid; "
+                    "for i in $(seq 100); do grep -q serving %2$s/cloud.out && break; sleep 0.05; done",
+                    bin, c.dir, "", ""), 0);
+    REQUIRE(slurp(cl, text, sizeof text) == 0);
+    at = strstr(text, "127.0.0.1:");
+    REQUIRE_MSG(at, "%s", text);
+    snprintf(url, sizeof url, "127.0.0.1:%d", atoi(at + 10));
+    /* 60 tokens at rtt 60 ms take ~4 s: the kill after 1 s lands mid-request */
+    CHECK_EQ_INT(sh("(sleep 1; kill -KILL $(cat %3$s/pid)) & %1$s run --mode split -m " MODEL " -n 60 --cloud %2$s "
+                    "--link rtt=60ms --compare --json > %3$s/run.out 2>/dev/null; rc=$?; wait; exit $rc",
+                    bin, url, c.dir, ""), 0);
+    REQUIRE(slurp(out, text, sizeof text) == 0);
+    CHECK_MSG(strstr(text, "\"tokens\":60") && strstr(text, "fallback_at") && strstr(text, "\"exact_match_rate\":1.0000"),
+              "%s", text);
+    certs_free(&c);
 }

@@ -42,6 +42,11 @@ static const char *USAGE =
     "                           in clear\n"
     "      --mmap               read the weights in place from the mapped file instead of copying them into\n"
     "                           memory first: starts faster, may decode slower\n"
+    "Also bounded (docs/PROTOCOL.md section 14 lists every limit): a whole frame must arrive within\n"
+    "min(10 s, idle timeout, handshake timeout) of its first byte; a frame the device's emulated link would\n"
+    "deliver more than the idle timeout ahead is refused; the link in a HELLO is bounded like --link.\n"
+    "SIGINT or SIGTERM stops within about a second: every session gets ERROR \"the cloud server is stopping\".\n"
+    "\n"
     "  -q, --quiet              no line per session (errors, the start line and the summary still print)\n"
     "  -h, --help               this text\n";
 

@@ -150,6 +150,9 @@ int remote_close(remote *r, char *err, size_t errlen) {
         frame_msg msg = {.type = FRAME_CLOSE, .session = r->session};
         if (!(rc = transport_send(r->t, &msg, err, errlen)))
             rc = transport_expect(r->t, FRAME_CLOSE, &msg, reply_ms(r, 0), err, errlen);
+        if (!rc && msg.session != r->session)
+            rc = err_set(err, errlen, FRAME_E_SESSION, "the cloud closed session %u, this one is %u", msg.session,
+                         r->session);
         if (rc) err_prefix(err, errlen, "closing the session");
     }
     remote_free(r);

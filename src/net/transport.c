@@ -428,6 +428,9 @@ static transport *transport_new(int fd, const transport_opts *o, char *err, size
     if (t->o.io_timeout_ms <= 0) t->o.io_timeout_ms = 10000;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* non-blocking: OpenSSL reads and writes the socket with plain read/write, and a TLS read that blocked
+     * inside the I/O lock would stop the sender thread (the plain path passes MSG_DONTWAIT anyway) */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     link_pipe_init(&t->pipe, &t->o.link, (enum link_dir)t->o.send_dir);
     t->n_slots = t->o.queue_frames;
     t->slots = calloc((size_t)t->n_slots, sizeof *t->slots);
@@ -551,7 +554,6 @@ transport *transport_connect(const char *host, int port, const transport_opts *o
                 strerror(last));
         return NULL;
     }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK); /* I/O uses MSG_DONTWAIT + poll explicitly */
     transport *t = transport_new(fd, o, err, errlen);
     if (!t || !t->ssl) return t;
     const char *name = host ? host : "localhost";
