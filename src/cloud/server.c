@@ -4,6 +4,7 @@
  * Every wait is sliced into SLICE_MS pieces so that server_stop, which only sets a flag, is seen promptly. */
 #include "cloud/server.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -49,6 +50,7 @@ struct cloud_server {
     pthread_mutex_t mu;        /* guards the fields below */
     conn *conns;
     int n_conns, next_conn;
+    int active;                /* connection threads still serving */
     uint32_t next_session;
     server_stats st;
     transport_budget budget;   /* shared by every connection */
@@ -564,6 +566,12 @@ static void *conn_main(void *arg) {
             clock_now_ms() - v.t0, v.end);
     transport_free(c->t);
     c->t = NULL;
+    pthread_mutex_lock(&s->mu);
+    int idle = --s->active == 0;
+    pthread_mutex_unlock(&s->mu);
+    /* the last connection is gone: hand what the allocator keeps in its per-thread arenas back to the system,
+     * so an idle cloud returns to its idle footprint after a burst (make soak checks it) */
+    if (idle) malloc_trim(0);
     atomic_store(&c->done, 1);
     return NULL;
 }
@@ -687,7 +695,9 @@ static void serve_new(cloud_server *s, transport *t) {
         c->t_accept = clock_now_ms();
         snprintf(c->addr, sizeof c->addr, "%s", addr);
         atomic_init(&c->done, 0);
-        if (pthread_create(&c->thread, NULL, conn_main, c) == 0) {
+        s->active++;
+        if (pthread_create(&c->thread, NULL, conn_main, c) != 0) s->active--;
+        else {
             c->next = s->conns;
             s->conns = c;
             s->n_conns++;

@@ -166,56 +166,48 @@ static int tls_error(char *err, size_t errlen, const char *what) {
     return err_set(err, errlen, DUET_EIO, "transport: TLS %s: %s", what, buf);
 }
 
+/* One non-blocking SSL_read or SSL_write under the I/O lock: > 0 bytes; 0 nothing now (*ev: what to wait
+ * for, either way round: TLS may need to write to read); < 0 an error, FRAME_E_TRUNCATED when the peer closed. */
+static ssize_t tls_io(transport *t, int out, uint8_t *p, size_t n, short *ev, char *err, size_t errlen) {
+    int len = n > INT32_MAX ? INT32_MAX : (int)n;
+    pthread_mutex_lock(&t->io_mu);
+    ERR_clear_error();
+    errno = 0;
+    int r = out ? SSL_write(t->ssl, p, len) : SSL_read(t->ssl, p, len);
+    int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+    int saved = errno;
+    pthread_mutex_unlock(&t->io_mu);
+    if (r > 0) return r;
+    if (e == SSL_ERROR_WANT_READ) return *ev = POLLIN, 0;
+    if (e == SSL_ERROR_WANT_WRITE) return *ev = POLLOUT, 0;
+    if (!out && (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && saved == 0)))
+        return err_set(err, errlen, FRAME_E_TRUNCATED, "transport: peer closed the connection");
+    errno = saved;
+    return tls_error(err, errlen, out ? "write" : "read");
+}
+
 /* One non-blocking read: > 0 bytes; 0 nothing now (*ev: what to wait for); < 0 an error, FRAME_E_TRUNCATED
  * when the peer closed. */
 static ssize_t io_read(transport *t, uint8_t *p, size_t n, short *ev, char *err, size_t errlen) {
+    if (t->ssl) return tls_io(t, 0, p, n, ev, err, errlen);
     for (;;) {
-        if (!t->ssl) {
-            ssize_t r = recv(t->fd, p, n, MSG_DONTWAIT);
-            if (r > 0) return r;
-            if (r == 0) return err_set(err, errlen, FRAME_E_TRUNCATED, "transport: peer closed the connection");
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return *ev = POLLIN, 0;
-            return err_set(err, errlen, DUET_EIO, "transport: recv: %s", strerror(errno));
-        }
-        pthread_mutex_lock(&t->io_mu);
-        ERR_clear_error();
-        errno = 0;
-        int r = SSL_read(t->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
-        int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
-        int saved = errno;
-        pthread_mutex_unlock(&t->io_mu);
+        ssize_t r = recv(t->fd, p, n, MSG_DONTWAIT);
         if (r > 0) return r;
-        if (e == SSL_ERROR_WANT_READ) return *ev = POLLIN, 0;
-        if (e == SSL_ERROR_WANT_WRITE) return *ev = POLLOUT, 0;
-        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && saved == 0))
-            return err_set(err, errlen, FRAME_E_TRUNCATED, "transport: peer closed the connection");
-        errno = saved;
-        return tls_error(err, errlen, "read");
+        if (r == 0) return err_set(err, errlen, FRAME_E_TRUNCATED, "transport: peer closed the connection");
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return *ev = POLLIN, 0;
+        return err_set(err, errlen, DUET_EIO, "transport: recv: %s", strerror(errno));
     }
 }
 
 static ssize_t io_write(transport *t, const uint8_t *p, size_t n, short *ev, char *err, size_t errlen) {
+    if (t->ssl) return tls_io(t, 1, (uint8_t *)p, n, ev, err, errlen);
     for (;;) {
-        if (!t->ssl) {
-            ssize_t w = send(t->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (w > 0) return w;
-            if (w < 0 && errno == EINTR) continue;
-            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return *ev = POLLOUT, 0;
-            return err_set(err, errlen, DUET_EIO, "transport: send: %s", strerror(w < 0 ? errno : EPIPE));
-        }
-        pthread_mutex_lock(&t->io_mu);
-        ERR_clear_error();
-        errno = 0;
-        int w = SSL_write(t->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
-        int e = w > 0 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, w);
-        int saved = errno;
-        pthread_mutex_unlock(&t->io_mu);
+        ssize_t w = send(t->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) return w;
-        if (e == SSL_ERROR_WANT_WRITE) return *ev = POLLOUT, 0;
-        if (e == SSL_ERROR_WANT_READ) return *ev = POLLIN, 0;
-        errno = saved;
-        return tls_error(err, errlen, "write");
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return *ev = POLLOUT, 0;
+        return err_set(err, errlen, DUET_EIO, "transport: send: %s", strerror(w < 0 ? errno : EPIPE));
     }
 }
 
