@@ -1179,8 +1179,9 @@ TEST(test_server_memory_budget) {
 }
 
 /* server_stop ends every connection promptly whatever its client does: silent in the handshake, trickling a
- * frame, never reading its huge answers. Every timeout is a minute here, so only the stop flag can explain a
- * prompt end; the bound asserted is loose on purpose (the CLI's 2 s is checked in `make soak`). */
+ * frame, never reading its huge answers. The idle and handshake timeouts are a minute and a frame in progress
+ * may take 10 s, so only the stop flag in every wait explains a prompt end; the 5 s bound is loose on purpose
+ * (it takes ~0.1-0.4 s; the CLI's 2 s is checked by `make soak`). */
 TEST(test_server_stop_is_prompt_whatever_clients_do) {
     server_opts o = server_opts_default();
     o.idle_timeout_ms = o.handshake_timeout_ms = 60000;
@@ -1214,7 +1215,7 @@ TEST(test_server_stop_is_prompt_whatever_clients_do) {
     server_free(f.srv);
     double ms = clock_now_ms() - t0;
     f.srv = NULL;
-    CHECK_MSG(ms < 20000, "the stop took %.0f ms", ms);
+    CHECK_MSG(ms < 5000, "the stop took %.0f ms", ms); /* without the stop flag in every wait: 10 s (io timeout) */
     CHECK(fx_log_has(&f, "ended: shutdown", NULL));
     shutdown(k.fd, SHUT_RDWR);
     pthread_join(th, NULL);
