@@ -140,13 +140,15 @@ static int send_failed(serve *v, const char *e) {
     return -1;
 }
 
+static int stop_session(serve *v);
+
 /* A send the transport refused (a budget or link limit, a frame it cannot encode) still gets its ERROR; one
  * that failed on the socket (DUET_EIO) cannot. */
 static int send_msg(serve *v, const frame_msg *m) {
     char e[256];
     int rc = transport_send(v->t, m, e, sizeof e);
     if (!rc) return 0;
-    if (rc == DUET_EIO) return send_failed(v, e);
+    if (rc == DUET_EIO) return atomic_load(&v->srv->stop) ? stop_session(v) : send_failed(v, e); /* cancelled */
     return fail(v, rc < 0 ? rc : FRAME_E_INTERNAL, "cannot send %s: %s", frame_type_name(m->type), e);
 }
 
@@ -203,8 +205,6 @@ static int hello_check(const cloud_server *s, const frame_hello *w, char *e, siz
                        w->encodings, FRAME_ENC_ALL);
     return 0;
 }
-
-static int stop_session(serve *v);
 
 /* Equal tokens, in time that depends on neither token: both are hashed, and the digests compared whole. */
 static int token_equal(const uint8_t *a, size_t an, const uint8_t *b, size_t bn) {

@@ -655,7 +655,7 @@ int transport_send(transport *t, const frame_msg *m, char *err, size_t errlen) {
     pthread_mutex_lock(&t->send_mu);
     /* The emulated delivery time first: a frame the link would deliver too late is refused before it costs
      * anything (an emulated 1 bit/s link must not pin memory and a thread for days). */
-    link_pipe pipe = t->pipe;
+    link_pipe pipe = t->pipe; /* a copy: the estimate must not move the real pipe */
     double deliver = link_pipe_push(&pipe, clock_now_ms(), need, NULL);
     if (t->o.max_backlog_ms > 0 && m->type != FRAME_ERROR && deliver - clock_now_ms() > t->o.max_backlog_ms) {
         pthread_mutex_unlock(&t->send_mu);
@@ -705,7 +705,8 @@ int transport_send(transport *t, const frame_msg *m, char *err, size_t errlen) {
         s->charged = charge;
         s->len = need;
         s->off = 0;
-        t->pipe = pipe;
+        /* handed over now that it is encoded (the estimate above only guarded the backlog limit) */
+        deliver = link_pipe_push(&t->pipe, clock_now_ms(), need, NULL);
         s->deliver_ms = deliver;
         t->send_seq++;
     }
