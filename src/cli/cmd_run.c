@@ -56,10 +56,9 @@ static const char *USAGE =
     "      --calib FILE       ee: exit translators from `duet calibrate` (maps (E+1):L of this model),\n"
     "                         e.g. models/stories260K-calib.gguf; default: the head reads the exit as is\n"
     "      --standalone       ee: no cloud at all; the E2 exit always emits\n"
-    "      --reconnect-ms MS  ee: after losing the cloud, try again after MS, doubling up to 30 s; meanwhile\n"
-    "                         the E2 exit emits. 0: stay standalone (default 1000)\n"
-    "      --cloud-timeout MS ee: the longest wait for the cloud (connect, handshake, an answer); past it the\n"
-    "                         cloud counts as lost (default 5000)\n"
+    "      --reconnect-ms MS  ee: after losing the cloud (closed, silent past --cloud-timeout, or answering\n"
+    "                         garbage), the E2 exit emits and the device tries again after MS, doubling up\n"
+    "                         to 30 s. 0: stay standalone (default 1000). ee ignores --fallback\n"
     "      --no-background-upload  ee: send the hidden states with each cloud request instead of as soon as\n"
     "                         they exist (the paper's ablation)\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
@@ -97,7 +96,7 @@ static int lookup(const char *v, const char **names, int n) {
 
 int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
-    int mode = -1, split = -1, compare = 0, cloud_timeout = 5000;
+    int mode = -1, split = -1, compare = 0;
     ee_opts eo = ee_opts_default();
     const char *ee_flag = NULL, *calib_path = NULL;
     float slowdown = 1;
@@ -163,9 +162,6 @@ int cmd_run(int argc, char **argv) {
                 ee_flag = a;
             } else if (!strcmp(a, "--reconnect-ms")) {
                 bad = args_int("run", a, v, 0, 3600000, &eo.reconnect_ms);
-                ee_flag = a;
-            } else if (!strcmp(a, "--cloud-timeout")) {
-                bad = args_int("run", a, v, 1, 3600000, &cloud_timeout);
                 ee_flag = a;
             } else if (!strcmp(a, "--cloud-threads")) {
                 bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
@@ -263,7 +259,6 @@ int cmd_run(int argc, char **argv) {
         eo.calib = cal;
         eo.sampling = s;
         eo.remote = ro;
-        eo.remote.timeout_ms = cloud_timeout;
         eo.log = log_warning;
     }
     if (mode != RUN_DEVICE && mode != RUN_EE && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
