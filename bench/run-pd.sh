@@ -19,7 +19,7 @@ OUT=docs/results
 mkdir -p "$DIR" "$OUT"
 f="$DIR/mid-q8_0.gguf"
 [ -f "$f" ] || "$BUILD/duet" synth --shape mid --type q8_0 -o "$f"
-command -v gnuplot >/dev/null || { echo "bench-pd: gnuplot is missing (sh scripts/install-deps.sh)" >&2; exit 1; }
+command -v gnuplot >/dev/null || { echo "bench-pd: gnuplot is missing (sh scripts/install-deps.sh bench)" >&2; exit 1; }
 cpu=$(lscpu | grep 'Model name' | sed 's/.*: *//')
 t0=$(date -u +%s)
 echo "bench-pd: $cpu, $(nproc) cores; mid q8_0, slowdowns $SLOWDOWNS, link $LINK, prompts $PROMPTS, $TOKENS tokens"

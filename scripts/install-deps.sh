@@ -1,13 +1,18 @@
 #!/bin/sh
-# Installs the Debian packages duet needs to build and test (gcc, make; clang for `make fuzz`; gnuplot for the
-# benchmarks' plots).
+# Installs the Debian packages duet needs to build and test (gcc, make; clang for `make fuzz`;
+# libpcre2-dev for the byte-level BPE pre-tokenizer regexes, which need Unicode classes and lookahead;
+# libssl-dev for the cloud's TLS 1.3, and the openssl tool with which the tests make their certificates).
+# `install-deps.sh bench` adds gnuplot-nox, which draws the benchmarks' plots.
 # Does nothing when they are already there, so it is cheap to run before every build.
 set -e
 need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v clang >/dev/null 2>&1 || need="$need clang"
-command -v gnuplot >/dev/null 2>&1 || need="$need gnuplot-nox" # the PNG plots of make bench-pd
+[ -f /usr/include/pcre2.h ] || need="$need libpcre2-dev"
+[ -f /usr/include/openssl/ssl.h ] || need="$need libssl-dev"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+[ "${1:-}" = bench ] && ! command -v gnuplot >/dev/null 2>&1 && need="$need gnuplot-nox"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing:$need; run as root or: sudo apt-get install$need" >&2
