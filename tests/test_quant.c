@@ -463,6 +463,68 @@ TEST(test_quant_gemm_scalar_matches_dequantized_math) {
     }
 }
 
+/* Repacked layouts (quant_repack): at every ISA, every output of every call shape (row groups 1..3, columns 1..7,
+ * any column offset) equals the scalar reference on the matrix as the file has it, bit for bit; so batch
+ * invariance holds, and a repacked model computes what a plain one does under the scalar kernels. Lengths
+ * include an odd Q4_0 block count and TinyLlama's ffn (5632). */
+TEST(test_quant_repacked_equals_plain_reference) {
+    static const int types[] = {DUET_TYPE_Q4_0, DUET_TYPE_Q4_K};
+    static const int ns[] = {256, 800 - 32, 5632};
+    enum { NR = 24, NX = 7 };
+    for (int ti = 0; ti < 2; ti++)
+        for (int ni = 0; ni < 3; ni++) {
+            const int type = types[ti], n = type == DUET_TYPE_Q4_K && ni == 1 ? 768 : ns[ni];
+            const int rt = QUANT_REPACK8 | type;
+            rng_seed(500 + 10 * type + ni);
+            gemm_case g;
+            REQUIRE(case_make(&g, type, n, NR, NX) == 0);
+            unsigned char *wr = malloc(g.ws * NR);
+            REQUIRE(wr);
+            memcpy(wr, g.w, g.ws * NR);
+            REQUIRE(quant_repack(type, wr, NR, n) == 0);
+            CHECK(memcmp(wr, g.w, g.ws * NR) != 0); /* the layout did change */
+            float ref[NX][NR], got[NX][NR + 8];
+            quant_gemm(QUANT_ISA_SCALAR, type, n, g.w, g.ws, NR, g.x, g.xs, NX, &ref[0][0], NR);
+            for (int isa = QUANT_ISA_SCALAR; isa <= quant_isa_best(); isa++)
+                for (int g0 = 0; g0 < NR; g0 += 8)
+                    for (int nr = 8; g0 + nr <= NR; nr += 8)
+                        for (int j0 = 0; j0 < NX; j0 += 3)
+                            for (int nx = 1; j0 + nx <= NX; nx++) {
+                                memset(got, 0x7f, sizeof got);
+                                quant_gemm(isa, rt, n, wr + g0 * g.ws, g.ws, nr, g.x + j0 * g.xs, g.xs, nx, &got[0][0], NR + 8);
+                                for (int j = 0; j < nx; j++) {
+                                    for (int i = 0; i < nr; i++)
+                                        CHECK_MSG(!memcmp(&got[j][i], &ref[j0 + j][g0 + i], sizeof(float)),
+                                                  "%s x8 %s n=%d rows %d+%d cols %d+%d: y[%d][%d] = %.9g, plain scalar %.9g",
+                                                  quant_traits_get(type)->name, quant_isa_name(isa), n, g0, nr, j0, nx,
+                                                  j, i, got[j][i], ref[j0 + j][g0 + i]);
+                                    for (int i = nr; i < NR + 8; i++) CHECK(got[j][i] > 1e38f); /* untouched */
+                                }
+                                if (test_failed_now()) goto next;
+                            }
+        next:
+            free(wr);
+            case_free(&g);
+        }
+}
+
+/* Which matrices get a repacked layout, and that no GGUF type number can name one. */
+TEST(test_quant_repack_rules) {
+    static unsigned char buf[8 * 18];
+    CHECK(quant_traits_get(QUANT_REPACK8 | DUET_TYPE_Q4_0) == NULL);
+    CHECK_EQ_INT(quant_base_type(QUANT_REPACK8 | DUET_TYPE_Q4_K), DUET_TYPE_Q4_K);
+    CHECK_EQ_INT(quant_base_type(DUET_TYPE_Q8_0), DUET_TYPE_Q8_0);
+    const bool simd = quant_isa_best() >= QUANT_ISA_AVX2;
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_0, 16, 2048), simd ? (QUANT_REPACK8 | DUET_TYPE_Q4_0) : DUET_TYPE_Q4_0);
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_K, 8, 256), simd ? (QUANT_REPACK8 | DUET_TYPE_Q4_K) : DUET_TYPE_Q4_K);
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_0, 12, 2048), DUET_TYPE_Q4_0); /* rows not in groups of 8 */
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q8_0, 16, 2048), DUET_TYPE_Q8_0); /* no layout for the type */
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_0, 8, 1 << 30), DUET_TYPE_Q4_0); /* too long for the aux terms */
+    CHECK_EQ_INT(quant_repack(DUET_TYPE_Q4_0, buf, 4, 32), DUET_EINVAL);
+    CHECK_EQ_INT(quant_repack(DUET_TYPE_F32, buf, 8, 4), DUET_EINVAL);
+    CHECK_EQ_INT(quant_repack(DUET_TYPE_Q4_0, buf, 8, 32), 0);
+}
+
 /* DUET_ISA lowers the level, never raises it. */
 /* Attention's weighted sum of value rows: every ISA within the float bound of the exact sum (each ISA
  * adds in order of p, but SIMD uses FMA), on lengths that leave tails of every size; no write past o[n]. */

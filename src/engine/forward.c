@@ -98,7 +98,7 @@ static void matmul_n(duet_ctx *c, int n_w, const model_mat *const *w, const floa
     double work = 0;
     int rows = 0;
     for (int i = 0; i < n_w; i++) {
-        const quant_traits *tr = quant_traits_get(w[i]->type);
+        const quant_traits *tr = quant_traits_get(quant_base_type(w[i]->type));
         mm_task *k = &j.task[i];
         k->w = w[i];
         k->y = y[i];

@@ -426,6 +426,15 @@ static int copy_part(duet_model *m, const char *path, model_mat **mats, int n, c
                            errno ? strerror(errno) : "file shorter than its tensors");
         }
         mats[i]->data = block + off;
+        /* our own copy can take the layout the batch kernels read fastest (not the embedding: rows are looked up) */
+        const int rt = quant_repack_type(mats[i]->type, mats[i]->rows, mats[i]->cols);
+        if (mats[i] != &m->embd && rt != mats[i]->type) {
+            if (quant_repack(mats[i]->type, block + off, mats[i]->rows, mats[i]->cols)) {
+                close(fd);
+                return err_set(err, errlen, DUET_ENOMEM, "out of memory repacking weights");
+            }
+            mats[i]->type = rt;
+        }
         off += (mat_bytes(mats[i]) + 63) & ~(size_t)63;
     }
     close(fd);

@@ -453,6 +453,39 @@ static float dot_q6_K(int n, const void *vw, const void *vx) {
     return s;
 }
 
+/* ---- repacked layouts (quant.h): where byte `byte` of row r's block lands in its group's 8-block unit ------- */
+
+/* Q4_0 x 8: per block, the 8 rows' d (16 bytes), then the quants as 4 chunks of 8 rows x 4 bytes (so a 32-byte
+ * load is 4 quant bytes of every row). Q4_K x 8: per super-block, the 8 d, the 8 dmin, then the 12 scale bytes
+ * (the 32-bit words q4k_unpack_scales reads) and the 128 quant bytes, both as chunks of 8 rows x 4 bytes. */
+static inline int r8_head(int type) { return type == DUET_TYPE_Q4_0 ? 2 : 4; } /* bytes of fp16 scales */
+static size_t r8_offset(int type, int r, int byte) {
+    const int hb = r8_head(type);
+    if (byte < hb) return (size_t)(16 * (byte / 2) + 2 * r + byte % 2);
+    const int j = byte - hb;
+    return (size_t)(8 * hb + 32 * (j / 4) + 4 * r + j % 4);
+}
+
+/* Row r's block b of the group at g, as the file has it, into out. */
+static void r8_block(int type, const uint8_t *g, int b, int r, uint8_t *out) {
+    const size_t bb = traits[type].block_bytes;
+    for (int k = 0; k < (int)bb; k++) out[k] = g[(size_t)b * 8 * bb + r8_offset(type, r, k)];
+}
+
+/* The scalar reference on a repacked group: block by block through the file type's dot product, whose
+ * one-block result is 0 + that block's term, so the sum is the plain reference's, bit for bit. */
+static float dot_r8(int type, int n, const uint8_t *g, int r, const uint8_t *x) {
+    const int bl = traits[type].block, nb = n / bl;
+    const size_t xb = traits[traits[type].act_type].block_bytes;
+    uint8_t blk[sizeof(block_q4_K)];
+    float s = 0;
+    for (int b = 0; b < nb; b++) {
+        r8_block(type, g, b, r, blk);
+        s += type == DUET_TYPE_Q4_0 ? dot_q4_0(bl, blk, x + (size_t)b * xb) : dot_q4_K(bl, blk, x + (size_t)b * xb);
+    }
+    return s;
+}
+
 /* o[n] = sum over p < nv of a[p] * v[p][.], each element summed in order of p. */
 static void wsum_scalar(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
     for (int i = 0; i < n; i++) o[i] = 0;
@@ -758,6 +791,165 @@ GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 4, 2, 4, AVX2_FN)
 GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 4, 2, 1, AVX2_FN)
 GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 4, 2, 1, AVX2_FN)
 GEMM_DRIVER(gemm_q6_K_avx2, q6_K_tile_avx2, 4, 2, 4, AVX2_FN)
+
+/* ---- AVX2 kernels of the repacked layouts: 8 rows per 256-bit vector, one row per 32-bit lane ---------- */
+
+/* Four quant bytes of an activation row at p, in every 32-bit lane. */
+AVX2_INL __m256i bcast4_avx2(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* Q4_0 x 8 rows by C columns of Q8_0. Per block and column: vpmaddubsw of unsigned nibbles by 4 broadcast
+ * activation bytes (eight 4-element steps summed in int16: at most 8 * 2 * 15 * 128 = 30720), vpmaddwd to
+ * int32, then the -8 * sum(x) of the nibbles' offset (bias, precomputed per column and block): lane r holds
+ * row r's exact block sum. Then the reference's float steps, in its order: s += isum * (d_w * d_x). */
+AVX2_INL void q4_0x8_tile_avx2(const int C, int nb, const uint8_t *g, const uint8_t *x, size_t xs,
+                               const int32_t *bias, float *y, size_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    UNROLL for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q4_0)) {
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
+        __m256i q[8]; /* q[k]: elements 4k..4k+3 of each row (k < 4: low nibbles, else high) */
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * k));
+            q[k] = _mm256_and_si256(v, m4);
+            q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        UNROLL for (int c = 0; c < C; c++) {
+            const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
+            __m256i s16 = _mm256_maddubs_epi16(q[0], bcast4_avx2(bx->qs));
+            UNROLL for (int k = 1; k < 8; k++)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[k], bcast4_avx2(bx->qs + 4 * k)));
+            const __m256i is = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(bias[c * nb + b]));
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(h2f_avx2(bx->d)));
+            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(is), d));
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, acc[c]);
+}
+
+/* vpshufb control that makes each 32-bit lane the int16 pair (byte b0, byte b1) of that lane. */
+AVX2_INL __m256i pair_ctrl_avx2(int b0, int b1, __m256i lane) {
+    return _mm256_add_epi8(_mm256_set1_epi32((int)((uint32_t)b0 | 0x8000u | (uint32_t)b1 << 16 | 0x80000000u)), lane);
+}
+
+/* Q4_K x 8 rows by C columns of Q8_K. Per 64-element chunk: nibbles by broadcast activation bytes summed in
+ * int16 per sub-block (as for Q4_0), then vpmaddwd by that sub-block's scale of each row; the mins term by
+ * vpmaddwd of each row's mins (pairs) and the activation's 32-element sums (pairs, precomputed per column and
+ * super-block in bp); then kq_block's float steps per lane. Exact integer sums: bit-identical to the reference. */
+AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint8_t *x, size_t xs,
+                               const int32_t *bp, float *y, size_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), lo6 = _mm256_set1_epi8(0x3F), lo2 = _mm256_set1_epi8(3);
+    /* byte offset of each 32-bit lane inside its 128-bit half, for vpshufb controls */
+    const __m256i lane = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                          0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    __m256 sum[4];
+    UNROLL for (int c = 0; c < C; c++) sum[c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q4_K)) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(g + 32)), bm = _mm256_loadu_si256((const __m256i *)(g + 64));
+        const __m256i cm = _mm256_loadu_si256((const __m256i *)(g + 96));
+        /* q4k_unpack_scales on 8 rows at once: bytes 0-3 of a lane are scales (mins) 0-3, of the _hi word 4-7 */
+        const __m256i sc_lo = _mm256_and_si256(a, lo6), m_lo = _mm256_and_si256(bm, lo6);
+        const __m256i sc_hi = _mm256_or_si256(_mm256_and_si256(cm, m4),
+                                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(a, 6), lo2), 4));
+        const __m256i m_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(cm, 4), m4),
+                                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(bm, 6), lo2), 4));
+        __m256i isum[4], msum[4];
+        UNROLL for (int c = 0; c < C; c++) isum[c] = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 4; k++) {
+            __m256i sl[4], sh[4];
+            const uint8_t *qk = g + 128 + 256 * k;
+            UNROLL for (int e = 0; e < 8; e++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(qk + 32 * e));
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const int8_t *xq = ((const block_q8_K *)(x + c * xs) + b)->qs + 64 * k + 4 * e;
+                    const __m256i pl = _mm256_maddubs_epi16(lo, bcast4_avx2(xq));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, bcast4_avx2(xq + 32));
+                    sl[c] = e ? _mm256_add_epi16(sl[c], pl) : pl;
+                    sh[c] = e ? _mm256_add_epi16(sh[c], ph) : ph;
+                }
+            }
+            /* scale of sub-block 2k (2k+1) of each row as an int16 pair per lane */
+            const __m256i src = k < 2 ? sc_lo : sc_hi;
+            const int j = 2 * (k & 1);
+            const __m256i scl = _mm256_shuffle_epi8(src, pair_ctrl_avx2(j, j, lane));
+            const __m256i sch = _mm256_shuffle_epi8(src, pair_ctrl_avx2(j + 1, j + 1, lane));
+            UNROLL for (int c = 0; c < C; c++)
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(_mm256_madd_epi16(sl[c], scl), _mm256_madd_epi16(sh[c], sch)));
+        }
+        UNROLL for (int i = 0; i < 4; i++) { /* mins 2i, 2i+1 of each row as an int16 pair per lane */
+            const int j = 2 * (i & 1);
+            const __m256i mp = _mm256_shuffle_epi8(i < 2 ? m_lo : m_hi, pair_ctrl_avx2(j, j + 1, lane));
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m256i t = _mm256_madd_epi16(mp, _mm256_set1_epi32(bp[(c * nb + b) * 4 + i]));
+                msum[c] = i ? _mm256_add_epi32(msum[c], t) : t;
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
+        const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16)));
+        UNROLL for (int c = 0; c < C; c++) {
+            const __m256 dx = _mm256_set1_ps(((const block_q8_K *)(x + c * xs) + b)->d);
+            const __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[c])),
+                                           _mm256_mul_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(msum[c])));
+            sum[c] = _mm256_add_ps(sum[c], t);
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, sum[c]);
+}
+
+/* Per-column block terms the repacked tiles share, computed once per column block: Q4_0: -8 * sum of the
+ * block's 32 activations (one int32); Q4_K: the 8 sums of 32 activations (int16, from bsums) as 4 pairs. */
+#define R8_AUX_INTS 16384
+AVX2_INL int r8_aux_ints(int type) { return type == DUET_TYPE_Q4_0 ? 1 : 4; }
+
+AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int ncol, int32_t *aux) {
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int c = 0; c < ncol; c++)
+        for (int b = 0; b < nb; b++) {
+            if (type == DUET_TYPE_Q4_0) {
+                const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
+                const __m256i v = _mm256_loadu_si256((const __m256i *)bx->qs);
+                aux[c * nb + b] = -8 * hsum_i32_avx2(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
+            } else {
+                const block_q8_K *bx = (const block_q8_K *)(x + c * xs) + b;
+                const __m128i s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bx->bsums),
+                                                 _mm_loadu_si128((const __m128i *)(bx->bsums + 8)));
+                _mm_storeu_si128((__m128i *)(aux + (c * nb + b) * 4), s);
+            }
+        }
+}
+
+/* The driver of both: column blocks whose terms fit aux (and whose activations stay in L2), 8-row groups,
+ * then tiles of up to cmax columns. quant_repack_type guarantees nb * r8_aux_ints <= R8_AUX_INTS. */
+#define R8_TILE_CASES(tile) case 1: tile(1, nb, g, xt, xs, at, yt, ldy); break; \
+    case 2: tile(2, nb, g, xt, xs, at, yt, ldy); break; case 3: tile(3, nb, g, xt, xs, at, yt, ldy); break; \
+    case 4: tile(4, nb, g, xt, xs, at, yt, ldy); break;
+#define R8_DRIVER(name, type, tile, cmax)                                                                  \
+    AVX2_FN static void name(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx, \
+                             float *y, size_t ldy) {                                                        \
+        const int nb = n / traits[type].block, per = r8_aux_ints(type);                                    \
+        int32_t aux[R8_AUX_INTS];                                                                           \
+        int cb = col_block(xs, cmax);                                                                       \
+        if (cb > R8_AUX_INTS / (nb * per)) cb = R8_AUX_INTS / (nb * per);                                   \
+        for (int j0 = 0; j0 < nx; j0 += cb) {                                                               \
+            const int ncol = nx - j0 < cb ? nx - j0 : cb;                                                   \
+            r8_aux_avx2(type, nb, x + j0 * xs, xs, ncol, aux);                                              \
+            for (int i = 0; i < nr; i += 8)                                                                 \
+                for (int j = 0; j < ncol; j += cmax) {                                                      \
+                    const uint8_t *g = w + i * ws, *xt = x + (j0 + j) * xs;                                 \
+                    const int32_t *at = aux + j * nb * per;                                                 \
+                    float *yt = y + (j0 + j) * ldy + i;                                                     \
+                    switch (ncol - j < cmax ? ncol - j : cmax) { R8_TILE_CASES(tile) }                      \
+                }                                                                                           \
+        }                                                                                                   \
+    }
+
+R8_DRIVER(gemm_q4_0x8_avx2, DUET_TYPE_Q4_0, q4_0x8_tile_avx2, 4)
+R8_DRIVER(gemm_q4_Kx8_avx2, DUET_TYPE_Q4_K, q4_Kx8_tile_avx2, 4)
 
 /* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order). */
 AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
@@ -1124,6 +1316,12 @@ int quant_quantize_row(int type, const float *src, void *dst, int64_t n) {
 
 static void gemm_scalar(int type, int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs,
                         int nx, float *y, size_t ldy) {
+    if (type & QUANT_REPACK8) {
+        const int base = type & ~QUANT_REPACK8;
+        for (int j = 0; j < nx; j++)
+            for (int i = 0; i < nr; i++) y[j * ldy + i] = dot_r8(base, n, w + (i & ~7) * ws, i & 7, x + j * xs);
+        return;
+    }
     dot_fn *dot = dot_scalar(type);
     if (!dot) return; /* not a weight type: callers check traits->supported when they load a model */
     for (int j = 0; j < nx; j++)
@@ -1139,6 +1337,9 @@ static gemm_fn *gemm_simd(int isa, int type) {
         [DUET_TYPE_F32] = gemm_f32_avx512, [DUET_TYPE_F16] = gemm_f16_avx512, [DUET_TYPE_Q8_0] = gemm_q8_0_avx512,
         [DUET_TYPE_Q4_0] = gemm_q4_0_avx512, [DUET_TYPE_Q4_K] = gemm_q4_K_avx512, [DUET_TYPE_Q6_K] = gemm_q6_K_avx512,
     };
+    /* AVX-512 CPUs run the AVX2 kernels of the repacked layouts */
+    if (type == (QUANT_REPACK8 | DUET_TYPE_Q4_0)) return isa >= QUANT_ISA_AVX2 ? gemm_q4_0x8_avx2 : NULL;
+    if (type == (QUANT_REPACK8 | DUET_TYPE_Q4_K)) return isa >= QUANT_ISA_AVX2 ? gemm_q4_Kx8_avx2 : NULL;
     if (type < 0 || type > DUET_TYPE_Q6_K) return NULL;
     return isa == QUANT_ISA_AVX512 ? avx512[type] : isa == QUANT_ISA_AVX2 ? avx2[type] : NULL;
 }
@@ -1150,6 +1351,40 @@ void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr
         fn(n, w, w_stride, nr, x, x_stride, nx, y, ldy);
     else
         gemm_scalar(type, n, w, w_stride, nr, x, x_stride, nx, y, ldy);
+}
+
+int quant_base_type(int type) { return type & ~QUANT_REPACK8; }
+
+static bool r8_fits(int type, int rows, int cols) {
+    const bool layout = type == DUET_TYPE_Q4_0 || type == DUET_TYPE_Q4_K;
+    const int per = type == DUET_TYPE_Q4_0 ? 1 : 4; /* r8_aux_ints: a column's terms must fit the driver's aux */
+    return layout && rows > 0 && rows % 8 == 0 && cols > 0 && cols % traits[type].block == 0 &&
+           (int64_t)cols / traits[type].block * per <= R8_AUX_INTS;
+}
+
+int quant_repack_type(int type, int rows, int cols) {
+    return r8_fits(type, rows, cols) && quant_isa_best() >= QUANT_ISA_AVX2 ? QUANT_REPACK8 | type : type;
+}
+
+int quant_repack(int type, void *data, int rows, int cols) {
+    if (!r8_fits(type, rows, cols)) return DUET_EINVAL;
+    const size_t rb = quant_row_bytes(type, cols), bb = traits[type].block_bytes;
+    const int nb = cols / traits[type].block, hb = r8_head(type);
+    uint8_t *tmp = malloc(8 * rb); /* one group as the file has it */
+    if (!tmp) return DUET_ENOMEM;
+    for (int i = 0; i < rows; i += 8) {
+        uint8_t *g = (uint8_t *)data + (size_t)i * rb;
+        memcpy(tmp, g, 8 * rb);
+        for (int b = 0; b < nb; b++) /* r8_offset, a 2- or 4-byte piece at a time (load time is per GB) */
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *src = tmp + r * rb + (size_t)b * bb;
+                uint8_t *dst = g + (size_t)b * 8 * bb;
+                for (int k = 0; k < hb; k += 2) memcpy(dst + r8_offset(type, r, k), src + k, 2);
+                for (int k = hb; k < (int)bb; k += 4) memcpy(dst + r8_offset(type, r, k), src + k, 4);
+            }
+    }
+    free(tmp);
+    return 0;
 }
 
 void quant_wsum_f32(int isa, int n, int nv, const float *a, const float *v, size_t v_stride, float *o) {

@@ -48,6 +48,23 @@ const char *quant_isa_name(int isa);
 void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr,
                 const void *x, size_t x_stride, int nx, float *y, size_t ldy);
 
+/* Repacked layouts (weights in memory only, never in a file): a Q4_0 or Q4_K matrix whose rows come in groups of
+ * 8 can be rewritten so that each group's blocks are interleaved (block b of the 8 rows side by side, quants 4 bytes
+ * of a row at a time), which lets one vector load feed 8 rows and keeps each output's sum in one SIMD lane: the
+ * batch kernels then do a third of the work per product. Same bytes per row as the file's type; every output is
+ * summed in the scalar reference's order, so a repacked matrix gives bit for bit what quant_gemm(QUANT_ISA_SCALAR,
+ * file type) gives on the rows as the file has them, at every ISA. quant_gemm takes a repacked type like any other,
+ * with w at the first row of a group, nr a multiple of 8 and w_stride the row bytes. quant_traits_get refuses
+ * repacked types (a GGUF file cannot carry them); quant_base_type gives the file's type. */
+#define QUANT_REPACK8 0x100
+int quant_base_type(int type);
+/* The type a rows x cols matrix of `type` is best kept in for this CPU: QUANT_REPACK8 | type where a repacked
+ * layout exists, rows is a multiple of 8 and the CPU runs its kernel (AVX2); else type itself. */
+int quant_repack_type(int type, int rows, int cols);
+/* Rewrites the rows x cols matrix of `type` at data in place into the layout of QUANT_REPACK8 | type, whatever
+ * the CPU. 0 ok; DUET_EINVAL where no such layout exists (see quant_repack_type), DUET_ENOMEM: data untouched. */
+int quant_repack(int type, void *data, int rows, int cols);
+
 /* o[i] = sum over p < nv of a[p] * v[p][i] for i < n, rows of v v_stride bytes apart (attention's weighted
  * sum of values). Each o[i] is summed in order of p, so the result does not depend on which other outputs
  * were computed with it; isa picks the kernel as for quant_gemm. */
