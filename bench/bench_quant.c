@@ -4,6 +4,7 @@
  *           the figure is memory bandwidth, not cache bandwidth); also with 2 threads for the best ISA
  *   batch:  the same matrix times nx = 64 activation rows (prefill-like), GFLOP/s = 2 n nr nx / time
  *   memcpy: plain copy bandwidth of the same working-set size, as the ceiling to compare decode with.
+ * Q4_0 and Q4_K are measured twice: as in the file, and repacked (Q4_0x8, Q4_Kx8) as a loaded model holds them.
  * Usage: bench_quant [-n COLS] [-r ROWS] [type-name ...]   (default: 4096 x 4096, every supported weight type);
  * COLS a multiple of 256 (the K-quants' block), e.g. -n 2048 -r 5632 for TinyLlama's ffn matrices. */
 #include "base/clock.h"
@@ -58,7 +59,7 @@ static double timed_gemm(int nt, job j) {
     job part[8];
     double t0 = clock_now_ms();
     for (int t = 0; t < nt; t++) {
-        int a = j.nr * t / nt, b = j.nr * (t + 1) / nt;
+        int a = j.nr * t / nt / 8 * 8, b = t + 1 == nt ? j.nr : j.nr * (t + 1) / nt / 8 * 8; /* whole 8-row groups */
         part[t] = j;
         part[t].w = j.w + (size_t)a * j.ws;
         part[t].nr = b - a;
@@ -87,7 +88,8 @@ static double memcpy_gbs(void) {
     return 2.0 * half / median(t, 5) / 1e9; /* read + write */
 }
 
-static void bench_type(int type) {
+/* repack: the same matrix in its repacked layout (quant_repack), as a loaded model holds it */
+static void bench_type(int type, bool repack) {
     const quant_traits *tr = quant_traits_get(type), *at = quant_traits_get(tr->act_type);
     size_t ws = quant_row_bytes(type, N), xs = quant_row_bytes(tr->act_type, N), mat = ws * NR;
     int copies = (int)((WORKING_SET + mat - 1) / mat);
@@ -101,16 +103,17 @@ static void bench_type(int type) {
         for (int k = 0; k < N; k++) row[k] = 0.16f * frand();
         quant_quantize_row(type, row, w + (size_t)i * ws, N);
     }
+    if (repack && quant_repack(type, w, NR, N)) exit(1);
     for (int c = 1; c < copies; c++) memcpy(w + mat * (size_t)c, w, mat);
     for (int j = 0; j < NX_BATCH; j++) {
         for (int k = 0; k < N; k++) row[k] = 2 * frand();
         quant_quantize_row(tr->act_type, row, x + (size_t)j * xs, N);
     }
     const int best = quant_isa_best();
-    for (int isa = QUANT_ISA_SCALAR; isa <= best; isa++) {
+    for (int isa = repack ? QUANT_ISA_AVX2 : QUANT_ISA_SCALAR; isa <= best; isa++) {
         double t[16];
         int reps = isa == QUANT_ISA_SCALAR ? 3 : copies < 8 ? 8 : copies > 16 ? 16 : copies;
-        job j = {isa, type, NR, 1, ws, xs, w, x, y};
+        job j = {isa, repack ? QUANT_REPACK8 | type : type, NR, 1, ws, xs, w, x, y};
         for (int r = 0; r < reps; r++) {
             j.w = w + mat * (size_t)(r % copies);
             t[r] = timed_gemm(1, j);
@@ -129,7 +132,9 @@ static void bench_type(int type) {
         j.nr = isa == QUANT_ISA_SCALAR ? NR / 16 : NR;
         for (int r = 0; r < 3; r++) t[r] = timed_gemm(1, j);
         double gflops = 2.0 * N * j.nr * NX_BATCH / median(t, 3) / 1e9;
-        printf("%-5s x %-5s %-7s decode %6.1f GB/s 1t", tr->name, at->name, quant_isa_name(isa), dec1);
+        char name[16];
+        snprintf(name, sizeof name, "%s%s", tr->name, repack ? "x8" : "");
+        printf("%-6s x %-5s %-7s decode %6.1f GB/s 1t", name, at->name, quant_isa_name(isa), dec1);
         if (dec2 > 0)
             printf(", %6.1f GB/s 2t", dec2);
         else
@@ -159,7 +164,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         int pick = a >= argc;
         for (int k = a; k < argc; k++) pick |= !strcmp(argv[k], quant_traits_get(types[i])->name);
-        if (pick) bench_type(types[i]);
+        if (pick) bench_type(types[i], false);
+        if (pick && quant_repack_type(types[i], NR, N) != types[i]) bench_type(types[i], true);
     }
     return 0;
 }

@@ -307,6 +307,34 @@ TEST(test_convert_cli) {
 
 /* ---- synth ---------------------------------------------------------------------------------------- */
 
+/* synth's Q4_K_M gives every tensor the type llama.cpp's own quantizer gave it in the reference Q4_K_M file
+ * (same 4-layer llama layout: Q6_K for output, blk.2/3 attn_v and ffn_down), and llama.cpp's file type. */
+TEST(test_convert_synth_q4_k_m_is_llamacpp_mix) {
+    char a[256], err[512] = "";
+    tmp_path(a, sizeof a, "synth-q4km.gguf");
+    duet_config shape = *synth_shape("test");
+    shape.n_layers = 4;
+    REQUIRE_MSG(synth_write(&shape, LLAMA2C_Q4_K_M, 1, TOK, a, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    gguf *g = gguf_open(a, err, sizeof err), *ref = gguf_open(TEST_DATA "/quant/small-q4_k_m.gguf", err, sizeof err);
+    REQUIRE_MSG(g && ref, "%s", err);
+    CHECK_EQ_INT(gguf_n_tensors(g), gguf_n_tensors(ref));
+    int q6 = 0;
+    for (int i = 0; i < gguf_n_tensors(ref); i++) {
+        const gguf_tensor *r = gguf_tensor_at(ref, i), *t = gguf_find_tensor(g, r->name);
+        CHECK_MSG(t && t->type == r->type, "%s: synth type %d, llama.cpp %d", r->name, t ? t->type : -1, r->type);
+        q6 += r->type == DUET_TYPE_Q6_K;
+    }
+    CHECK_EQ_INT(q6, 5);
+    uint32_t ft = 0;
+    CHECK(gguf_get_u32(g, "general.file_type", &ft) == 0 && ft == 15);
+    gguf_close(g);
+    gguf_close(ref);
+    char args[512];
+    snprintf(args, sizeof args, "synth --shape test --layers 2 --type Q4_K_M -o %s", a); /* the CLI's name for it */
+    CHECK_EQ_INT(run_cli(args), 0);
+    remove(a);
+}
+
 TEST(test_convert_synth_shape_and_determinism) {
     char a[256], b[256], err[512] = "";
     tmp_path(a, sizeof a, "synth-a.gguf");

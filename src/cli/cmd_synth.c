@@ -1,6 +1,7 @@
 /* duet synth: a random-weight GGUF with a real model's shape, for timing at real scale. */
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -23,7 +24,9 @@ static const char *USAGE =
     "                                  biases, tied output, rope base 1e6, Qwen vocabulary (151936 tokens)\n"
     "                      qwen3-0.6b  Qwen3-0.6B: qwen3, dim 1024, 28 layers, 16 heads of 128, 8 kv heads, ffn 3072,\n"
     "                                  q/k norms, tied output, rope base 1e6, Qwen vocabulary\n"
-    "      --type TYPE     f32, f16, q8_0, q4_0, q4_k or q6_k for the 2-D matrices (norms are f32)\n"
+    "      --type TYPE     f32, f16, q8_0, q4_0, q4_k or q6_k for the 2-D matrices (norms are f32), or q4_k_m:\n"
+    "                      llama.cpp's Q4_K_M mix (Q4_K; Q6_K for output and, in llama.cpp's choice of\n"
+    "                      layers, attn_v and ffn_down)\n"
     "  -o, --output PATH   GGUF to write (replaced only once it is complete)\n"
     "      --seed N        random seed; the same seed gives the same file (default 1)\n"
     "      --vocab PATH    llama2.c tokenizer.bin, or a GGUF whose tokenizer the file carries (default: the\n"
@@ -82,9 +85,9 @@ int cmd_synth(int argc, char **argv) {
                         "qwen3-0.6b)\n", shape_name);
         return 2;
     }
-    int type = llama2c_type_parse(type_name);
+    int type = !strcasecmp(type_name, "q4_k_m") ? LLAMA2C_Q4_K_M : llama2c_type_parse(type_name);
     if (type < 0) {
-        fprintf(stderr, "duet synth: --type '%s' is not one of f32, f16, q8_0, q4_0, q4_k, q6_k\n", type_name);
+        fprintf(stderr, "duet synth: --type '%s' is not one of f32, f16, q8_0, q4_0, q4_k, q6_k, q4_k_m\n", type_name);
         return 2;
     }
     duet_config c = *shape;

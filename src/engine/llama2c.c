@@ -169,6 +169,7 @@ int llama2c_file_type(int type) {
     case DUET_TYPE_Q4_0: return 2;
     case DUET_TYPE_Q8_0: return 7;
     case DUET_TYPE_Q4_K: return 14; /* LLAMA_FTYPE_MOSTLY_Q4_K_S */
+    case LLAMA2C_Q4_K_M: return 15; /* LLAMA_FTYPE_MOSTLY_Q4_K_M */
     case DUET_TYPE_Q6_K: return 18;
     default: return -1;
     }

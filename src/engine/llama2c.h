@@ -24,7 +24,11 @@ int llama2c_add_vocab(gguf_writer *w, const char *tok_path, int n_vocab, int *n_
  * into its blocks, else F16 (F32 stays F32). */
 int llama2c_matrix_type(int type, long long ne0);
 
-/* The general.file_type (llama_ftype) that says "mostly `type`"; -1 for a type we do not write. */
+/* Not a tensor type: llama.cpp's Q4_K_M mix (Q4_K, with Q6_K where llama.cpp's quantizer puts it), for synth. */
+#define LLAMA2C_Q4_K_M 0x10C
+
+/* The general.file_type (llama_ftype) that says "mostly `type`" (or the mix LLAMA2C_Q4_K_M); -1 for a type we do
+ * not write. */
 int llama2c_file_type(int type);
 
 /* Adds general.architecture "llama", general.name, general.file_type (from c->weight_type) and the llama.*

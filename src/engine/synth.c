@@ -7,6 +7,7 @@
 #include "engine/synth.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,19 @@ static int copy_vocab(gguf_writer *w, const char *path, int *n_vocab, char *err,
     if (rc) return err_set(err, errlen, DUET_ENOMEM, "synth: cannot copy the vocabulary of %s", path);
     if (!n) return err_set(err, errlen, DUET_EFORMAT, "synth: %s has no tokenizer.ggml.tokens", path);
     return 0;
+}
+
+/* llama.cpp's use_more_bits (llama-quant.cpp): the layers whose attn_v and ffn_down Q4_K_M keeps in Q6_K, the
+ * first and last eighth and every third in between. */
+static bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+/* The type llama.cpp's Q4_K_M gives tensor `name` of layer `layer` (-1: not a layer's) of an n_layers model:
+ * the output matrix and the chosen layers' attn_v and ffn_down Q6_K, the rest (token_embd too) Q4_K. */
+static int q4_k_m_type(const char *name, int layer, int n_layers) {
+    if (!strcmp(name, "output.weight")) return DUET_TYPE_Q6_K;
+    if (layer >= 0 && (strstr(name, ".attn_v.") || strstr(name, ".ffn_down.")) && use_more_bits(layer, n_layers))
+        return DUET_TYPE_Q6_K;
+    return DUET_TYPE_Q4_K;
 }
 
 static inline uint64_t splitmix64(uint64_t *s) {
@@ -217,7 +231,10 @@ int synth_write_arch(const duet_config *shape, const synth_extra *xa, int type, 
     }
     for (int i = 0; i < k && !rc; i++) {
         x = &t[i];
-        x->type = x->n_dims == 1 ? DUET_TYPE_F32 : llama2c_matrix_type(type, x->ne0);
+        int layer = -1;
+        if (!strncmp(x->name, "blk.", 4)) layer = atoi(x->name + 4);
+        const int want = type == LLAMA2C_Q4_K_M ? q4_k_m_type(x->name, layer, c.n_layers) : type;
+        x->type = x->n_dims == 1 ? DUET_TYPE_F32 : llama2c_matrix_type(want, x->ne0);
         x->scratch = scratch;
         uint64_t s = seed ^ (0xd1b54a32d192ed03ull * (uint64_t)(i + 1));
         x->stream = splitmix64(&s);

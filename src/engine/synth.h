@@ -15,7 +15,7 @@
 const duet_config *synth_shape(const char *name);
 
 /* Writes a GGUF of shape c (its n_layers may be overridden by the caller) with 2-D weights in `type`
- * (llama2c_matrix_type), norms 1, and the vocabulary of the llama2.c tokenizer.bin at vocab_path. Matrix
+ * (llama2c_matrix_type; LLAMA2C_Q4_K_M: the types llama.cpp's quantizer gives each tensor for Q4_K_M), norms 1, and the vocabulary of the llama2.c tokenizer.bin at vocab_path. Matrix
  * weights are approximately N(0, sigma^2) with sigma = 1/sqrt(fan_in), and the two projections back into the
  * residual stream (attn_output, ffn_down) scaled by 1/sqrt(2 n_layers), so activations stay O(1) through
  * every layer. progress as in gguf_writer_write (may be NULL). */
