@@ -5,6 +5,7 @@
 #   make fuzz       libFuzzer targets in build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=60)
 #   make bench      engine speed (prefill/decode tok/s, bandwidth) on synthetic shapes
 #   make bench-compare   the rows of llama.cpp's reference table, medians of ROUNDS interleaved rounds
+#                        (LLAMA_BENCH=path/to/llama-bench runs llama.cpp live beside duet; ROWS=Q4 picks rows)
 #   make bench-cloud     one cloud serving 1..32 devices (TLS=1 or TLS=both: over TLS 1.3)
 #   make soak       SOAK_MIN minutes (10) of legitimate and hostile devices against one duet cloud process
 #   make bench-ee        CE-CoLLM's tables on stories260K -> docs/results/ee.md (+ PNG plots)

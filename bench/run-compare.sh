@@ -1,35 +1,34 @@
 #!/bin/sh
-# make bench-compare: duet on every row of llama.cpp's reference table (../shared/reference/llamacpp-bench.md),
-# ROUNDS rounds (default 3) with the rows interleaved so that a slow spell of this noisy VM hits every row
-# alike, then one markdown table: the median over rounds of each figure, llama.cpp's two reference runs,
-# and duet's median divided by the mean of those two. Every round is a bench_engine run (median of REPS
-# repetitions after a warm-up). JSON lines of every round go to $BUILD/bench-compare.jsonl.
+# make bench-compare: duet on every row of llama.cpp's reference table (bench/llamacpp-reference.md: llama-bench
+# with its weights in memory, -lm none), ROUNDS rounds (default 3) with the rows interleaved so that a slow spell
+# of this noisy VM hits every row alike, then one markdown table: the median over rounds of each figure, llama.cpp's,
+# and duet's over llama.cpp's. Every round is a bench_engine run (median of REPS repetitions after a warm-up).
+# LLAMA_BENCH=path/to/llama-bench runs llama.cpp live too (-lm none, same file, threads, prompt and generated
+# tokens, REPS repetitions) right after duet in every round, and its medians replace the reference figures.
+# ROWS=Q4 keeps the rows whose label contains Q4. JSON lines of every round go to $BUILD/bench-compare.jsonl.
 set -eu
 BUILD=${1:-build}
 ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-3}
 DIR=${DUET_BENCH_DIR:-bench/models}
+REF=${REF:-bench/llamacpp-reference.md}
 OUT=$BUILD/bench-compare.jsonl
+LB=${LLAMA_BENCH:-}
 mkdir -p "$DIR"
 : > "$OUT"
+if [ -n "$LB" ] && [ ! -x "$LB" ]; then
+    echo "bench-compare: LLAMA_BENCH=$LB is not an executable (the path of llama.cpp's llama-bench)" >&2
+    exit 2
+fi
 
-# The reference rows: label, model, prompt, generated, llama.cpp pp (run 1, run 2), tg (run 1, run 2), at 1 and
-# 2 threads. Figures copied from ../shared/reference/llamacpp-bench.md (llama-bench, commit 3f545becc).
-ROWS='stories260K+F32+(pp64/tg64)|models/stories260K.gguf|64|64|1|12100|11584|8841|8580
-stories260K+F32+(pp64/tg64)|models/stories260K.gguf|64|64|2|21665|17039|3400|3050
-mid+F32|mid-f32|128|32|1|250.8|249.7|30.1|30.0
-mid+F32|mid-f32|128|32|2|504.7|461.4|52.4|47.2
-TinyLlama+Q8_0|tinyllama-q8_0|128|32|1|57.6|53.6|16.6|13.4
-TinyLlama+Q8_0|tinyllama-q8_0|128|32|2|112.6|89.9|27.1|27.7
-TinyLlama+F16|tinyllama-f16|128|32|1|76.3|72.8|11.9|10.7
-TinyLlama+F16|tinyllama-f16|128|32|2|138.5|148.9|17.9|23.4
-Llama-3.2-1B+Q8_0|llama3.2-1b-q8_0|128|32|1|-|-|-|-
-Llama-3.2-1B+Q8_0|llama3.2-1b-q8_0|128|32|2|-|-|-|-
-Qwen2.5-0.5B+Q8_0|qwen2.5-0.5b-q8_0|128|32|1|-|-|-|-
-Qwen2.5-0.5B+Q8_0|qwen2.5-0.5b-q8_0|128|32|2|-|-|-|-
-Qwen3-0.6B+Q8_0|qwen3-0.6b-q8_0|128|32|1|-|-|-|-
-Qwen3-0.6B+Q8_0|qwen3-0.6b-q8_0|128|32|2|-|-|-|-'
-# The last six rows (duet synth's device shapes) have no llama.cpp figures in the reference table yet: "-".
+# label|model|pp|tg|threads|llama pp|llama tg, one line per table row of $REF (labels with '+' for spaces)
+ROWS_ALL=$(awk -F'|' 'NF >= 9 && $3 ~ /gguf|-/ && $4 ~ /^ *[0-9]+ *$/ {
+    for (i = 2; i <= 8; i++) gsub(/^ +| +$/, "", $i)
+    gsub(/ /, "+", $2)
+    print $2 "|" $3 "|" $4 "|" $5 "|" $6 "|" $7 "|" $8 }' "$REF")
+FILTER=${ROWS:-}
+ROWS=$(echo "$ROWS_ALL" | grep -F -- "$FILTER" || true)
+[ -n "$ROWS" ] || { echo "bench-compare: no row of $REF matches ROWS='$FILTER'" >&2; exit 2; }
 
 path_of() {
     case "$1" in
@@ -38,7 +37,7 @@ path_of() {
     esac
 }
 
-echo "$ROWS" | while IFS='|' read -r _ model _ _ _ _ _ _ _; do
+echo "$ROWS" | while IFS='|' read -r _ model _ _ _ _ _; do
     f=$(path_of "$model")
     if [ ! -f "$f" ]; then
         shape=${model%-*}
@@ -47,28 +46,45 @@ echo "$ROWS" | while IFS='|' read -r _ model _ _ _ _ _ _ _; do
     fi
 done
 
+# llama-bench's jsonl: one line per test, n_prompt > 0 for pp, n_gen > 0 for tg; avg_ts is its mean tokens/s
+llama_row() { # label round file threads pp tg
+    "$LB" -m "$3" -t "$4" -p "$5" -n "$6" -r "$REPS" -lm none -o jsonl 2>/dev/null | awk -v row="$1" -v r="$2" -v t="$4" '
+        { p = $0; sub(/.*"n_prompt": */, "", p); sub(/[^0-9].*/, "", p)
+          a = $0; sub(/.*"avg_ts": */, "", a); sub(/[^0-9.].*/, "", a)
+          if (p + 0 > 0) pp = a; else tg = a }
+        END { printf "{\"row\":\"%s\",\"round\":%s,\"bench\":\"llama.cpp\",\"threads\":%s,\"pp_tokens_per_s\":%s,\"tg_tokens_per_s\":%s}\n", row, r, t, pp + 0, tg + 0 }'
+}
+
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
     echo "round $r of $ROUNDS" >&2
-    echo "$ROWS" | while IFS='|' read -r label model pp tg t _ _ _ _; do
-        "$BUILD/bench/bench_engine" "$(path_of "$model")" -t "$t" -p "$pp" -n "$tg" -r "$REPS" --json |
+    echo "$ROWS" | while IFS='|' read -r label model pp tg t _ _; do
+        f=$(path_of "$model")
+        "$BUILD/bench/bench_engine" "$f" -t "$t" -p "$pp" -n "$tg" -r "$REPS" --json |
             sed "s|^{|{\"row\":\"$label\",\"round\":$r,|" >> "$OUT"
+        if [ -n "$LB" ]; then llama_row "$label" "$r" "$f" "$t" "$pp" "$tg" >> "$OUT"; fi
     done
     r=$((r + 1))
 done
 
 # median of the rounds for each (row, threads), next to llama.cpp's figures
+src="llama.cpp (bench/llamacpp-reference.md, -lm none)"
+[ -n "$LB" ] && src="llama.cpp (live, $LB -lm none)"
 echo "| model | threads | duet pp | llama.cpp pp | ratio | duet tg | llama.cpp tg | ratio |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-echo "$ROWS" | while IFS='|' read -r label _ _ _ t pp1 pp2 tg1 tg2; do
-    vals() { grep "\"row\":\"$label\"" "$OUT" | grep "\"threads\":$t," | sed "s/.*\"$1\":\([0-9.]*\).*/\1/" | sort -n; }
-    med() { vals "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-    pp=$(med pp_tokens_per_s)
-    tg=$(med tg_tokens_per_s)
-    echo "$label $t $pp $pp1 $pp2 $tg $tg1 $tg2" | awk '{
-        gsub(/\+/, " ", $1)
-        if ($4 == "-") { printf "| %s | %s | %.1f | - | - | %.1f | - | - |\n", $1, $2, $3, $6; next }
-        printf "| %s | %s | %.1f | %s / %s | %.2f | %.1f | %s / %s | %.2f |\n", $1, $2, $3, $4, $5, $3 / (($4 + $5) / 2), $6, $7, $8, $6 / (($7 + $8) / 2)
-    }'
+echo "$ROWS" | while IFS='|' read -r label _ _ _ t lpp ltg; do
+    vals() { grep "\"row\":\"$label\"" "$OUT" | grep "\"threads\":$t," | grep $2 '"bench":"llama.cpp"' |
+             sed "s/.*\"$1\":\([0-9.]*\).*/\1/" | sort -n; }
+    med() { vals "$1" "$2" | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+    pp=$(med pp_tokens_per_s -v)
+    tg=$(med tg_tokens_per_s -v)
+    if [ -n "$LB" ]; then
+        lpp=$(med pp_tokens_per_s "")
+        ltg=$(med tg_tokens_per_s "")
+    fi
+    echo "$label $t $pp $lpp $tg $ltg" | awk '
+        function ratio(a, b) { return (b == "-" || b + 0 == 0) ? "-" : sprintf("%.2f", a / b) }
+        { gsub(/\+/, " ", $1)
+          printf "| %s | %s | %.1f | %s | %s | %.1f | %s | %s |\n", $1, $2, $3, $4, ratio($3, $4), $5, $6, ratio($5, $6) }'
 done
-echo "rounds: $ROUNDS, each the median of $REPS repetitions; JSON lines: $OUT" >&2
+echo "rounds: $ROUNDS, each the median of $REPS repetitions; llama.cpp: $src; JSON lines: $OUT" >&2
