@@ -463,21 +463,24 @@ TEST(test_quant_gemm_scalar_matches_dequantized_math) {
     }
 }
 
-/* Repacked layouts (quant_repack): at every ISA, every output of every call shape (row groups 1..3, columns 1..7,
+/* Repacked layouts (quant_repack: Q4_0, Q4_K, Q6_K): at every ISA, every output of every call shape (row groups 1..3, columns 1..7,
  * any column offset) equals the scalar reference on the matrix as the file has it, bit for bit; so batch
  * invariance holds, and a repacked model computes what a plain one does under the scalar kernels. Lengths
  * include an odd Q4_0 block count and TinyLlama's ffn (5632). */
 TEST(test_quant_repacked_equals_plain_reference) {
-    static const int types[] = {DUET_TYPE_Q4_0, DUET_TYPE_Q4_K};
+    static const int types[] = {DUET_TYPE_Q4_0, DUET_TYPE_Q4_K, DUET_TYPE_Q6_K};
     static const int ns[] = {256, 800 - 32, 5632};
     enum { NR = 24, NX = 7 };
-    for (int ti = 0; ti < 2; ti++)
+    for (int ti = 0; ti < 3; ti++)
         for (int ni = 0; ni < 3; ni++) {
-            const int type = types[ti], n = type == DUET_TYPE_Q4_K && ni == 1 ? 768 : ns[ni];
+            const int type = types[ti], n = type != DUET_TYPE_Q4_0 && ni == 1 ? 768 : ns[ni];
             const int rt = QUANT_REPACK8 | type;
             rng_seed(500 + 10 * type + ni);
             gemm_case g;
             REQUIRE(case_make(&g, type, n, NR, NX) == 0);
+            if (type == DUET_TYPE_Q6_K) /* llama.cpp's Q6_K scales can be negative; ours are not: flip some */
+                for (size_t b = 0; b < g.ws * NR / 210; b++)
+                    for (int k = 0; k < 16; k += 3) g.w[210 * b + 192 + k] = (unsigned char)(-(signed char)g.w[210 * b + 192 + k]);
             unsigned char *wr = malloc(g.ws * NR);
             REQUIRE(wr);
             memcpy(wr, g.w, g.ws * NR);

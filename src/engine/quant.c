@@ -457,12 +457,15 @@ static float dot_q6_K(int n, const void *vw, const void *vx) {
 
 /* Q4_0 x 8: per block, the 8 rows' d (16 bytes), then the quants as 4 chunks of 8 rows x 4 bytes (so a 32-byte
  * load is 4 quant bytes of every row). Q4_K x 8: per super-block, the 8 d, the 8 dmin, then the 12 scale bytes
- * (the 32-bit words q4k_unpack_scales reads) and the 128 quant bytes, both as chunks of 8 rows x 4 bytes. */
-static inline int r8_head(int type) { return type == DUET_TYPE_Q4_0 ? 2 : 4; } /* bytes of fp16 scales */
+ * (the 32-bit words q4k_unpack_scales reads) and the 128 quant bytes, both as chunks of 8 rows x 4 bytes.
+ * Q6_K x 8: the 8 d, then ql, qh and scales (the block's first 208 bytes) as chunks of 8 rows x 4 bytes. */
+/* A block's fp16 scales (d; Q4_K: d, dmin): r8_head bytes from byte r8_head_at. The rest is its body. */
+static inline int r8_head(int type) { return type == DUET_TYPE_Q4_K ? 4 : 2; }
+static inline int r8_head_at(int type) { return type == DUET_TYPE_Q6_K ? (int)offsetof(block_q6_K, d) : 0; }
 static size_t r8_offset(int type, int r, int byte) {
-    const int hb = r8_head(type);
-    if (byte < hb) return (size_t)(16 * (byte / 2) + 2 * r + byte % 2);
-    const int j = byte - hb;
+    const int hb = r8_head(type), hs = r8_head_at(type);
+    if (byte >= hs && byte < hs + hb) return (size_t)(16 * ((byte - hs) / 2) + 2 * r + (byte - hs) % 2);
+    const int j = byte < hs ? byte : byte - hb;
     return (size_t)(8 * hb + 32 * (j / 4) + 4 * r + j % 4);
 }
 
@@ -477,11 +480,11 @@ static void r8_block(int type, const uint8_t *g, int b, int r, uint8_t *out) {
 static float dot_r8(int type, int n, const uint8_t *g, int r, const uint8_t *x) {
     const int bl = traits[type].block, nb = n / bl;
     const size_t xb = traits[traits[type].act_type].block_bytes;
-    uint8_t blk[sizeof(block_q4_K)];
+    uint8_t blk[sizeof(block_q6_K)];
     float s = 0;
     for (int b = 0; b < nb; b++) {
         r8_block(type, g, b, r, blk);
-        s += type == DUET_TYPE_Q4_0 ? dot_q4_0(bl, blk, x + (size_t)b * xb) : dot_q4_K(bl, blk, x + (size_t)b * xb);
+        s += (type == DUET_TYPE_Q4_0 ? dot_q4_0 : type == DUET_TYPE_Q4_K ? dot_q4_K : dot_q6_K)(bl, blk, x + (size_t)b * xb);
     }
     return s;
 }
@@ -901,16 +904,87 @@ AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
     UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, sum[c]);
 }
 
+/* vpshufb control that makes each 32-bit lane the int16 pair (byte b0 << 8, byte b1 << 8) of that lane; an
+ * arithmetic shift right by 8 then sign-extends the two bytes (Q6_K's scales are signed). */
+AVX2_INL __m256i pair_hi_ctrl_avx2(int b0, int b1, __m256i lane) {
+    return _mm256_add_epi8(_mm256_set1_epi32((int)(0x80u | (uint32_t)b0 << 8 | 0x800000u | (uint32_t)b1 << 24)), lane);
+}
+
+/* Q6_K x 8 rows by C columns of Q8_K. Per 32-element part: the 6-bit quants (0..63) of 8 rows, 4 elements per
+ * lane, by broadcast activation bytes; two steps summed in int16 (at most 2 * 2 * 63 * 128 = 32256), then
+ * vpmaddwd by the 16-element group's scale of each row (sign-extended). The -32 offset: 32 * sum over groups of
+ * scale times the activations' group sum (bsums pairs, read in place). Exact sums, then kq_block's float steps
+ * (dmin = 0) per lane: bit-identical to the reference. */
+AVX2_INL void q6_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint8_t *x, size_t xs,
+                               const int32_t *aux, float *y, size_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2h = _mm256_set1_epi8(0x30);
+    const __m256i lane = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                          0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 sum[4];
+    UNROLL for (int c = 0; c < C; c++) sum[c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q6_K)) {
+        const uint8_t *body = g + 16; /* 4-byte piece j of every row: body + 32 j */
+        __m256i sc[4]; /* scale bytes 4s..4s+3 of each row */
+        UNROLL for (int k = 0; k < 4; k++) sc[k] = _mm256_loadu_si256((const __m256i *)(body + 32 * (48 + k)));
+        const block_q8_K *bx[4];
+        __m256i isum[4];
+        UNROLL for (int c = 0; c < C; c++) {
+            bx[c] = (const block_q8_K *)(x + c * xs) + b;
+            isum[c] = _mm256_setzero_si256();
+        }
+        UNROLL for (int h = 0; h < 2; h++) UNROLL for (int p = 0; p < 4; p++) {
+            const int ga = 8 * h + 2 * p; /* groups ga (elements 0-15 of the part) and ga + 1 */
+            const __m256i sca = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[ga / 4], pair_hi_ctrl_avx2(ga % 4, ga % 4, lane)), 8);
+            const __m256i scb = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[ga / 4], pair_hi_ctrl_avx2(ga % 4 + 1, ga % 4 + 1, lane)), 8);
+            __m256i s16[4];
+            UNROLL for (int e = 0; e < 8; e++) {
+                const __m256i ql = _mm256_loadu_si256((const __m256i *)(body + 32 * (16 * h + 8 * (p & 1) + e)));
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(body + 32 * (32 + 8 * h + e)));
+                const __m256i lo = _mm256_and_si256(p & 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
+                const __m256i hs = p == 0 ? _mm256_slli_epi16(qh, 4) : p == 1 ? _mm256_slli_epi16(qh, 2) : p == 2 ? qh : _mm256_srli_epi16(qh, 2);
+                const __m256i q = _mm256_or_si256(lo, _mm256_and_si256(hs, m2h));
+                UNROLL for (int c = 0; c < C; c++) {
+                    const __m256i t = _mm256_maddubs_epi16(q, bcast4_avx2(bx[c]->qs + 128 * h + 32 * p + 4 * e));
+                    if (e & 1)
+                        isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_add_epi16(s16[c], t), e < 4 ? sca : scb));
+                    else
+                        s16[c] = t;
+                }
+            }
+        }
+        UNROLL for (int i = 0; i < 8; i++) { /* scales 2i, 2i+1 of each row by the group sums 2i, 2i+1 */
+            const __m256i sp = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[i / 2], pair_hi_ctrl_avx2(2 * (i & 1), 2 * (i & 1) + 1, lane)), 8);
+            UNROLL for (int c = 0; c < C; c++) {
+                int32_t pair;
+                memcpy(&pair, bx[c]->bsums + 2 * i, 4);
+                isum[c] = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(_mm256_madd_epi16(sp, _mm256_set1_epi32(pair)), 5));
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
+        UNROLL for (int c = 0; c < C; c++) {
+            const __m256 dx = _mm256_set1_ps(bx[c]->d);
+            const __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[c])),
+                                           _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero)); /* kq_block with dmin = 0 */
+            sum[c] = _mm256_add_ps(sum[c], t);
+        }
+    }
+    (void)aux;
+    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, sum[c]);
+}
+
 /* Per-column block terms the repacked tiles share, computed once per column block: Q4_0: -8 * sum of the
  * block's 32 activations (one int32); Q4_K: the 8 sums of 32 activations (int16, from bsums) as 4 pairs. */
 #define R8_AUX_INTS 16384
-AVX2_INL int r8_aux_ints(int type) { return type == DUET_TYPE_Q4_0 ? 1 : 4; }
+AVX2_INL int r8_aux_ints(int type) { return type == DUET_TYPE_Q4_0 ? 1 : type == DUET_TYPE_Q4_K ? 4 : 0; }
 
 AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int ncol, int32_t *aux) {
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     for (int c = 0; c < ncol; c++)
         for (int b = 0; b < nb; b++) {
-            if (type == DUET_TYPE_Q4_0) {
+            if (type == DUET_TYPE_Q6_K) {
+                return; /* reads its terms (bsums) in place */
+            } else if (type == DUET_TYPE_Q4_0) {
                 const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
                 const __m256i v = _mm256_loadu_si256((const __m256i *)bx->qs);
                 aux[c * nb + b] = -8 * hsum_i32_avx2(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
@@ -934,7 +1008,7 @@ AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int nco
         const int nb = n / traits[type].block, per = r8_aux_ints(type);                                    \
         int32_t aux[R8_AUX_INTS];                                                                           \
         int cb = col_block(xs, cmax);                                                                       \
-        if (cb > R8_AUX_INTS / (nb * per)) cb = R8_AUX_INTS / (nb * per);                                   \
+        if (per && cb > R8_AUX_INTS / (nb * per)) cb = R8_AUX_INTS / (nb * per);                                   \
         for (int j0 = 0; j0 < nx; j0 += cb) {                                                               \
             const int ncol = nx - j0 < cb ? nx - j0 : cb;                                                   \
             r8_aux_avx2(type, nb, x + j0 * xs, xs, ncol, aux);                                              \
@@ -950,6 +1024,7 @@ AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int nco
 
 R8_DRIVER(gemm_q4_0x8_avx2, DUET_TYPE_Q4_0, q4_0x8_tile_avx2, 4)
 R8_DRIVER(gemm_q4_Kx8_avx2, DUET_TYPE_Q4_K, q4_Kx8_tile_avx2, 4)
+R8_DRIVER(gemm_q6_Kx8_avx2, DUET_TYPE_Q6_K, q6_Kx8_tile_avx2, 4)
 
 /* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order). */
 AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
@@ -1340,6 +1415,7 @@ static gemm_fn *gemm_simd(int isa, int type) {
     /* AVX-512 CPUs run the AVX2 kernels of the repacked layouts */
     if (type == (QUANT_REPACK8 | DUET_TYPE_Q4_0)) return isa >= QUANT_ISA_AVX2 ? gemm_q4_0x8_avx2 : NULL;
     if (type == (QUANT_REPACK8 | DUET_TYPE_Q4_K)) return isa >= QUANT_ISA_AVX2 ? gemm_q4_Kx8_avx2 : NULL;
+    if (type == (QUANT_REPACK8 | DUET_TYPE_Q6_K)) return isa >= QUANT_ISA_AVX2 ? gemm_q6_Kx8_avx2 : NULL;
     if (type < 0 || type > DUET_TYPE_Q6_K) return NULL;
     return isa == QUANT_ISA_AVX512 ? avx512[type] : isa == QUANT_ISA_AVX2 ? avx2[type] : NULL;
 }
@@ -1356,8 +1432,8 @@ void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr
 int quant_base_type(int type) { return type & ~QUANT_REPACK8; }
 
 static bool r8_fits(int type, int rows, int cols) {
-    const bool layout = type == DUET_TYPE_Q4_0 || type == DUET_TYPE_Q4_K;
-    const int per = type == DUET_TYPE_Q4_0 ? 1 : 4; /* r8_aux_ints: a column's terms must fit the driver's aux */
+    const bool layout = type == DUET_TYPE_Q4_0 || type == DUET_TYPE_Q4_K || type == DUET_TYPE_Q6_K;
+    const int per = type == DUET_TYPE_Q4_0 ? 1 : type == DUET_TYPE_Q4_K ? 4 : 0; /* r8_aux_ints: must fit aux */
     return layout && rows > 0 && rows % 8 == 0 && cols > 0 && cols % traits[type].block == 0 &&
            (int64_t)cols / traits[type].block * per <= R8_AUX_INTS;
 }
@@ -1369,7 +1445,7 @@ int quant_repack_type(int type, int rows, int cols) {
 int quant_repack(int type, void *data, int rows, int cols) {
     if (!r8_fits(type, rows, cols)) return DUET_EINVAL;
     const size_t rb = quant_row_bytes(type, cols), bb = traits[type].block_bytes;
-    const int nb = cols / traits[type].block, hb = r8_head(type);
+    const int nb = cols / traits[type].block, hb = r8_head(type), hs = r8_head_at(type);
     uint8_t *tmp = malloc(8 * rb); /* one group as the file has it */
     if (!tmp) return DUET_ENOMEM;
     for (int i = 0; i < rows; i += 8) {
@@ -1379,8 +1455,11 @@ int quant_repack(int type, void *data, int rows, int cols) {
             for (int r = 0; r < 8; r++) {
                 const uint8_t *src = tmp + r * rb + (size_t)b * bb;
                 uint8_t *dst = g + (size_t)b * 8 * bb;
-                for (int k = 0; k < hb; k += 2) memcpy(dst + r8_offset(type, r, k), src + k, 2);
-                for (int k = hb; k < (int)bb; k += 4) memcpy(dst + r8_offset(type, r, k), src + k, 4);
+                for (int k = hs; k < hs + hb; k += 2) memcpy(dst + r8_offset(type, r, k), src + k, 2);
+                for (int j = 0; j < (int)bb - hb; j += 4) { /* the body: no 4-byte piece straddles the head */
+                    const int k = j < hs ? j : j + hb;
+                    memcpy(dst + r8_offset(type, r, k), src + k, 4);
+                }
             }
     }
     free(tmp);
