@@ -4,6 +4,8 @@
  * instead, the ceiling decode can approach.
  *
  * The weights are copied into memory at load, duet's default; --mmap reads them in place from the file.
+ * load_s is the time duet_model_load took (read, repack, lock); DUET_NO_REPACK=1 keeps Q4_0/Q4_K/Q6_K matrices in
+ * the file's layout, for before/after measurements of the repacked kernels and of load time.
  *
  *   bench_engine MODEL [-t THREADS] [-p 128] [-n 32] [-r 5] [--mmap] [--json]
  *   bench_engine --memcpy [-t THREADS]
@@ -87,7 +89,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_engine: no model given\n");
         return 2;
     }
+    const double load0 = clock_now_ms();
     duet_model *m = duet_model_load(path, NULL, load_flags, err, sizeof err);
+    const double load_s = (clock_now_ms() - load0) / 1e3;
     if (!m) {
         fprintf(stderr, "bench_engine: %s\n", err);
         return 1;
@@ -136,12 +140,14 @@ int main(int argc, char **argv) {
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     if (json)
         printf("{\"bench\":\"engine\",\"model\":\"%s\",\"threads\":%d,\"pp\":%d,\"pp_tokens_per_s\":%.2f,"
-               "\"tg\":%d,\"tg_tokens_per_s\":%.2f,\"weight_bytes\":%zu,\"decode_gb_per_s\":%.2f,\"locked\":%s,\"mmap\":%s}\n",
+               "\"tg\":%d,\"tg_tokens_per_s\":%.2f,\"weight_bytes\":%zu,\"decode_gb_per_s\":%.2f,\"locked\":%s,\"mmap\":%s,"
+               "\"load_s\":%.3f,\"load_s_per_gb\":%.3f}\n",
                name, threads, n_prompt, pp_med, n_gen, tg_med, duet_model_weight_bytes(m), gbs,
-               duet_model_locked(m) ? "true" : "false", load_flags & DUET_LOAD_MMAP ? "true" : "false");
+               duet_model_locked(m) ? "true" : "false", load_flags & DUET_LOAD_MMAP ? "true" : "false", load_s,
+               load_s / (duet_model_weight_bytes(m) / 1e9));
     else
-        printf("%-28s t=%d  pp%d %9.1f tok/s  tg%d %8.1f tok/s  decode %.1f GB/s (%.2f GB/token)%s%s\n", name, threads,
-               n_prompt, pp_med, n_gen, tg_med, gbs, duet_model_weight_bytes(m) / 1e9,
+        printf("%-28s t=%d  pp%d %9.1f tok/s  tg%d %8.1f tok/s  decode %.1f GB/s (%.2f GB/token)  load %.2f s%s%s\n",
+               name, threads, n_prompt, pp_med, n_gen, tg_med, gbs, duet_model_weight_bytes(m) / 1e9, load_s,
                duet_model_locked(m) ? "" : "  [weights not locked]", load_flags & DUET_LOAD_MMAP ? "  [mmap]" : "");
     duet_kv_free(kv);
     duet_ctx_free(ctx);

@@ -9,6 +9,7 @@
 #include "duet.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "engine/quant.h"
 #include "test.h"
 
 #define STORIES "models/stories260K.gguf"
@@ -266,6 +267,53 @@ TEST(test_forward_batch_equals_sequential) {
         check_batch_vs_sequential(path, pool); /* and threads change nothing either */
     }
     duet_pool_free(pool);
+}
+
+/* Repacked weights (quant_repack, done at load on AVX2 machines: Q4_0, Q4_K, Q6_K) change the layout, not the
+ * result. On llama.cpp's Q4_0, Q4_K_M and Q6_K files, repacked logits equal bit for bit those of the file's layout
+ * (DUET_NO_REPACK) under the scalar kernels, and under the best kernels for the K-quants (whose kernels all sum in
+ * the reference's order); Q4_0's plain SIMD kernel reassociates its float sums, so there the two agree to rounding. */
+TEST(test_forward_repacked_equals_plain) {
+    static const char *files[] = {"small-q4_0.gguf", "small-q4_k_m.gguf", "small-q6_k.gguf"};
+    if (quant_isa_best() < QUANT_ISA_AVX2) {
+        printf("    (skipped: no repacking without AVX2)\n");
+        return;
+    }
+    const char *old_isa = getenv("DUET_ISA");
+    int ids[] = {1, 403, 407, 94, 263, 217};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char path[256];
+        snprintf(path, sizeof path, TEST_DATA "/quant/%s", files[i]);
+        duet_model *fast = load(path, NULL);
+        setenv("DUET_NO_REPACK", "1", 1);
+        duet_model *plain = load(path, NULL);
+        unsetenv("DUET_NO_REPACK");
+        REQUIRE(fast && plain);
+        CHECK_MSG(fast->layers[0].wq.type & QUANT_REPACK8, "%s: layer 0's wq was not repacked", files[i]);
+        CHECK(!(plain->layers[0].wq.type & QUANT_REPACK8));
+        CHECK(!(fast->embd.type & QUANT_REPACK8)); /* looked up by rows */
+        const size_t n = 6 * (size_t)duet_model_config(fast)->vocab_size;
+        for (int scalar = 0; scalar < 2; scalar++) {
+            if (scalar) setenv("DUET_ISA", "scalar", 1);
+            float *a = logits_batch(fast, ids, 6, NULL), *b = logits_batch(plain, ids, 6, NULL);
+            if (old_isa) setenv("DUET_ISA", old_isa, 1);
+            else unsetenv("DUET_ISA");
+            if (a && b && (scalar || i > 0)) {
+                CHECK_MSG(!memcmp(a, b, sizeof(float) * n), "%s%s", files[i], scalar ? " (scalar)" : "");
+            } else if (a && b) {
+                float worst = 0, top = 0;
+                for (size_t k = 0; k < n; k++) {
+                    worst = fmaxf(worst, fabsf(a[k] - b[k]));
+                    top = fmaxf(top, fabsf(b[k]));
+                }
+                CHECK_MSG(worst <= 1e-4f * top, "%s: logits differ by %g (largest %g)", files[i], worst, top);
+            }
+            free(a);
+            free(b);
+        }
+        duet_model_free(fast);
+        duet_model_free(plain);
+    }
 }
 
 TEST(test_forward_kv_truncate_then_regenerate) {

@@ -417,6 +417,7 @@ static int copy_part(duet_model *m, const char *path, model_mat **mats, int n, c
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_set(err, errlen, DUET_EIO, "cannot reopen to read weights: %s", strerror(errno));
     const bool tied = m->out.data && m->out.data == m->embd.data;
+    const bool no_repack = getenv("DUET_NO_REPACK") != NULL; /* the file's layout, for A/B measurements */
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         const size_t at = (size_t)((const uint8_t *)mats[i]->data - base);
@@ -428,7 +429,7 @@ static int copy_part(duet_model *m, const char *path, model_mat **mats, int n, c
         mats[i]->data = block + off;
         /* our own copy can take the layout the batch kernels read fastest (not the embedding: rows are looked up) */
         const int rt = quant_repack_type(mats[i]->type, mats[i]->rows, mats[i]->cols);
-        if (mats[i] != &m->embd && rt != mats[i]->type) {
+        if (mats[i] != &m->embd && rt != mats[i]->type && !no_repack) {
             if (quant_repack(mats[i]->type, block + off, mats[i]->rows, mats[i]->cols)) {
                 close(fd);
                 return err_set(err, errlen, DUET_ENOMEM, "out of memory repacking weights");

@@ -806,10 +806,11 @@ AVX2_INL __m256i bcast4_avx2(const int8_t *p) {
 
 /* Q4_0 x 8 rows by C columns of Q8_0. Per block and column: vpmaddubsw of unsigned nibbles by 4 broadcast
  * activation bytes (eight 4-element steps summed in int16: at most 8 * 2 * 15 * 128 = 30720), vpmaddwd to
- * int32, then the -8 * sum(x) of the nibbles' offset (bias, precomputed per column and block): lane r holds
- * row r's exact block sum. Then the reference's float steps, in its order: s += isum * (d_w * d_x). */
+ * int32, then the -8 * sum(x) of the nibbles' offset (precomputed per column and block in aux, with d_x as a
+ * float): lane r holds row r's exact block sum. Then the reference's float steps, in its order:
+ * s += isum * (d_w * d_x). */
 AVX2_INL void q4_0x8_tile_avx2(const int C, int nb, const uint8_t *g, const uint8_t *x, size_t xs,
-                               const int32_t *bias, float *y, size_t ldy) {
+                               const int32_t *aux, float *y, size_t ldy) {
     const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);
     __m256 acc[4];
     UNROLL for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
@@ -826,8 +827,9 @@ AVX2_INL void q4_0x8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
             __m256i s16 = _mm256_maddubs_epi16(q[0], bcast4_avx2(bx->qs));
             UNROLL for (int k = 1; k < 8; k++)
                 s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[k], bcast4_avx2(bx->qs + 4 * k)));
-            const __m256i is = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(bias[c * nb + b]));
-            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(h2f_avx2(bx->d)));
+            const int32_t *ab = aux + 2 * (c * nb + b); /* -8 * sum(x), d_x as float bits */
+            const __m256i is = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(ab[0]));
+            const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss((const float *)(ab + 1)));
             acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(is), d));
         }
     }
@@ -974,9 +976,9 @@ AVX2_INL void q6_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
 }
 
 /* Per-column block terms the repacked tiles share, computed once per column block: Q4_0: -8 * sum of the
- * block's 32 activations (one int32); Q4_K: the 8 sums of 32 activations (int16, from bsums) as 4 pairs. */
+ * block's 32 activations (int32) and its d as a float; Q4_K: the 8 sums of 32 activations (int16, from bsums) as 4 pairs. */
 #define R8_AUX_INTS 16384
-AVX2_INL int r8_aux_ints(int type) { return type == DUET_TYPE_Q4_0 ? 1 : type == DUET_TYPE_Q4_K ? 4 : 0; }
+AVX2_INL int r8_aux_ints(int type) { return type == DUET_TYPE_Q4_0 ? 2 : type == DUET_TYPE_Q4_K ? 4 : 0; }
 
 AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int ncol, int32_t *aux) {
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
@@ -987,7 +989,9 @@ AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int nco
             } else if (type == DUET_TYPE_Q4_0) {
                 const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
                 const __m256i v = _mm256_loadu_si256((const __m256i *)bx->qs);
-                aux[c * nb + b] = -8 * hsum_i32_avx2(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
+                aux[2 * (c * nb + b)] = -8 * hsum_i32_avx2(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
+                const float dx = h2f_avx2(bx->d);
+                memcpy(&aux[2 * (c * nb + b) + 1], &dx, 4);
             } else {
                 const block_q8_K *bx = (const block_q8_K *)(x + c * xs) + b;
                 const __m128i s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bx->bsums),
@@ -1022,9 +1026,12 @@ AVX2_INL void r8_aux_avx2(int type, int nb, const uint8_t *x, size_t xs, int nco
         }                                                                                                   \
     }
 
-R8_DRIVER(gemm_q4_0x8_avx2, DUET_TYPE_Q4_0, q4_0x8_tile_avx2, 4)
-R8_DRIVER(gemm_q4_Kx8_avx2, DUET_TYPE_Q4_K, q4_Kx8_tile_avx2, 4)
-R8_DRIVER(gemm_q6_Kx8_avx2, DUET_TYPE_Q6_K, q6_Kx8_tile_avx2, 4)
+#ifndef R8_COLS
+#define R8_COLS 4 /* columns per tile (<= 4) */
+#endif
+R8_DRIVER(gemm_q4_0x8_avx2, DUET_TYPE_Q4_0, q4_0x8_tile_avx2, R8_COLS)
+R8_DRIVER(gemm_q4_Kx8_avx2, DUET_TYPE_Q4_K, q4_Kx8_tile_avx2, R8_COLS)
+R8_DRIVER(gemm_q6_Kx8_avx2, DUET_TYPE_Q6_K, q6_Kx8_tile_avx2, R8_COLS)
 
 /* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order). */
 AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
@@ -1433,7 +1440,7 @@ int quant_base_type(int type) { return type & ~QUANT_REPACK8; }
 
 static bool r8_fits(int type, int rows, int cols) {
     const bool layout = type == DUET_TYPE_Q4_0 || type == DUET_TYPE_Q4_K || type == DUET_TYPE_Q6_K;
-    const int per = type == DUET_TYPE_Q4_0 ? 1 : type == DUET_TYPE_Q4_K ? 4 : 0; /* r8_aux_ints: must fit aux */
+    const int per = type == DUET_TYPE_Q4_0 ? 2 : type == DUET_TYPE_Q4_K ? 4 : 0; /* r8_aux_ints: must fit aux */
     return layout && rows > 0 && rows % 8 == 0 && cols > 0 && cols % traits[type].block == 0 &&
            (int64_t)cols / traits[type].block * per <= R8_AUX_INTS;
 }
@@ -1446,20 +1453,26 @@ int quant_repack(int type, void *data, int rows, int cols) {
     if (!r8_fits(type, rows, cols)) return DUET_EINVAL;
     const size_t rb = quant_row_bytes(type, cols), bb = traits[type].block_bytes;
     const int nb = cols / traits[type].block, hb = r8_head(type), hs = r8_head_at(type);
+    /* r8_offset of row 0 for each 2-byte piece of the head and 4-byte piece of the body (row r: + 2r, + 4r):
+     * looked up per piece, not per byte, because load time is per GB */
+    int head[2], nbody = 0;
+    struct { int from, to; } body[sizeof(block_q6_K) / 4];
+    for (int k = 0; k < hb / 2; k++) head[k] = (int)r8_offset(type, 0, hs + 2 * k);
+    for (int j = 0; j < (int)bb - hb; j += 4, nbody++) { /* no 4-byte piece straddles the head */
+        body[nbody].from = j < hs ? j : j + hb;
+        body[nbody].to = (int)r8_offset(type, 0, body[nbody].from);
+    }
     uint8_t *tmp = malloc(8 * rb); /* one group as the file has it */
     if (!tmp) return DUET_ENOMEM;
     for (int i = 0; i < rows; i += 8) {
         uint8_t *g = (uint8_t *)data + (size_t)i * rb;
         memcpy(tmp, g, 8 * rb);
-        for (int b = 0; b < nb; b++) /* r8_offset, a 2- or 4-byte piece at a time (load time is per GB) */
+        for (int b = 0; b < nb; b++)
             for (int r = 0; r < 8; r++) {
                 const uint8_t *src = tmp + r * rb + (size_t)b * bb;
                 uint8_t *dst = g + (size_t)b * 8 * bb;
-                for (int k = hs; k < hs + hb; k += 2) memcpy(dst + r8_offset(type, r, k), src + k, 2);
-                for (int j = 0; j < (int)bb - hb; j += 4) { /* the body: no 4-byte piece straddles the head */
-                    const int k = j < hs ? j : j + hb;
-                    memcpy(dst + r8_offset(type, r, k), src + k, 4);
-                }
+                for (int k = 0; k < hb / 2; k++) memcpy(dst + 2 * r + head[k], src + hs + 2 * k, 2);
+                for (int k = 0; k < nbody; k++) memcpy(dst + 4 * r + body[k].to, src + body[k].from, 4);
             }
     }
     free(tmp);
