@@ -307,14 +307,22 @@ TEST(test_convert_cli) {
 
 /* ---- synth ---------------------------------------------------------------------------------------- */
 
+/* Writes the "test" shape with n_layers layers of `type` to a temp file named name (path into a); false on error. */
+static bool synth_test_file(char *a, size_t alen, const char *name, int n_layers, int type, uint64_t seed) {
+    char err[512] = "";
+    tmp_path(a, alen, name);
+    duet_config shape = *synth_shape("test");
+    shape.n_layers = n_layers;
+    int rc = synth_write(&shape, type, seed, TOK, a, NULL, NULL, err, sizeof err);
+    if (rc) test_fail(__FILE__, __LINE__, "synth: %s", err);
+    return rc == 0;
+}
+
 /* synth's Q4_K_M gives every tensor the type llama.cpp's own quantizer gave it in the reference Q4_K_M file
  * (same 4-layer llama layout: Q6_K for output, blk.2/3 attn_v and ffn_down), and llama.cpp's file type. */
 TEST(test_convert_synth_q4_k_m_is_llamacpp_mix) {
     char a[256], err[512] = "";
-    tmp_path(a, sizeof a, "synth-q4km.gguf");
-    duet_config shape = *synth_shape("test");
-    shape.n_layers = 4;
-    REQUIRE_MSG(synth_write(&shape, LLAMA2C_Q4_K_M, 1, TOK, a, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    REQUIRE(synth_test_file(a, sizeof a, "synth-q4km.gguf", 4, LLAMA2C_Q4_K_M, 1));
     gguf *g = gguf_open(a, err, sizeof err), *ref = gguf_open(TEST_DATA "/quant/small-q4_k_m.gguf", err, sizeof err);
     REQUIRE_MSG(g && ref, "%s", err);
     CHECK_EQ_INT(gguf_n_tensors(g), gguf_n_tensors(ref));
@@ -408,10 +416,7 @@ TEST(test_convert_synth_weight_scale) {
 /* The engine runs a synthetic model through every layer to finite, non-degenerate logits. */
 TEST(test_convert_synth_runs_finite) {
     char a[256], err[512] = "";
-    tmp_path(a, sizeof a, "synth-run.gguf");
-    duet_config shape = *synth_shape("test");
-    shape.n_layers = 8;
-    REQUIRE_MSG(synth_write(&shape, DUET_TYPE_Q8_0, 3, TOK, a, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    REQUIRE(synth_test_file(a, sizeof a, "synth-run.gguf", 8, DUET_TYPE_Q8_0, 3));
     duet_model *m = duet_model_load(a, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
     const duet_config *c = duet_model_config(m);
