@@ -27,7 +27,7 @@ ROWS_ALL=$(awk -F'|' 'NF >= 9 && $3 ~ /gguf|-/ && $4 ~ /^ *[0-9]+ *$/ {
     gsub(/ /, "+", $2)
     print $2 "|" $3 "|" $4 "|" $5 "|" $6 "|" $7 "|" $8 }' "$REF")
 FILTER=${ROWS:-}
-ROWS=$(echo "$ROWS_ALL" | grep -F -- "$FILTER" || true)
+ROWS=$(echo "$ROWS_ALL" | grep -F -- "$(echo "$FILTER" | tr ' ' '+')" || true)
 [ -n "$ROWS" ] || { echo "bench-compare: no row of $REF matches ROWS='$FILTER'" >&2; exit 2; }
 
 path_of() {
