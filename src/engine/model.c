@@ -417,7 +417,9 @@ static int copy_part(duet_model *m, const char *path, model_mat **mats, int n, c
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_set(err, errlen, DUET_EIO, "cannot reopen to read weights: %s", strerror(errno));
     const bool tied = m->out.data && m->out.data == m->embd.data;
-    const bool no_repack = getenv("DUET_NO_REPACK") != NULL; /* the file's layout, for A/B measurements */
+    /* DUET_NO_REPACK keeps the file's layout, for A/B measurements. The repacked kernels are AVX2 and were
+     * measured only on an AVX2 machine; where AVX-512 runs, its own kernels (measured against llama.cpp) stay. */
+    const bool no_repack = getenv("DUET_NO_REPACK") != NULL || quant_isa_best() >= QUANT_ISA_AVX512;
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         const size_t at = (size_t)((const uint8_t *)mats[i]->data - base);
