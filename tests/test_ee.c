@@ -368,7 +368,10 @@ static void kill_cloud(pid_t pid) {
 static void chaos_emit(void *arg, int id) {
     chaos *ch = arg;
     (void)id;
-    if (ch->seen == ch->kill_at && ch->sig == SIGSTOP) kill(ch->pid, SIGSTOP);
+    if (ch->seen == ch->kill_at && ch->sig == SIGSTOP) {
+        kill(ch->pid, SIGSTOP);
+        waitpid(ch->pid, NULL, WUNTRACED); /* a signal is delivered when the target next runs: wait till it has */
+    }
     else if (ch->seen == ch->kill_at) kill_cloud(ch->pid);
     if (ch->seen == ch->restart_at) ch->pid = start_cloud(ch->port);
     ch->seen++;
