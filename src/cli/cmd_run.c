@@ -7,10 +7,11 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/text.h"
+#include "modes/hat.h"
 #include "modes/mode.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|hat -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
     "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
     "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
@@ -18,10 +19,14 @@ static const char *USAGE =
     "  cloud   the prompt's tokens go up, the cloud runs every layer and streams the tokens down\n"
     "  split   this machine runs layers [0,A) and uploads each position's hidden state; the cloud runs [A,L)\n"
     "          and the head and sends each token down (one round trip per token)\n"
+    "  hat     U-shape: this machine runs the embedding, layers [0,A), layers [L-M,L) and the head; the cloud\n"
+    "          only the middle [A,L-M). Token ids never leave this machine: h_A goes up, h_(L-M) comes down.\n"
+    "          This machine drafts tokens (input layers -> adapter -> output layers -> head) and the cloud\n"
+    "          verifies a whole draft in one round trip (docs/HAT.md)\n"
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud or split (required)\n"
+    "  --mode MODE            device, cloud, split or hat (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -33,7 +38,16 @@ static const char *USAGE =
     "                         overrides like up=20mbit,down=50mbit,rtt=40ms,jitter=5ms (after a profile too)\n"
     "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
     "                         t ms, sleep (X-1)*t ms (default 1: none)\n"
-    "      --hidden-enc ENC   split mode: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --input-layers A   hat: layers [0,A) run here before the cloud (default 1; L/4 from 8 layers)\n"
+    "      --output-layers M  hat: layers [L-M,L) run here after the cloud (default as A); A + M < L\n"
+    "      --draft K|auto     hat: tokens drafted per round; 0 = U-shape without speculation (one round trip\n"
+    "                         per token); auto (default) picks k each round for the most expected tokens/s\n"
+    "                         from the measured acceptance, round trip and device speed\n"
+    "      --draft-max K      hat: the largest k --draft auto may pick (default 8)\n"
+    "      --chunk N|auto     hat: prompt chunk size; the chunks are pipelined (this machine computes the next\n"
+    "                         while the cloud computes one); 0 = the whole prompt at once; auto (default)\n"
+    "                         picks it from a cost model of prompt length, link and device/cloud speed\n"
+    "      --hidden-enc ENC   split and hat modes: hidden states travel as fp16 (default), fp32 or int8\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
     "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
@@ -55,8 +69,8 @@ static int usage_error(const char *msg) {
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT };
-static const char *MODES[] = {"device", "cloud", "split"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_HAT };
+static const char *MODES[] = {"device", "cloud", "split", "hat"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static int lookup(const char *v, const char **names, int n) {
@@ -67,7 +81,8 @@ static int lookup(const char *v, const char **names, int n) {
 
 int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
-    int mode = -1, split = -1, compare = 0;
+    int mode = -1, split = -1, compare = 0, hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
+    int hat_flag = 0; /* a hat-only flag was given */
     float slowdown = 1;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
@@ -88,9 +103,26 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 3)) < 0) return usage_error("--mode must be device, cloud or split");
+                if ((mode = lookup(v, MODES, 4)) < 0) return usage_error("--mode must be device, cloud, split or hat");
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
+            } else if (!strcmp(a, "--input-layers")) {
+                bad = args_int("run", a, v, 0, 1 << 20, &hat_a);
+                hat_flag = 1;
+            } else if (!strcmp(a, "--output-layers")) {
+                bad = args_int("run", a, v, 0, 1 << 20, &hat_m);
+                hat_flag = 1;
+            } else if (!strcmp(a, "--draft")) {
+                if (strcmp(v, "auto")) bad = args_int("run", a, v, 0, 64, &draft);
+                else draft = HAT_AUTO;
+                hat_flag = 1;
+            } else if (!strcmp(a, "--draft-max")) {
+                bad = args_int("run", a, v, 0, 64, &draft_max);
+                hat_flag = 1;
+            } else if (!strcmp(a, "--chunk")) {
+                if (strcmp(v, "auto")) bad = args_int("run", a, v, 0, 1 << 20, &chunk);
+                else chunk = HAT_AUTO;
+                hat_flag = 1;
             } else if (!strcmp(a, "--cloud")) {
                 ro.cloud = v;
             } else if (!strcmp(a, "--link")) {
@@ -112,9 +144,11 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|hat is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
+    if (hat_flag && mode != RUN_HAT)
+        return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
     if (link_parse(link_spec, &ro.link, err, sizeof err)) {
         fprintf(stderr, "duet run: --link: %s\n", err);
         return 2;
@@ -148,6 +182,23 @@ int cmd_run(int argc, char **argv) {
         status = 2;
         goto out;
     }
+    hat_opts ho = hat_opts_default(c->n_layers);
+    hat_costs hc = {0};
+    if (hat_a >= 0) ho.input_layers = hat_a;
+    if (hat_m >= 0) ho.output_layers = hat_m;
+    else if (hat_a >= 0) ho.output_layers = hat_a;
+    ho.draft = draft;
+    ho.draft_max = draft_max;
+    ho.chunk = chunk;
+    int hat_b = c->n_layers - ho.output_layers;
+    if (mode == RUN_HAT && (ho.input_layers < 1 || ho.output_layers < 1 || ho.input_layers + ho.output_layers >= c->n_layers)) {
+        fprintf(stderr,
+                "duet run: --input-layers %d --output-layers %d leave no layer for the cloud: this model has %d layers, "
+                "so A >= 1, M >= 1 and A + M <= %d\n",
+                ho.input_layers, ho.output_layers, c->n_layers, c->n_layers - 1);
+        status = 2;
+        goto out;
+    }
     const duet_tokenizer *tok = duet_model_tokenizer(meta, err, sizeof err);
     if (!tok || !(pool = duet_pool_init(threads, err, sizeof err))) goto fail;
     int n_prompt;
@@ -159,8 +210,16 @@ int cmd_run(int argc, char **argv) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
         if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
     }
-    if (mode != RUN_DEVICE && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
-                                          mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
+    if (mode == RUN_HAT) {
+        duet_part part = {.n_spans = 2, .span = {{0, ho.input_layers}, {hat_b, c->n_layers}}, .embed = true, .head = true};
+        if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
+        if (remote_open_range(&r, dev, &ro, FRAME_MODE_HAT, ho.input_layers, hat_b, n_prompt + n_tokens, &s, err,
+                              sizeof err) ||
+            hat_probe(dev, pool, &r, &ho, &hc, err, sizeof err))
+            goto fail;
+    } else if (mode != RUN_DEVICE &&
+               remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
 
     cli_text o = {tok, json ? stderr : stdout, false};
@@ -168,6 +227,7 @@ int cmd_run(int argc, char **argv) {
     metrics_start(&mt, MODES[mode]);
     int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+             : mode == RUN_HAT   ? mode_hat_run(dev, pool, &r, &ho, &hc, &rq, cli_text_emit, &o, &mt, err, sizeof err)
                                  : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
     fflush(o.f);
@@ -177,11 +237,16 @@ int cmd_run(int argc, char **argv) {
     char where[128] = "";
     if (mode == RUN_CLOUD) snprintf(where, sizeof where, " over link %.64s", link_spec);
     if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
+    if (mode == RUN_HAT)
+        snprintf(where, sizeof where, " with cloud layers [%d,%d) over link %.64s", ho.input_layers, hat_b, link_spec);
     fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
                     "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
             (unsigned long long)mt.bytes_up, (unsigned long long)mt.bytes_down, (unsigned long long)mt.round_trips,
             mt.device_compute_ms, mt.cloud_compute_ms, mt.comm_wait_ms);
+    if (mode == RUN_HAT && mt.rounds)
+        fprintf(stderr, "; %llu rounds, %.2f drafted and %.2f accepted per round", (unsigned long long)mt.rounds,
+                (double)mt.drafted / mt.rounds, (double)mt.accepted / mt.rounds);
     if (compare) fprintf(stderr, "; vs device-only: exact %.4f, ROUGE-L F1 %.4f", mt.exact_match_rate, mt.rouge_l_f1);
     fputc('\n', stderr);
     if (json) metrics_print_json(&mt, stdout);
