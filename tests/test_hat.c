@@ -322,3 +322,221 @@ TEST(test_hat_privacy_only_hidden_states_cross) {
     metrics_free(&mt);
     rig_free(&g);
 }
+
+/* ---- round trips ---- */
+
+/* U-shape is one round trip per token; drafting needs fewer than tokens on every reference prompt. */
+TEST(test_hat_fewer_round_trips_than_tokens) {
+    char err[512];
+    hcase c[MAX_CASES];
+    REQUIRE(read_cases(c) == MAX_CASES);
+    rig g;
+    REQUIRE_MSG(rig_init(&g, 2, 1, err, sizeof err) == 0, "%s", err);
+    remote_opts ro = ropts(g.addr, FRAME_ENC_F16);
+    g.o.chunk = 0;
+    for (int i = 0; i < MAX_CASES; i++) {
+        mode_request rq = greedy(&c[i], c[i].n_out);
+        metrics mt;
+        g.o.draft = 0;
+        REQUIRE_MSG(run_hat(&g, &ro, 0, &rq, &mt, err, sizeof err) == 0, "%s", err);
+        CHECK_EQ_INT(mt.round_trips, mt.tokens);
+        CHECK_EQ_INT(mt.cloud_requests, mt.tokens);
+        metrics_free(&mt);
+        g.o.draft = HAT_AUTO;
+        REQUIRE_MSG(run_hat(&g, &ro, 1, &rq, &mt, err, sizeof err) == 0, "%s", err);
+        CHECK_MSG(mt.round_trips < (uint64_t)mt.tokens, "prompt %d: %llu round trips for %d tokens", i,
+                  (unsigned long long)mt.round_trips, mt.tokens);
+        CHECK_EQ_INT(mt.round_trips, mt.rounds + 1); /* the prompt, then one per round */
+        CHECK(mt.accepted > 0);
+        metrics_free(&mt);
+    }
+    rig_free(&g);
+}
+
+/* ---- sampling with temperature keeps device mode's distribution ---- */
+
+/* Chi-square statistic of two samples over the same categories (0..vocab-1), pooling rare ones; *df gets the
+ * degrees of freedom. */
+static double chi2_two_sample(const int *a, const int *b, int vocab, int *df) {
+    double na = 0, nb = 0;
+    for (int i = 0; i < vocab; i++) {
+        na += a[i];
+        nb += b[i];
+    }
+    double x = 0, ra = 0, rb = 0; /* the pooled rare categories */
+    int cats = 0;
+    for (int i = 0; i <= vocab; i++) {
+        double oa, ob;
+        if (i < vocab) {
+            if ((a[i] + b[i]) * fmin(na, nb) / (na + nb) < 5) {
+                ra += a[i];
+                rb += b[i];
+                continue;
+            }
+            oa = a[i];
+            ob = b[i];
+        } else {
+            if (ra + rb == 0) break;
+            oa = ra;
+            ob = rb;
+        }
+        double ea = (oa + ob) * na / (na + nb), eb = (oa + ob) * nb / (na + nb);
+        x += (oa - ea) * (oa - ea) / ea + (ob - eb) * (ob - eb) / eb;
+        cats++;
+    }
+    *df = cats - 1;
+    return x;
+}
+
+/* The 99.9th percentile of chi-square with df degrees of freedom (Wilson-Hilferty). */
+static double chi2_crit(int df) {
+    double h = 2.0 / (9.0 * df);
+    return df * pow(1 - h + 3.09 * sqrt(h), 3);
+}
+
+/* Samples the 2nd and 3rd tokens of a fixed prompt N times in device mode and in hat mode (k = 2, so both come
+ * out of the speculative-sampling rule) and compares the distributions with a chi-square test at p = 0.001.
+ * The same test tells temperature 1.0 from 0.8, so it would see a wrong acceptance rule. */
+TEST(test_hat_temperature_same_distribution_as_device) {
+    enum { N = 3000, TOK = 3 };
+    char err[512];
+    hcase c[MAX_CASES];
+    REQUIRE(read_cases(c) == MAX_CASES);
+    rig g;
+    REQUIRE_MSG(rig_init(&g, 1, 1, err, sizeof err) == 0, "%s", err);
+    int V = duet_model_config(g.full)->vocab_size;
+    int *cnt = calloc((size_t)V * 6, sizeof(int)); /* [hat, device, device at 0.8][token 2, token 3][V] */
+    REQUIRE(cnt);
+    remote_opts ro = ropts(g.addr, FRAME_ENC_F32);
+    g.o.draft = 2;
+    g.o.chunk = 0;
+    mode_request rq = {c[0].prompt, c[0].n_prompt, TOK, {.temperature = 1.0f, .top_k = 0, .top_p = 1, .seed = 1}, -1};
+    remote r;
+    REQUIRE_MSG(remote_open_range(&r, g.dev, &ro, FRAME_MODE_HAT, 1, duet_model_config(g.full)->n_layers - 1,
+                                  c[0].n_prompt + TOK, &rq.sampling, err, sizeof err) == 0,
+                "%s", err);
+    uint64_t drafted = 0, accepted = 0;
+    for (int i = 0; i < N; i++) { /* one session: each request's prompt upload at 0 rolls the cloud back */
+        metrics mt;
+        rq.sampling.seed = 1000 + (uint64_t)i;
+        metrics_start(&mt, "hat");
+        int rc = mode_hat_run(g.dev, g.pool, &r, &g.o, NULL, &rq, NULL, NULL, &mt, err, sizeof err);
+        REQUIRE_MSG(rc == 0 && mt.tokens == TOK, "%s", err);
+        drafted += mt.drafted;
+        accepted += mt.accepted;
+        cnt[0 * V + mt.ids[1]]++;
+        cnt[1 * V + mt.ids[2]]++;
+        metrics_free(&mt);
+        for (int d = 0; d < (i % 3 ? 1 : 2); d++) { /* the control on a third of the seeds */
+            mode_request dq = rq;
+            dq.sampling.temperature = d ? 0.8f : 1.0f;
+            metrics_start(&mt, "device");
+            REQUIRE(mode_device_run(g.full, g.pool, &dq, NULL, NULL, &mt, err, sizeof err) == 0);
+            cnt[(2 + 2 * d) * V + mt.ids[1]]++;
+            cnt[(3 + 2 * d) * V + mt.ids[2]]++;
+            metrics_free(&mt);
+        }
+    }
+    CHECK(remote_close(&r, err, sizeof err) == 0);
+    CHECK_MSG(accepted > 0 && accepted < drafted, "accepted %llu of %llu drafts: the rule was not exercised",
+              (unsigned long long)accepted, (unsigned long long)drafted);
+    for (int t = 0; t < 2; t++) {
+        int df;
+        double x = chi2_two_sample(cnt + (size_t)t * V, cnt + (size_t)(2 + t) * V, V, &df);
+        CHECK_MSG(df >= 5 && x < chi2_crit(df), "token %d: chi2 %.1f with %d df (critical %.1f)", t + 2, x, df,
+                  chi2_crit(df));
+        double y = chi2_two_sample(cnt + (size_t)(2 + t) * V, cnt + (size_t)(4 + t) * V, V, &df);
+        CHECK_MSG(y > chi2_crit(df), "token %d: temperature 0.8 not told from 1.0 (chi2 %.1f, %d df)", t + 2, y, df);
+    }
+    free(cnt);
+    rig_free(&g);
+}
+
+/* ---- the arithmetic ---- */
+
+/* Draft d ~ q, then the rule: the emitted token is distributed as p, for p and q far apart. */
+TEST(test_hat_spec_rule_keeps_target_distribution) {
+    char err[256];
+    enum { V = 5, N = 400000 };
+    duet_sampling s = {.temperature = 1, .top_p = 1, .seed = 7};
+    spec sp;
+    REQUIRE(spec_init(&sp, &s, V, err, sizeof err) == 0);
+    float p[V] = {0.5f, 0.2f, 0.15f, 0.1f, 0.05f}, q[V] = {0.05f, 0.1f, 0.15f, 0.2f, 0.5f};
+    int cnt[V] = {0}, acc = 0;
+    for (int i = 0; i < N; i++) {
+        int d = spec_draw(&sp, q), out;
+        acc += spec_verify(&sp, p, q, d, &out);
+        cnt[out]++;
+    }
+    for (int i = 0; i < V; i++) CHECK_NEAR((double)cnt[i] / N, p[i], 0.004);
+    double want_acc = 0; /* sum min(p, q) */
+    for (int i = 0; i < V; i++) want_acc += fmin(p[i], q[i]);
+    CHECK_NEAR((double)acc / N, want_acc, 0.004);
+    spec_free(&sp);
+}
+
+/* spec_probs is the distribution duet_sample draws from, with top-k and top-p. */
+TEST(test_hat_spec_probs_match_sampler) {
+    char err[256];
+    enum { V = 12, N = 200000 };
+    float logits[V] = {1.0f, 2.5f, 0.3f, 2.5f, -1, 0.7f, 1.9f, 0.1f, -0.5f, 1.2f, 3.0f, 0.0f};
+    duet_sampling cfgs[3] = {{.temperature = 0.9f, .top_p = 1, .seed = 3},
+                             {.temperature = 1.3f, .top_k = 4, .top_p = 1, .seed = 4},
+                             {.temperature = 1.0f, .top_p = 0.8f, .seed = 5}};
+    for (int c = 0; c < 3; c++) {
+        spec sp;
+        REQUIRE(spec_init(&sp, &cfgs[c], V, err, sizeof err) == 0);
+        float p[V], lg[V];
+        spec_probs(&sp, logits, p);
+        duet_sampler *sm = duet_sampler_init(&cfgs[c], V, err, sizeof err);
+        REQUIRE(sm);
+        int cnt[V] = {0};
+        for (int i = 0; i < N; i++) {
+            memcpy(lg, logits, sizeof lg);
+            cnt[duet_sample(sm, lg)]++;
+        }
+        double sum = 0;
+        for (int i = 0; i < V; i++) {
+            sum += p[i];
+            CHECK_MSG(fabs((double)cnt[i] / N - p[i]) < 0.005, "config %d token %d: sampled %.4f, spec %.4f", c, i,
+                      (double)cnt[i] / N, p[i]);
+        }
+        CHECK_NEAR(sum, 1.0, 1e-5);
+        duet_sampler_free(sm);
+        spec_free(&sp);
+    }
+}
+
+TEST(test_hat_draft_rule) {
+    spec_round_costs c = {.draft_ms = 1, .in_ms = 0.3, .ver0_ms = 0.5, .ver1_ms = 0.2, .wait0_ms = 80, .wait1_ms = 0.1};
+    CHECK_NEAR(spec_expected_tokens(0.5, 2), 1.75, 1e-12);
+    CHECK_EQ_INT(spec_pick_draft(&c, 0.0, 8), 0);  /* acceptance collapsed: U-shape */
+    CHECK_EQ_INT(spec_pick_draft(&c, 0.95, 8), 8); /* long round trips, good drafts: draft all allowed */
+    int prev = 0;
+    for (double a = 0; a <= 0.99; a += 0.03) { /* more acceptance never means shorter drafts */
+        int k = spec_pick_draft(&c, a, 16);
+        CHECK(k >= prev);
+        prev = k;
+    }
+    spec_round_costs lan = c;
+    lan.wait0_ms = 0.2; /* a near link: drafting costs more than it saves unless acceptance is high */
+    lan.draft_ms = 0.3;
+    CHECK_EQ_INT(spec_pick_draft(&lan, 0.2, 8), 0);
+    CHECK(spec_pick_draft(&lan, 0.99, 8) > 0);
+    CHECK(spec_pick_draft(&lan, 0.9, 8) < spec_pick_draft(&c, 0.9, 8));
+}
+
+TEST(test_hat_chunk_model) {
+    spec_prefill_costs one = {.in0_ms = 1, .in1_ms = 0.5, .out0_ms = 1, .out1_ms = 0.2, .cloud0_ms = 2,
+                              .cloud1_ms = 0.1, .up_row_ms = 0.3, .down_row_ms = 0.1, .rtt_ms = 40};
+    /* one chunk is the sum of the stages */
+    CHECK_NEAR(spec_prefill_ms(&one, 100, 100), 1 + 50 + 30 + 40 + 2 + 10 + 10 + 1 + 20, 1e-9);
+    /* slow device, slow uplink: pipelining pays, and the pick is the best of every fixed size */
+    int n = 512, best = spec_pick_chunk(&one, n);
+    CHECK(best > 1 && best < n);
+    for (int ch = 1; ch <= n; ch++) CHECK(spec_prefill_ms(&one, n, best) <= spec_prefill_ms(&one, n, ch) + 1e-9);
+    CHECK(spec_prefill_ms(&one, n, best) < 0.8 * spec_prefill_ms(&one, n, n));
+    /* a big cost per chunk and nothing to overlap: one chunk */
+    spec_prefill_costs fixed = {.in0_ms = 5, .cloud0_ms = 5, .out0_ms = 5, .rtt_ms = 1};
+    CHECK_EQ_INT(spec_pick_chunk(&fixed, 300), 300);
+}
