@@ -540,3 +540,174 @@ TEST(test_hat_chunk_model) {
     spec_prefill_costs fixed = {.in0_ms = 5, .cloud0_ms = 5, .out0_ms = 5, .rtt_ms = 1};
     CHECK_EQ_INT(spec_pick_chunk(&fixed, 300), 300);
 }
+
+/* ---- bad input ---- */
+
+TEST(test_hat_bad_layers_and_adapters) {
+    char err[512];
+    rig g;
+    REQUIRE_MSG(rig_init(&g, 1, 1, err, sizeof err) == 0, "%s", err);
+    int ab[][2] = {{0, 1}, {1, 0}, {2, 3}, {4, 1}, {3, 1}}; /* the last leaves [3,4) but the device lacks layer 1..2 */
+    const char *msg[] = {"A >= 1", "M >= 1", "A + M < 5", "A + M < 5", "on the device"};
+    for (int i = 0; i < 5; i++) {
+        hat_opts o = g.o;
+        o.input_layers = ab[i][0];
+        o.output_layers = ab[i][1];
+        err[0] = 0;
+        CHECK(hat_check(g.dev, &o, err, sizeof err) != 0);
+        CHECK_MSG(strstr(err, msg[i]), "A=%d M=%d: %s", ab[i][0], ab[i][1], err);
+    }
+    float w[64 * 64] = {0};
+    hat_adapter bad[3] = {{.layer_in = 1, .layer_out = 4, .dim = 32, .w = w},
+                          {.layer_in = 2, .layer_out = 4, .dim = 64, .w = w},
+                          {.fingerprint = 12345, .layer_in = 1, .layer_out = 4, .dim = 64, .w = w}};
+    const char *amsg[3] = {"32-wide", "h_2 to h_4", "another model"};
+    for (int i = 0; i < 3; i++) {
+        hat_opts o = g.o;
+        o.adapter = &bad[i];
+        err[0] = 0;
+        CHECK(hat_check(g.dev, &o, err, sizeof err) != 0);
+        CHECK_MSG(strstr(err, amsg[i]), "adapter %d: %s", i, err);
+    }
+    hat_adapter good = {.fingerprint = duet_model_fingerprint(g.dev), .layer_in = 1, .layer_out = 4, .dim = 64};
+    g.o.adapter = &good;
+    CHECK_MSG(hat_check(g.dev, &g.o, err, sizeof err) == 0, "%s", err);
+    rig_free(&g);
+}
+
+enum { HFAKE_WIDTH, HFAKE_POS, HFAKE_NAN, HFAKE_TOKENS, HFAKE_SILENT, HFAKE_DROP };
+
+typedef struct hfake {
+    transport_listener *l;
+    int act, dim;
+    int got_error, closed; /* what the device did after the bad answer */
+} hfake;
+
+/* Handshakes like a cloud holding the middle, then answers the first REQUEST wrongly and watches the device. */
+static void *hfake_main(void *arg) {
+    hfake *f = arg;
+    transport_opts o = transport_opts_default(LINK_DOWN);
+    transport *t = NULL;
+    frame_msg m;
+    if (transport_accept(f->l, &o, 5000, &t, NULL, 0)) return NULL;
+    if (transport_expect(t, FRAME_HELLO, &m, 5000, NULL, 0) == 0) {
+        m.type = FRAME_HELLO_OK;
+        transport_send(t, &m, NULL, 0);
+    }
+    if (transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
+        uint32_t n_ctx = m.u.open.n_ctx;
+        m = (frame_msg){.type = FRAME_OPENED, .session = 3};
+        m.u.opened.n_ctx = n_ctx;
+        transport_send(t, &m, NULL, 0);
+    }
+    while (transport_recv(t, &m, 5000, NULL, 0) == 0 && m.type != FRAME_REQUEST) {}
+    frame_request q = m.u.request;
+    float *rows = calloc((size_t)q.count * (f->dim + 1), sizeof(float));
+    if (f->act == HFAKE_NAN) rows[1] = NAN;
+    m = (frame_msg){.type = FRAME_HIDDEN, .session = 3};
+    m.u.rows = (frame_rows){.pos0 = q.pos + (f->act == HFAKE_POS), .n = q.count,
+                            .dim = (uint32_t)(f->dim + (f->act == HFAKE_WIDTH)), .enc = FRAME_ENC_F32, .x = rows};
+    int32_t id = 5;
+    if (f->act == HFAKE_TOKENS) {
+        m.type = FRAME_TOKENS;
+        m.u.tokens = (frame_tokens){.pos0 = q.pos, .n = 1, .ids = &id};
+    }
+    if (f->act != HFAKE_SILENT && f->act != HFAKE_DROP) transport_send(t, &m, NULL, 0);
+    if (f->act != HFAKE_DROP) {
+        int rc;
+        while ((rc = transport_recv(t, &m, 5000, NULL, 0)) == 0)
+            if (m.type == FRAME_ERROR) f->got_error = 1;
+        f->closed = rc == TRANSPORT_CLOSED;
+    }
+    free(rows);
+    transport_flush(t, 1000, NULL, 0);
+    transport_free(t);
+    return NULL;
+}
+
+/* A cloud that answers the wrong width, position, a non-finite row, tokens, nothing, or hangs up: a clear error,
+ * no hang, and for a bad answer an ERROR frame to the cloud before the device closes the connection. */
+TEST(test_hat_bad_cloud_answers) {
+    char err[512];
+    hcase c[MAX_CASES];
+    REQUIRE(read_cases(c) == MAX_CASES);
+    rig g;
+    REQUIRE_MSG(rig_init(&g, 1, 1, err, sizeof err) == 0, "%s", err);
+    struct { int act; const char *msg; int tells; } cases[] = {
+        {HFAKE_WIDTH, "65 wide, this model's are 64 wide", 1},
+        {HFAKE_POS, "asked 5 at 0", 1},
+        {HFAKE_NAN, "not finite", 1},
+        {HFAKE_TOKENS, "TOKENS", 0},
+        {HFAKE_SILENT, "no answer within", 0},
+        {HFAKE_DROP, "closed the connection", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        hfake f = {transport_listen("127.0.0.1", 0, err, sizeof err), cases[i].act, 64, 0, 0};
+        REQUIRE(f.l);
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, hfake_main, &f) == 0);
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", transport_listener_port(f.l));
+        remote_opts ro = ropts(addr, FRAME_ENC_F32);
+        ro.timeout_ms = 500;
+        g.o.chunk = 0;
+        mode_request rq = greedy(&c[0], 4);
+        metrics mt;
+        err[0] = 0;
+        int rc = run_hat(&g, &ro, 0, &rq, &mt, err, sizeof err); /* frees the connection on failure */
+        pthread_join(th, NULL);
+        CHECK_MSG(rc != 0, "case %zu: no error", i);
+        CHECK_MSG(strstr(err, cases[i].msg) != NULL, "case %zu: %s", i, err);
+        if (cases[i].tells) CHECK_MSG(f.got_error && f.closed, "case %zu: error %d closed %d", i, f.got_error, f.closed);
+        else if (cases[i].act != HFAKE_DROP) CHECK_MSG(f.closed, "case %zu: not closed", i);
+        metrics_free(&mt);
+        transport_listener_free(f.l);
+    }
+    rig_free(&g);
+}
+
+/* ---- the CLI ---- */
+
+TEST(test_hat_cli) {
+    int st;
+    char *out = test_run_cli("run --mode hat -m " MODEL " -p 'Once upon a time' -n 48 --input-layers 2 --output-layers 1 "
+                             "--hidden-enc fp32 --link lan --compare --json",
+                             &st, 0);
+    REQUIRE(out);
+    CHECK_MSG(st == 0, "%s", out);
+    char err[256];
+    json *doc = json_parse(out, strlen(out), err, sizeof err);
+    REQUIRE_MSG(doc, "not JSON (%s): %s", err, out);
+    const json_val *r = json_root(doc);
+    CHECK_EQ_INT(json_num(json_get(r, "tokens")), 48);
+    CHECK_NEAR(json_num(json_get(json_get(r, "fidelity"), "exact_match_rate")), 1.0, 0);
+    CHECK(json_num(json_get(r, "rounds")) >= 1);
+    CHECK(json_num(json_get(r, "round_trips")) < 48);
+    CHECK(json_num(json_get(r, "acceptance_rate")) > 0);
+    CHECK(json_get(r, "draft_len_mean") && json_get(r, "accepted_per_round"));
+    json_free(doc);
+    free(out);
+    out = test_run_cli("run --mode hat -m " MODEL " -p 'Once upon a time' -n 24 --draft 0 --chunk 2", &st, 0);
+    REQUIRE(out);
+    const char *want = "Once upon a time, there was a little girl named Lily.";
+    CHECK_MSG(st == 0 && !strncmp(out, want, strlen(want)), "%s", out);
+    free(out);
+
+    struct { const char *args, *msg; int status; } cases[] = {
+        {"run --help", "--output-layers", 0},
+        {"run --mode hat --input-layers 2 --output-layers 3 -m " MODEL, "leave no layer for the cloud", 2},
+        {"run --mode hat --input-layers 0 -m " MODEL, "A >= 1", 2},
+        {"run --mode split --draft 2 -m " MODEL, "--mode hat only", 2},
+        {"run --mode hat --draft many -m " MODEL, "--draft", 2},
+        {"run --mode hat --chunk -3 -m " MODEL, "--chunk", 2},
+        {"run --mode hat --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
+        {"run --mode hat -n 0 -m " MODEL, "0 tokens", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        out = test_run_cli(cases[i].args, &st, 1);
+        REQUIRE(out);
+        CHECK_MSG(st == cases[i].status, "%s: status %d: %s", cases[i].args, st, out);
+        CHECK_MSG(strstr(out, cases[i].msg) != NULL, "%s: %s", cases[i].args, out);
+        free(out);
+    }
+}

@@ -50,9 +50,19 @@ int hat_check(const duet_model *m, const hat_opts *o, char *err, size_t errlen) 
                            L - M, L, l);
     if (!p->embed || !p->head)
         return err_set(err, errlen, DUET_EINVAL, "hat needs the embedding and the head on the device");
-    if (o->adapter && o->adapter->dim != c->dim)
+    const hat_adapter *ad = o->adapter;
+    if (ad && ad->dim != c->dim)
         return err_set(err, errlen, DUET_EINVAL, "the adapter maps %d-wide hidden states, this model's are %d wide",
-                       o->adapter->dim, c->dim);
+                       ad->dim, c->dim);
+    if (ad && (ad->layer_in != A || ad->layer_out != L - M))
+        return err_set(err, errlen, DUET_EINVAL,
+                       "the adapter maps h_%d to h_%d, but --input-layers %d --output-layers %d need h_%d to h_%d "
+                       "(calibrate one for these layers)",
+                       ad->layer_in, ad->layer_out, A, M, A, L - M);
+    if (ad && ad->fingerprint && ad->fingerprint != duet_model_fingerprint((duet_model *)m))
+        return err_set(err, errlen, DUET_EINVAL,
+                       "the adapter was calibrated on another model (fingerprint %016llx, this one is %016llx)",
+                       (unsigned long long)ad->fingerprint, (unsigned long long)duet_model_fingerprint((duet_model *)m));
     return DUET_OK;
 }
 
@@ -472,11 +482,13 @@ int hat_probe(const duet_model *m, duet_pool *pool, remote *r, const hat_opts *o
         if ((rc = draft(&h, 0, 1, err, errlen))) goto done;
         dr = min2(dr, (clock_now_ms() - t0) * sd);
     }
-    /* link and cloud: wall = rtt + cloud + rows * serialization, for (1 up, 1 down), (16, 1), (16, 16) */
+    /* link and cloud: wall = rtt + cloud + rows * serialization, for (1 up, 1 down), (P, 1), (P, P) with P
+     * rows as far as the session's context allows */
+    int P = r->n_ctx < PROBE_ROWS ? r->n_ctx : PROBE_ROWS;
     double w[3] = {1e30, 1e30, 1e30}, cl[3] = {1e30, 1e30, 1e30};
-    int nu[3] = {1, PROBE_ROWS, PROBE_ROWS}, nd[3] = {1, 1, PROBE_ROWS};
+    int nu[3] = {1, P, P}, nd[3] = {1, 1, P};
     for (int rep = 0; rep < 2; rep++)
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < (P > 1 ? 3 : 1); i++) {
             double wall, cloud;
             if ((rc = exchange(&h, nu[i], nd[i], &wall, &cloud, err, errlen))) {
                 err_prefix(err, errlen, "measuring the link");
@@ -491,10 +503,12 @@ int hat_probe(const duet_model *m, duet_pool *pool, remote *r, const hat_opts *o
     /* the probe ran the head on every row; a prefill runs it on one */
     p->out1_ms = pos0((outl[1] - outl[0]) / (PROBE_ROWS - 1));
     p->out0_ms = pos0(outl[0] - p->out1_ms);
-    p->cloud1_ms = pos0((cl[1] - cl[0]) / (PROBE_ROWS - 1));
+    if (P > 1) { /* else the slopes stay 0: a one-position session has nothing to pipeline */
+        p->cloud1_ms = pos0((cl[1] - cl[0]) / (P - 1));
+        p->up_row_ms = pos0(((w[1] - cl[1]) - (w[0] - cl[0])) / (P - 1));
+        p->down_row_ms = pos0(((w[2] - cl[2]) - (w[1] - cl[1])) / (P - 1));
+    }
     p->cloud0_ms = pos0(cl[0] - p->cloud1_ms);
-    p->up_row_ms = pos0(((w[1] - cl[1]) - (w[0] - cl[0])) / (PROBE_ROWS - 1));
-    p->down_row_ms = pos0(((w[2] - cl[2]) - (w[1] - cl[1])) / (PROBE_ROWS - 1));
     p->rtt_ms = pos0(w[0] - cl[0] - p->up_row_ms - p->down_row_ms);
     spec_round_costs *q = &out->round;
     q->in_ms = in[0];

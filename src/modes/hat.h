@@ -13,8 +13,11 @@
 #include "modes/mode.h"
 #include "modes/spec.h"
 
-/* An affine map h_A -> estimate of h_B: out = w * in + b. w NULL: identity (b may still be set). */
+/* An affine map h_A -> estimate of h_B: out = w * in + b. w NULL: identity (b may still be set). It is fitted
+ * for one model and one pair of layers; hat_check refuses it for any other. */
 typedef struct hat_adapter {
+    uint64_t fingerprint; /* duet_model_fingerprint of the model it was fitted on; 0: any (identity) */
+    int layer_in, layer_out; /* maps h_layer_in to h_layer_out (A and L-M) */
     int dim;
     const float *w; /* [dim][dim], row j gives output element j; NULL: identity */
     const float *b; /* [dim] or NULL */

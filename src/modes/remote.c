@@ -124,6 +124,7 @@ int remote_open_range(remote *r, duet_model *m, const remote_opts *o, int mode, 
     }
     r->session = msg.session;
     r->opened = 1;
+    r->n_ctx = (int)msg.u.opened.n_ctx;
     if (msg.u.opened.n_ctx < (uint32_t)n_ctx)
         return err_set(err, errlen, FRAME_E_LIMIT, "the cloud at %s grants %u positions, the request needs %d", where,
                        msg.u.opened.n_ctx, n_ctx);

@@ -39,6 +39,7 @@ typedef struct remote {
     duet_model *local_model;   /* the local cloud's part of the model */
     uint32_t session;
     int opened;                /* OPENED arrived: CLOSE is owed */
+    int n_ctx;                 /* positions the session was granted */
     int layer_a, layer_b;      /* the cloud holds layers [layer_a, layer_b), the head too when layer_b is L */
     int enc;
     double slowdown;
