@@ -361,7 +361,7 @@ static int hat_init(hat *h, const duet_model *m, duet_pool *pool, remote *r, con
     if (!(h->kv_in = duet_kv_init(m, &in, n_ctx, err, errlen)) || !(h->kv_out = duet_kv_init(m, &out, n_ctx, err, errlen)) ||
         !(h->ctx = duet_ctx_init(m, rows < MAX_BATCH ? rows : MAX_BATCH, pool, err, errlen)))
         return DUET_ENOMEM;
-    size_t d = (size_t)h->dim, v = (size_t)h->vocab, k1 = (size_t)h->kmax + 1;
+    size_t d = (size_t)h->dim, v = (size_t)h->vocab, k1 = (size_t)(h->kmax > 1 ? h->kmax : 1) + 1; /* probe drafts 1 */
     h->up = malloc(sizeof(float) * (size_t)rows * d);
     h->down = malloc(sizeof(float) * (size_t)rows * d);
     h->x = malloc(sizeof(float) * d);
