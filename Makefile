@@ -24,7 +24,7 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare clean demo
+.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-hat clean demo
 all: $(BUILD)/duet $(BUILD)/duet-tests
 
 $(BUILD)/%.o: %.c
@@ -92,3 +92,7 @@ clean:
 	rm -rf build build-asan build-ubsan build-tsan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
+
+# HAT against the baselines (decode on stories260K, prefill chunking on the mid shape): docs/results/hat.md + PNGs.
+bench-hat: $(BUILD)/duet
+	sh bench/run-hat.sh $(BUILD)

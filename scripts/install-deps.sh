@@ -6,6 +6,8 @@ need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v clang >/dev/null 2>&1 || need="$need clang"
+command -v jq >/dev/null 2>&1 || need="$need jq"           # make bench-hat reads its JSON lines
+command -v gnuplot >/dev/null 2>&1 || need="$need gnuplot" # and plots them
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing:$need; run as root or: sudo apt-get install$need" >&2

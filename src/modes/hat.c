@@ -392,6 +392,7 @@ int mode_hat_run(const duet_model *m, duet_pool *pool, remote *r, const hat_opts
                                                                  : rq->n_prompt)
                 : o->chunk == 0 || o->chunk > rq->n_prompt ? rq->n_prompt
                                                             : o->chunk;
+    mt->prefill_chunk = chunk;
     hat h;
     remote_begin(r);
     if ((rc = hat_init(&h, m, pool, r, o, chunk, rq->n_prompt + rq->max_tokens, &rq->sampling, mt, err, errlen)))

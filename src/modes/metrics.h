@@ -20,6 +20,7 @@ typedef struct metrics {
     double device_compute_ms, cloud_compute_ms, comm_wait_ms;
     uint64_t bytes_up, bytes_down, round_trips, cloud_requests, cloud_tokens;
     uint64_t drafted, accepted, rounds; /* speculative modes */
+    int prefill_chunk;        /* hat: prompt chunk size used (0: not chunked by a mode that could) */
     int fallback_at;          /* index of the first token produced without the cloud after losing it; -1: never */
     int has_reference;        /* fidelity computed against a device-only run */
     double exact_match_rate, rouge_l_f1;
