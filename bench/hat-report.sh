@@ -20,7 +20,7 @@ LINKS=$(jq -r 'select(.part=="decode") | .link' "$RAW" | awk '!s[$0]++')
 SLOWS=$(jq -r 'select(.part=="decode") | .slowdown' "$RAW" | awk '!s[$0]++')
 LENS=$(jq -r 'select(.part=="prefill") | .len' "$RAW" | awk '!s[$0]++')
 PLABELS="none $(jq -r 'select(.part=="prefill" and (.label | test("^[0-9]+$"))) | .label' "$RAW" | sort -n | uniq | tr '\n' ' ')auto"
-MODES="device cloud split ushape hat"
+MODES="device cloud split ushape hat hat-a2m2"
 [ -z "$CALIB" ] || MODES="$MODES hat-calib"
 KLABELS=$(jq -r 'select(.part=="decode" and .k != null) | .label' "$RAW" | awk '!s[$0]++')
 SWEEP=$(jq -r 'select(.part=="decode" and .k != null) | .slowdown' "$RAW" | head -1)
@@ -38,7 +38,8 @@ echo "## Decode: stories260K, \"Once upon a time\", $(jq -r 'select(.part=="deco
 echo
 echo "Real weights, so acceptance is real. hat = \`--draft auto\` with the identity adapter (h_1 taken for h_4)"
 [ -z "$CALIB" ] || echo "and hat-calib with the adapter fitted by \`duet calibrate\`"
-echo ". U-shape = \`--mode hat --draft 0\`, split at layer 1 (the cloud holds [1,5) and the head)."
+echo ". U-shape = \`--mode hat --draft 0\`, split at layer 1 (the cloud holds [1,5) and the head); hat-a2m2 is hat"
+echo "with A = M = 2 (better drafts from more device layers, one layer left in the cloud)."
 echo
 for l in $LINKS; do for s in $SLOWS; do
     echo "### $l, device slowdown $s"

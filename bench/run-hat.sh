@@ -3,11 +3,13 @@
 #   decode:  stories260K (real weights, so real acceptance), "Once upon a time", TOKENS tokens, A = M = 1 (the cloud
 #            holds 3 of 5 layers), under each link of LINKS and device slowdown of SLOWDOWNS: device, cloud,
 #            split at A, U-shape (hat --draft 0), hat --draft auto (identity adapter, and calibrated when
-#            `duet calibrate` is there), and hat with k fixed at 1..8 under slowdown SWEEP_SLOWDOWN.
+#            `duet calibrate` is there; and A = M = 2, which leaves the cloud one layer), and hat with k fixed at
+#            1..8 under slowdown SWEEP_SLOWDOWN.
 #   prefill: TTFT for prompts of LENGTHS tokens on the mid synthetic shape cut to PREFILL_LAYERS layers (timing
 #            only, random weights), A = M = 1, device slowdown 4, under each link: unchunked, CHUNKS, auto.
 # Every run is `duet run ... --json` with an in-process cloud on loopback (one thread each); JSON lines go to
-# $BUILD/bench-hat.jsonl. About 6 minutes on 2 shared cores with the defaults.
+# $BUILD/bench-hat.jsonl. About 8 minutes of wall time on 2 shared cores with the defaults, most of it the
+# emulated slow device sleeping through long prompts (LENGTHS="32 128 512" halves it).
 set -eu
 BUILD=${1:-build}
 LINKS=${LINKS:-"wan 4g"}
@@ -16,7 +18,7 @@ SWEEP_SLOWDOWN=${SWEEP_SLOWDOWN:-4}
 KS=${KS:-"1 2 3 4 5 6 7 8"}
 TOKENS=${TOKENS:-64}
 LENGTHS=${LENGTHS:-"32 128 512 2048"}
-CHUNKS=${CHUNKS:-"32 128 512"}
+CHUNKS=${CHUNKS:-"16 64 256"}
 PREFILL_LAYERS=${PREFILL_LAYERS:-4}
 DIR=${DUET_BENCH_DIR:-bench/models}
 RES=docs/results
@@ -52,6 +54,7 @@ for link in $LINKS; do
         run "$t,\"label\":\"split\"" --mode split --split 1 $c -p "Once upon a time"
         run "$t,\"label\":\"ushape\"" --mode hat --draft 0 $c -p "Once upon a time"
         run "$t,\"label\":\"hat\"" --mode hat $c -p "Once upon a time"
+        run "$t,\"label\":\"hat-a2m2\"" --mode hat --input-layers 2 --output-layers 2 $c -p "Once upon a time"
         [ -z "$CALIB" ] || run "$t,\"label\":\"hat-calib\"" --mode hat --calib "$CALIB" $c -p "Once upon a time"
         if [ "$sd" = "$SWEEP_SLOWDOWN" ]; then
             for k in $KS; do
