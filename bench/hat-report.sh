@@ -37,7 +37,7 @@ echo
 echo "## Decode: stories260K, \"Once upon a time\", $(jq -r 'select(.part=="decode") | .tokens' "$RAW" | head -1) tokens, A = M = 1"
 echo
 echo "Real weights, so acceptance is real. hat = \`--draft auto\` with the identity adapter (h_1 taken for h_4)"
-[ -z "$CALIB" ] || echo "and hat-calib with the adapter fitted by \`duet calibrate\`"
+[ -z "$CALIB" ] || echo "and hat-calib with the calibrated one (map 1:4 of models/stories260K-calib.gguf, \`duet calibrate\`)"
 echo ". U-shape = \`--mode hat --draft 0\`, split at layer 1 (the cloud holds [1,5) and the head); hat-a2m2 is hat"
 echo "with A = M = 2 (better drafts from more device layers, one layer left in the cloud)."
 echo

@@ -2,9 +2,9 @@
 # make bench-hat: HAT against the baselines, written to docs/results/hat.md with gnuplot PNGs beside it.
 #   decode:  stories260K (real weights, so real acceptance), "Once upon a time", TOKENS tokens, A = M = 1 (the cloud
 #            holds 3 of 5 layers), under each link of LINKS and device slowdown of SLOWDOWNS: device, cloud,
-#            split at A, U-shape (hat --draft 0), hat --draft auto (identity adapter, and calibrated when
-#            `duet calibrate` is there; and A = M = 2, which leaves the cloud one layer), and hat with k fixed at
-#            1..8 under slowdown SWEEP_SLOWDOWN.
+#            split at A, U-shape (hat --draft 0), hat --draft auto with the identity adapter and with the
+#            calibrated one (CALIB), hat with A = M = 2 (which leaves the cloud one layer), and hat with k fixed
+#            at 1..8 under slowdown SWEEP_SLOWDOWN.
 #   prefill: TTFT for prompts of LENGTHS tokens on the mid synthetic shape cut to PREFILL_LAYERS layers (timing
 #            only, random weights), A = M = 1, device slowdown 4, under each link: unchunked, CHUNKS, auto.
 # Every run is `duet run ... --json` with an in-process cloud on loopback (one thread each); JSON lines go to
@@ -30,11 +30,8 @@ mkdir -p "$DIR" "$RES"
 MID="$DIR/mid-f32-l$PREFILL_LAYERS.gguf"
 [ -f "$MID" ] || "$DUET" synth --shape mid --type f32 --layers "$PREFILL_LAYERS" -o "$MID" 2>/dev/null
 
-CALIB=""
-if "$DUET" calibrate --help >/dev/null 2>&1; then
-    CALIB="$BUILD/bench-hat-calib.gguf"
-    "$DUET" calibrate -m "$S260" --layers 1:4 -o "$CALIB" >/dev/null 2>&1 || CALIB=""
-fi
+# the shipped calibration (every map a:b of stories260K; `duet calibrate`, models/README.md); CALIB= skips it
+CALIB=${CALIB-models/stories260K-calib.gguf}
 
 # run TAG ARGS...: one request, its JSON line tagged
 run() {

@@ -557,21 +557,28 @@ TEST(test_hat_bad_layers_and_adapters) {
         CHECK(hat_check(g.dev, &o, err, sizeof err) != 0);
         CHECK_MSG(strstr(err, msg[i]), "A=%d M=%d: %s", ab[i][0], ab[i][1], err);
     }
-    float w[64 * 64] = {0};
-    hat_adapter bad[3] = {{.layer_in = 1, .layer_out = 4, .dim = 32, .w = w},
-                          {.layer_in = 2, .layer_out = 4, .dim = 64, .w = w},
-                          {.fingerprint = 12345, .layer_in = 1, .layer_out = 4, .dim = 64, .w = w}};
-    const char *amsg[3] = {"32-wide", "h_2 to h_4", "another model"};
+    /* the shipped calibration of stories260K has every map a:b; take it apart to make wrong ones */
+    calib *cal = calib_load("models/stories260K-calib.gguf", err, sizeof err);
+    REQUIRE_MSG(cal, "%s", err);
+    g.o.calib = cal;
+    CHECK_MSG(hat_check(g.dev, &g.o, err, sizeof err) == 0, "%s", err);
+    calib other = *cal;
+    other.fingerprint ^= 1; /* fitted on another model */
+    calib narrow = *cal;
+    narrow.dim = 32;
+    calib few = *cal; /* no map 1:4 */
+    few.n_maps = 0;
+    for (int i = 0; i < cal->n_maps; i++)
+        if (!(cal->map[i].a == 1 && cal->map[i].b == 4)) few.map[few.n_maps++] = cal->map[i];
+    const calib *bad[3] = {&other, &narrow, &few};
+    const char *amsg[3] = {"another model", "width 32", "map 1:4"};
     for (int i = 0; i < 3; i++) {
-        hat_opts o = g.o;
-        o.adapter = &bad[i];
+        g.o.calib = bad[i];
         err[0] = 0;
-        CHECK(hat_check(g.dev, &o, err, sizeof err) != 0);
+        CHECK(hat_check(g.dev, &g.o, err, sizeof err) != 0);
         CHECK_MSG(strstr(err, amsg[i]), "adapter %d: %s", i, err);
     }
-    hat_adapter good = {.fingerprint = duet_model_fingerprint(g.dev), .layer_in = 1, .layer_out = 4, .dim = 64};
-    g.o.adapter = &good;
-    CHECK_MSG(hat_check(g.dev, &g.o, err, sizeof err) == 0, "%s", err);
+    calib_free(cal);
     rig_free(&g);
 }
 
@@ -687,7 +694,9 @@ TEST(test_hat_cli) {
     CHECK(json_get(r, "draft_len_mean") && json_get(r, "accepted_per_round"));
     json_free(doc);
     free(out);
-    out = test_run_cli("run --mode hat -m " MODEL " -p 'Once upon a time' -n 24 --draft 0 --chunk 2", &st, 0);
+    out = test_run_cli("run --mode hat -m " MODEL " -p 'Once upon a time' -n 24 --draft 0 --chunk 2 "
+                       "--calib models/stories260K-calib.gguf",
+                       &st, 0);
     REQUIRE(out);
     const char *want = "Once upon a time, there was a little girl named Lily.";
     CHECK_MSG(st == 0 && !strncmp(out, want, strlen(want)), "%s", out);
@@ -700,6 +709,8 @@ TEST(test_hat_cli) {
         {"run --mode split --draft 2 -m " MODEL, "--mode hat only", 2},
         {"run --mode hat --draft many -m " MODEL, "--draft", 2},
         {"run --mode hat --chunk -3 -m " MODEL, "--chunk", 2},
+        {"run --mode hat --input-layers 2 --output-layers 2 --calib /nonexistent.gguf -m " MODEL, "nonexistent", 1},
+        {"run --mode split --calib models/stories260K-calib.gguf -m " MODEL, "--mode hat only", 2},
         {"run --mode hat --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
         {"run --mode hat -n 0 -m " MODEL, "0 tokens", 0},
     };
@@ -710,4 +721,36 @@ TEST(test_hat_cli) {
         CHECK_MSG(strstr(out, cases[i].msg) != NULL, "%s: %s", cases[i].args, out);
         free(out);
     }
+}
+
+/* The calibrated adapter (the shipped map 1:4 of stories260K) drafts better than the identity, and the output is
+ * still device-only's: the adapter only ever shapes drafts. */
+TEST(test_hat_calibrated_adapter_raises_acceptance) {
+    char err[512];
+    hcase c[MAX_CASES];
+    REQUIRE(read_cases(c) == MAX_CASES);
+    rig g;
+    REQUIRE_MSG(rig_init(&g, 1, 1, err, sizeof err) == 0, "%s", err);
+    calib *cal = calib_load("models/stories260K-calib.gguf", err, sizeof err);
+    REQUIRE_MSG(cal, "%s", err);
+    remote_opts ro = ropts(g.addr, FRAME_ENC_F32);
+    g.o.draft = 4;
+    uint64_t acc[2] = {0, 0}, drafted[2] = {0, 0};
+    for (int a = 0; a < 2; a++) {
+        g.o.calib = a ? cal : NULL;
+        for (int i = 0; i < MAX_CASES; i++) {
+            mode_request rq = greedy(&c[i], c[i].n_out);
+            metrics mt;
+            REQUIRE_MSG(run_hat(&g, &ro, 0, &rq, &mt, err, sizeof err) == 0, "%s", err);
+            CHECK_MSG(same(&mt, c[i].out, c[i].n_out), "%s adapter, prompt %d", a ? "calibrated" : "identity", i);
+            acc[a] += mt.accepted;
+            drafted[a] += mt.drafted;
+            metrics_free(&mt);
+        }
+    }
+    CHECK_MSG(acc[1] * drafted[0] > 2 * acc[0] * drafted[1], "acceptance: identity %llu/%llu, calibrated %llu/%llu",
+              (unsigned long long)acc[0], (unsigned long long)drafted[0], (unsigned long long)acc[1],
+              (unsigned long long)drafted[1]);
+    calib_free(cal);
+    rig_free(&g);
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/text.h"
@@ -44,6 +45,8 @@ static const char *USAGE =
     "                         per token); auto (default) picks k each round for the most expected tokens/s\n"
     "                         from the measured acceptance, round trip and device speed\n"
     "      --draft-max K      hat: the largest k --draft auto may pick (default 8)\n"
+    "      --calib FILE       hat: the adapter, map A:(L-M) of a `duet calibrate` file of this model (e.g.\n"
+    "                         models/stories260K-calib.gguf); default: identity (h_A taken for h_(L-M))\n"
     "      --chunk N|auto     hat: prompt chunk size; the chunks are pipelined (this machine computes the next\n"
     "                         while the cloud computes one); 0 = the whole prompt at once; auto (default)\n"
     "                         picks it from a cost model of prompt length, link and device/cloud speed\n"
@@ -83,6 +86,7 @@ int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
     int mode = -1, split = -1, compare = 0, hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
     int hat_flag = 0; /* a hat-only flag was given */
+    const char *calib_path = NULL;
     float slowdown = 1;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
@@ -123,6 +127,9 @@ int cmd_run(int argc, char **argv) {
                 if (strcmp(v, "auto")) bad = args_int("run", a, v, 0, 1 << 20, &chunk);
                 else chunk = HAT_AUTO;
                 hat_flag = 1;
+            } else if (!strcmp(a, "--calib")) {
+                calib_path = v;
+                hat_flag = 1;
             } else if (!strcmp(a, "--cloud")) {
                 ro.cloud = v;
             } else if (!strcmp(a, "--link")) {
@@ -148,7 +155,7 @@ int cmd_run(int argc, char **argv) {
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
     if (hat_flag && mode != RUN_HAT)
-        return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
+        return usage_error("--input-layers, --output-layers, --draft, --draft-max, --chunk and --calib apply to --mode hat only");
     if (link_parse(link_spec, &ro.link, err, sizeof err)) {
         fprintf(stderr, "duet run: --link: %s\n", err);
         return 2;
@@ -170,6 +177,7 @@ int cmd_run(int argc, char **argv) {
     duet_pool *pool = NULL;
     int *prompt_ids = NULL;
     remote r = {0};
+    calib *cal = NULL;
     metrics mt, ref;
     metrics_start(&mt, MODES[mode]);
     metrics_start(&ref, "device");
@@ -213,6 +221,12 @@ int cmd_run(int argc, char **argv) {
     if (mode == RUN_HAT) {
         duet_part part = {.n_spans = 2, .span = {{0, ho.input_layers}, {hat_b, c->n_layers}}, .embed = true, .head = true};
         if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
+        if (calib_path && !(cal = calib_load(calib_path, err, sizeof err))) goto fail;
+        ho.calib = cal;
+        if (hat_check(dev, &ho, err, sizeof err)) {
+            if (calib_path) err_prefix(err, sizeof err, "--calib %s", calib_path);
+            goto fail;
+        }
         if (remote_open_range(&r, dev, &ro, FRAME_MODE_HAT, ho.input_layers, hat_b, n_prompt + n_tokens, &s, err,
                               sizeof err) ||
             hat_probe(dev, pool, &r, &ho, &hc, err, sizeof err))
@@ -238,7 +252,8 @@ int cmd_run(int argc, char **argv) {
     if (mode == RUN_CLOUD) snprintf(where, sizeof where, " over link %.64s", link_spec);
     if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
     if (mode == RUN_HAT)
-        snprintf(where, sizeof where, " with cloud layers [%d,%d) over link %.64s", ho.input_layers, hat_b, link_spec);
+        snprintf(where, sizeof where, " with cloud layers [%d,%d)%s over link %.64s", ho.input_layers, hat_b,
+                 cal ? ", calibrated adapter," : "", link_spec);
     fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
                     "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
@@ -256,6 +271,7 @@ fail:
     fprintf(stderr, "duet run: %s\n", err);
 out:
     remote_free(&r);
+    calib_free(cal);
     metrics_free(&mt);
     metrics_free(&ref);
     free(prompt_ids);

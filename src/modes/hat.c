@@ -50,19 +50,18 @@ int hat_check(const duet_model *m, const hat_opts *o, char *err, size_t errlen) 
                            L - M, L, l);
     if (!p->embed || !p->head)
         return err_set(err, errlen, DUET_EINVAL, "hat needs the embedding and the head on the device");
-    const hat_adapter *ad = o->adapter;
-    if (ad && ad->dim != c->dim)
-        return err_set(err, errlen, DUET_EINVAL, "the adapter maps %d-wide hidden states, this model's are %d wide",
-                       ad->dim, c->dim);
-    if (ad && (ad->layer_in != A || ad->layer_out != L - M))
-        return err_set(err, errlen, DUET_EINVAL,
-                       "the adapter maps h_%d to h_%d, but --input-layers %d --output-layers %d need h_%d to h_%d "
-                       "(calibrate one for these layers)",
-                       ad->layer_in, ad->layer_out, A, M, A, L - M);
-    if (ad && ad->fingerprint && ad->fingerprint != duet_model_fingerprint((duet_model *)m))
-        return err_set(err, errlen, DUET_EINVAL,
-                       "the adapter was calibrated on another model (fingerprint %016llx, this one is %016llx)",
-                       (unsigned long long)ad->fingerprint, (unsigned long long)duet_model_fingerprint((duet_model *)m));
+    if (o->calib) {
+        int rc = calib_check_model(o->calib, duet_model_fingerprint((duet_model *)m), L, c->dim, err, errlen);
+        if (rc) {
+            err_prefix(err, errlen, "the adapter");
+            return rc;
+        }
+        if (!calib_find(o->calib, A, L - M))
+            return err_set(err, errlen, DUET_EINVAL,
+                           "the calibration has no adapter for --input-layers %d --output-layers %d (map %d:%d); run "
+                           "duet calibrate --pairs %d:%d",
+                           A, M, A, L - M, A, L - M);
+    }
     return DUET_OK;
 }
 
@@ -73,6 +72,7 @@ typedef struct hat {
     duet_pool *pool;
     remote *r;
     const hat_opts *o;
+    const calib_map *adapter; /* NULL: identity */
     metrics *mt;
     int L, A, B, dim, vocab, kmax;
     duet_kv *kv_in, *kv_out;  /* layers [0,A); layers [B,L), verified positions only between rounds */
@@ -90,19 +90,10 @@ typedef struct hat {
     int zero_rounds;
 } hat;
 
-static void adapt(const hat_adapter *ad, const float *in, float *out, int dim) {
-    if (!ad || !ad->w) {
-        memcpy(out, in, sizeof(float) * (size_t)dim);
-    } else {
-        for (int j = 0; j < dim; j++) {
-            const float *w = ad->w + (size_t)j * dim;
-            float s = 0;
-            for (int i = 0; i < dim; i++) s += w[i] * in[i];
-            out[j] = s;
-        }
-    }
-    if (ad && ad->b)
-        for (int j = 0; j < dim; j++) out[j] += ad->b[j];
+/* The adapter: h_A[dim] -> estimate of h_B (identity without a calibration). */
+static void adapt(const calib_map *ad, const float *in, float *out, int dim) {
+    if (ad) calib_apply(ad, in, out, 1);
+    else memcpy(out, in, sizeof(float) * (size_t)dim);
 }
 
 static void ewma(double *est, double v) { *est = *est > 0 ? (1 - EWMA) * *est + EWMA * v : v; }
@@ -240,7 +231,7 @@ static int draft(hat *h, int pos, int k, char *err, size_t errlen) {
             (rc = duet_forward(h->ctx, h->kv_in, 0, h->A, hj, 1, pos + j, err, errlen)))
             return rc;
         if (j == k) break;
-        adapt(h->o->adapter, hj, h->x, h->dim);
+        adapt(h->adapter, hj, h->x, h->dim);
         if ((rc = duet_forward(h->ctx, h->kv_out, h->B, h->L, h->x, 1, pos + j, err, errlen)) ||
             (rc = duet_head(h->ctx, h->x, 1, h->logits, err, errlen)))
             return rc;
@@ -354,6 +345,7 @@ static int hat_init(hat *h, const duet_model *m, duet_pool *pool, remote *r, con
     h->dim = c->dim;
     h->vocab = c->vocab_size;
     h->kmax = o->draft == HAT_AUTO ? o->draft_max : o->draft;
+    h->adapter = o->calib ? calib_find(o->calib, h->A, h->B) : NULL;
     if (rows < h->kmax + 1) rows = h->kmax + 1;
     duet_part in = {.n_spans = 1, .span = {{0, h->A}}}, out = {.n_spans = 1, .span = {{h->B, h->L}}};
     int rc;

@@ -6,22 +6,13 @@
  * one UPLOAD, the cloud returns their h_B, the device runs its output layers and head on them and keeps the
  * longest accepted prefix plus one token of its own (docs/HAT.md has the rules for k and the prompt chunks).
  *
- * Ownership: hat_adapter points at the caller's arrays. Threads: one request at a time per remote. */
+ * Ownership: hat_opts points at the caller's calib. Threads: one request at a time per remote. */
 #ifndef DUET_MODES_HAT_H
 #define DUET_MODES_HAT_H
 
+#include "engine/calib.h"
 #include "modes/mode.h"
 #include "modes/spec.h"
-
-/* An affine map h_A -> estimate of h_B: out = w * in + b. w NULL: identity (b may still be set). It is fitted
- * for one model and one pair of layers; hat_check refuses it for any other. */
-typedef struct hat_adapter {
-    uint64_t fingerprint; /* duet_model_fingerprint of the model it was fitted on; 0: any (identity) */
-    int layer_in, layer_out; /* maps h_layer_in to h_layer_out (A and L-M) */
-    int dim;
-    const float *w; /* [dim][dim], row j gives output element j; NULL: identity */
-    const float *b; /* [dim] or NULL */
-} hat_adapter;
 
 #define HAT_AUTO -1
 
@@ -31,7 +22,7 @@ typedef struct hat_opts {
     int draft;          /* k >= 0 drafted tokens per round (0: U-shape, one round trip per token); HAT_AUTO */
     int draft_max;      /* the largest k auto may pick */
     int chunk;          /* prompt chunk size > 0; 0: the whole prompt in one UPLOAD; HAT_AUTO */
-    const hat_adapter *adapter; /* NULL: identity */
+    const calib *calib; /* the adapter is its map A:(L-M) (`duet calibrate`); NULL: identity, h_A taken for h_B */
 } hat_opts;
 
 hat_opts hat_opts_default(int n_layers); /* A = M = 1 (L/4 when L >= 8), draft auto up to 8, chunk auto */
@@ -44,7 +35,8 @@ typedef struct hat_costs {
     spec_prefill_costs prefill; /* prefill: the pipeline's stages */
 } hat_costs;
 
-/* Checks A and M against the model and the device's part (embedding, head, [0,A) and [L-M,L) held). */
+/* Checks A and M against the model and the device's part (embedding, head, [0,A) and [L-M,L) held), and that
+ * the calibration belongs to this model and has the map A:(L-M). */
 int hat_check(const duet_model *m, const hat_opts *o, char *err, size_t errlen);
 
 /* Measures *out over an opened session r before a request (it uploads probe rows at position 0, which the
