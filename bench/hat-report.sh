@@ -39,7 +39,7 @@ echo
 echo "Real weights, so acceptance is real. hat = \`--draft auto\` with the identity adapter (h_1 taken for h_4)"
 [ -z "$CALIB" ] || echo "and hat-calib with the calibrated one (map 1:4 of models/stories260K-calib.gguf, \`duet calibrate\`)"
 echo ". U-shape = \`--mode hat --draft 0\`, split at layer 1 (the cloud holds [1,5) and the head); hat-a2m2 is hat"
-echo "with A = M = 2 (better drafts from more device layers, one layer left in the cloud)."
+echo "with A = M = 2$( [ -z "$CALIB" ] || echo ' and the calibrated map 2:3') (better drafts from more device layers, one layer left in the cloud)."
 echo
 for l in $LINKS; do for s in $SLOWS; do
     echo "### $l, device slowdown $s"

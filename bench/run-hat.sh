@@ -3,7 +3,7 @@
 #   decode:  stories260K (real weights, so real acceptance), "Once upon a time", TOKENS tokens, A = M = 1 (the cloud
 #            holds 3 of 5 layers), under each link of LINKS and device slowdown of SLOWDOWNS: device, cloud,
 #            split at A, U-shape (hat --draft 0), hat --draft auto with the identity adapter and with the
-#            calibrated one (CALIB), hat with A = M = 2 (which leaves the cloud one layer), and hat with k fixed
+#            calibrated one (CALIB), hat with A = M = 2 (calibrated; it leaves the cloud one layer), and hat with k fixed
 #            at 1..8 under slowdown SWEEP_SLOWDOWN.
 #   prefill: TTFT for prompts of LENGTHS tokens on the mid synthetic shape cut to PREFILL_LAYERS layers (timing
 #            only, random weights), A = M = 1, device slowdown 4, under each link: unchunked, CHUNKS, auto.
@@ -51,7 +51,7 @@ for link in $LINKS; do
         run "$t,\"label\":\"split\"" --mode split --split 1 $c -p "Once upon a time"
         run "$t,\"label\":\"ushape\"" --mode hat --draft 0 $c -p "Once upon a time"
         run "$t,\"label\":\"hat\"" --mode hat $c -p "Once upon a time"
-        run "$t,\"label\":\"hat-a2m2\"" --mode hat --input-layers 2 --output-layers 2 $c -p "Once upon a time"
+        run "$t,\"label\":\"hat-a2m2\"" --mode hat --input-layers 2 --output-layers 2 ${CALIB:+--calib "$CALIB"} $c -p "Once upon a time"
         [ -z "$CALIB" ] || run "$t,\"label\":\"hat-calib\"" --mode hat --calib "$CALIB" $c -p "Once upon a time"
         if [ "$sd" = "$SWEEP_SLOWDOWN" ]; then
             for k in $KS; do
