@@ -186,6 +186,9 @@ void duet_sampler_free(duet_sampler *s);
 /* Picks a token from logits[vocab] (which it may overwrite). */
 int duet_sample(duet_sampler *s, float *logits);
 int duet_argmax(const float *x, int n);
+/* probs[vocab] = the distribution duet_sample draws from at logits[vocab] (one-hot at the argmax when greedy),
+ * e.g. for speculative sampling's acceptance rule. Draws nothing: the generator is left as it was. */
+void duet_sample_probs(duet_sampler *s, const float *logits, float *probs);
 
 #ifdef __cplusplus
 }

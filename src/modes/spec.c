@@ -6,18 +6,13 @@
 
 #include "base/err.h"
 
-typedef struct cand { float v; int id; } cand;
-
 int spec_init(spec *s, const duet_sampling *cfg, int vocab, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
-    if (vocab <= 0) return err_set(err, errlen, DUET_EINVAL, "speculation: vocabulary size %d", vocab);
     s->cfg = *cfg;
     s->vocab = vocab;
-    s->rng = cfg->seed ^ 0x9E3779B97F4A7C15ull;
-    if (!s->rng) s->rng = 1;
-    s->cand = malloc(sizeof(cand) * (size_t)vocab);
-    s->resid = malloc(sizeof(float) * (size_t)vocab);
-    if (!s->cand || !s->resid) {
+    s->rng = cfg->seed;
+    if (!(s->dist = duet_sampler_init(cfg, vocab, err, errlen))) return DUET_EINVAL;
+    if (!(s->resid = malloc(sizeof(float) * (size_t)vocab))) {
         spec_free(s);
         return err_set(err, errlen, DUET_ENOMEM, "speculation: out of memory");
     }
@@ -25,60 +20,24 @@ int spec_init(spec *s, const duet_sampling *cfg, int vocab, char *err, size_t er
 }
 
 void spec_free(spec *s) {
-    free(s->cand);
+    duet_sampler_free(s->dist);
     free(s->resid);
-    s->cand = NULL;
+    s->dist = NULL;
     s->resid = NULL;
 }
 
 int spec_greedy(const spec *s) { return s->cfg.temperature <= 0; }
 
-/* Uniform in [0,1), 53 bits. */
+/* Uniform in [0,1), 53 bits of splitmix64 (Steele, Lea, Flood 2014): the acceptance rule's own stream. */
 static double uniform(spec *s) {
-    s->rng ^= s->rng >> 12;
-    s->rng ^= s->rng << 25;
-    s->rng ^= s->rng >> 27;
-    return (double)((s->rng * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+    uint64_t z = (s->rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (double)((z ^ (z >> 31)) >> 11) / 9007199254740992.0;
 }
 
-static int by_value_desc(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->v != y->v) return x->v < y->v ? 1 : -1;
-    return x->id - y->id;
-}
-
-/* The same steps as duet_sample (sampler.c), so hat draws from the distribution device mode draws from. */
-void spec_probs(spec *s, const float *logits, float *p) {
-    int n = s->vocab;
-    memset(p, 0, sizeof(float) * (size_t)n);
-    if (spec_greedy(s)) {
-        p[duet_argmax(logits, n)] = 1;
-        return;
-    }
-    cand *c = s->cand;
-    for (int i = 0; i < n; i++) c[i] = (cand){logits[i], i};
-    qsort(c, (size_t)n, sizeof(cand), by_value_desc);
-    if (s->cfg.top_k > 0 && s->cfg.top_k < n) n = s->cfg.top_k;
-    float mx = c[0].v;
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        c[i].v = expf((c[i].v - mx) / s->cfg.temperature);
-        sum += c[i].v;
-    }
-    if (s->cfg.top_p < 1.0f) {
-        double cum = 0;
-        for (int i = 0; i < n; i++) {
-            cum += c[i].v / sum;
-            if (cum >= s->cfg.top_p) {
-                n = i + 1;
-                break;
-            }
-        }
-        sum = 0;
-        for (int i = 0; i < n; i++) sum += c[i].v;
-    }
-    for (int i = 0; i < n; i++) p[c[i].id] = (float)(c[i].v / sum);
-}
+/* duet_sample's own distribution, so hat samples from exactly what device mode samples from. */
+void spec_probs(spec *s, const float *logits, float *p) { duet_sample_probs(s->dist, logits, p); }
 
 int spec_draw(spec *s, const float *p) {
     double r = uniform(s), acc = 0;

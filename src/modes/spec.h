@@ -20,9 +20,9 @@
 typedef struct spec {
     duet_sampling cfg;
     int vocab;
-    uint64_t rng;  /* xorshift64* state, never 0 */
-    void *cand;    /* [vocab] sort scratch */
-    float *resid;  /* [vocab] residual distribution scratch */
+    uint64_t rng;         /* splitmix64 state */
+    duet_sampler *dist;   /* gives the distributions (duet_sample_probs) */
+    float *resid;         /* [vocab] residual distribution scratch */
 } spec;
 
 int spec_init(spec *s, const duet_sampling *cfg, int vocab, char *err, size_t errlen);
