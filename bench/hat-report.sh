@@ -13,8 +13,8 @@ MACHINE=$(lscpu | grep 'Model name' | sed 's/.*: *//')
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.0f%%", (a / b - 1) * 100; else printf "n/a" }'; }
 # field LINK SLOWDOWN LABEL JQ-EXPR
-dec() { jq -r --arg l "$1" --argjson s "$2" --arg m "$3" "select(.part==\"decode\" and .link==\$l and .slowdown==\$s and .label==\$m) | $4" "$RAW" | head -1; }
-pre() { jq -r --arg l "$1" --argjson n "$2" --arg m "$3" "select(.part==\"prefill\" and .link==\$l and .len==\$n and .label==\$m) | $4" "$RAW" | head -1; }
+dec() { jq -r --arg l "$1" --argjson s "$2" --arg m "$3" "select(.part==\"decode\" and .failed==null and .link==\$l and .slowdown==\$s and .label==\$m) | $4" "$RAW" | head -1; }
+pre() { jq -r --arg l "$1" --argjson n "$2" --arg m "$3" "select(.part==\"prefill\" and .failed==null and .link==\$l and .len==\$n and .label==\$m) | $4" "$RAW" | head -1; }
 
 LINKS=$(jq -r 'select(.part=="decode") | .link' "$RAW" | awk '!s[$0]++')
 SLOWS=$(jq -r 'select(.part=="decode") | .slowdown' "$RAW" | awk '!s[$0]++')
@@ -110,6 +110,12 @@ echo "-41% to -77% against its baselines. The issue's targets: TBT at least 60% 
 echo "and below split, TTFT at least 50% below unchunked U-shape. What we reach is in the tables above; docs/HAT.md"
 echo "(Results) reads them: where we reach the targets, where we lose, and why."
 echo
+if jq -e 'select(.failed != null)' "$RAW" >/dev/null 2>&1; then
+    echo "Runs that failed (blank in the tables):"
+    echo
+    jq -r 'select(.failed != null) | "- \(.part) \(.link) \(.label) \(.len // .slowdown): \(.failed)"' "$RAW"
+    echo
+fi
 echo "Plots: [decode TBT](hat-decode-tbt.png), [TBT by draft length](hat-k.png), [prefill TTFT](hat-prefill.png)."
 } > "$MD"
 

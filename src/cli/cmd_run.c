@@ -227,8 +227,9 @@ int cmd_run(int argc, char **argv) {
             if (calib_path) err_prefix(err, sizeof err, "--calib %s", calib_path);
             goto fail;
         }
-        if (remote_open_range(&r, dev, &ro, FRAME_MODE_HAT, ho.input_layers, hat_b, n_prompt + n_tokens, &s, err,
-                              sizeof err) ||
+        /* the last token generated never runs through the cloud: a prompt may fill the model's context */
+        int hat_ctx = n_prompt + (n_tokens > 0 ? n_tokens - 1 : 0);
+        if (remote_open_range(&r, dev, &ro, FRAME_MODE_HAT, ho.input_layers, hat_b, hat_ctx, &s, err, sizeof err) ||
             hat_probe(dev, pool, &r, &ho, &hc, err, sizeof err))
             goto fail;
     } else if (mode != RUN_DEVICE &&
