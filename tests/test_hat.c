@@ -739,3 +739,75 @@ TEST(test_hat_calibrated_adapter_raises_acceptance) {
     calib_free(cal);
     rig_free(&g);
 }
+
+/* A cloud that answers nothing until every chunk of the prompt has arrived: only a device that sends chunk i+1
+ * before it has the answer to chunk i gets through (a stop-and-wait device would time out). */
+typedef struct pipe_cloud {
+    transport_listener *l;
+    frame_hello have;
+    int dim, requests, closed_ok;
+} pipe_cloud;
+
+static void *pipe_main(void *arg) {
+    pipe_cloud *f = arg;
+    transport_opts o = transport_opts_default(LINK_DOWN);
+    transport *t = NULL;
+    frame_msg m;
+    if (transport_accept(f->l, &o, 5000, &t, NULL, 0)) return NULL;
+    if (transport_hello_answer(t, &f->have, NULL, 5000, NULL, 0) == 0 &&
+        transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
+        uint32_t n_ctx = m.u.open.n_ctx;
+        m = (frame_msg){.type = FRAME_OPENED, .session = 9};
+        m.u.opened.n_ctx = n_ctx;
+        transport_send(t, &m, NULL, 0);
+        frame_request q[8];
+        while (f->requests < 3 && transport_recv(t, &m, 5000, NULL, 0) == 0)
+            if (m.type == FRAME_REQUEST) q[f->requests++] = m.u.request;
+        float rows[4 * 64] = {0};
+        for (int i = 0; i < f->requests; i++) {
+            m = (frame_msg){.type = FRAME_HIDDEN, .session = 9};
+            m.u.rows = (frame_rows){.pos0 = q[i].pos, .n = q[i].count, .dim = (uint32_t)f->dim, .enc = FRAME_ENC_F32,
+                                    .x = rows};
+            transport_send(t, &m, NULL, 0);
+        }
+        if (transport_expect(t, FRAME_CLOSE, &m, 5000, NULL, 0) == 0) {
+            m = (frame_msg){.type = FRAME_CLOSE, .session = 9};
+            f->closed_ok = transport_send(t, &m, NULL, 0) == 0;
+        }
+    }
+    transport_flush(t, 1000, NULL, 0);
+    transport_free(t);
+    return NULL;
+}
+
+TEST(test_hat_prompt_chunks_are_pipelined) {
+    char err[512];
+    hcase c[MAX_CASES];
+    REQUIRE(read_cases(c) == MAX_CASES);
+    REQUIRE(c[0].n_prompt == 5);
+    rig g;
+    REQUIRE_MSG(rig_init(&g, 1, 1, err, sizeof err) == 0, "%s", err);
+    pipe_cloud f = {.l = transport_listen("127.0.0.1", 0, err, sizeof err), .dim = 64};
+    REQUIRE(f.l);
+    f.have = (frame_hello){.fingerprint = duet_model_fingerprint(g.dev), .dim = 64, .layer_a = 1, .layer_b = 4,
+                           .version = FRAME_VERSION, .encodings = FRAME_ENC_ALL};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, pipe_main, &f) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", transport_listener_port(f.l));
+    remote_opts ro = ropts(addr, FRAME_ENC_F32);
+    ro.timeout_ms = 3000;
+    g.o.chunk = 2; /* 5 positions: chunks of 2, 2, 1 */
+    mode_request rq = greedy(&c[0], 1);
+    metrics mt;
+    int rc = run_hat(&g, &ro, 0, &rq, &mt, err, sizeof err);
+    pthread_join(th, NULL);
+    CHECK_MSG(rc == 0, "%s", err);
+    CHECK_EQ_INT(f.requests, 3);
+    CHECK(f.closed_ok);
+    CHECK_EQ_INT(mt.prefill_chunk, 2);
+    CHECK_EQ_INT(mt.cloud_requests, 3);
+    metrics_free(&mt);
+    transport_listener_free(f.l);
+    rig_free(&g);
+}
