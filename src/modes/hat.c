@@ -451,7 +451,7 @@ int hat_probe(const duet_model *m, duet_pool *pool, remote *r, const hat_opts *o
     memset(h.up, 0, sizeof(float) * PROBE_ROWS * (size_t)h.dim);
     memset(h.down, 0, sizeof(float) * PROBE_ROWS * (size_t)h.dim);
     double sd = r->slowdown > 1 ? r->slowdown : 1;
-    double in[2] = {1e30, 1e30}, outl[2] = {1e30, 1e30}, dr = 1e30; /* [1 row, PROBE_ROWS rows] */
+    double in[2] = {1e30, 1e30}, outl[2] = {1e30, 1e30}, hd[2] = {1e30, 1e30}, dr = 1e30; /* [1, PROBE_ROWS rows] */
     for (int rep = 0; rep < 3; rep++)
         for (int s = 0; s < 2; s++) {
             int n = s ? PROBE_ROWS : 1;
@@ -460,12 +460,13 @@ int hat_probe(const duet_model *m, duet_pool *pool, remote *r, const hat_opts *o
             double t0 = clock_now_ms();
             if ((rc = duet_forward(h.ctx, h.kv_in, 0, h.A, h.down, n, 0, err, errlen))) goto done;
             double t1 = clock_now_ms();
-            if ((rc = duet_forward(h.ctx, h.kv_out, h.B, h.L, h.down, n, 0, err, errlen)) ||
-                (rc = duet_head(h.ctx, h.down, n, h.logits, err, errlen)))
-                goto done;
+            if ((rc = duet_forward(h.ctx, h.kv_out, h.B, h.L, h.down, n, 0, err, errlen))) goto done;
             double t2 = clock_now_ms();
+            if ((rc = duet_head(h.ctx, h.down, n, h.logits, err, errlen))) goto done;
+            double t3 = clock_now_ms();
             in[s] = min2(in[s], (t1 - t0) * sd);
             outl[s] = min2(outl[s], (t2 - t1) * sd);
+            hd[s] = min2(hd[s], (t3 - t2) * sd);
         }
     for (int rep = 0; rep < 3; rep++) {
         duet_kv_truncate(h.kv_in, 0);
@@ -493,9 +494,10 @@ int hat_probe(const duet_model *m, duet_pool *pool, remote *r, const hat_opts *o
     spec_prefill_costs *p = &out->prefill;
     p->in1_ms = pos0((in[1] - in[0]) / (PROBE_ROWS - 1));
     p->in0_ms = pos0(in[0] - p->in1_ms);
-    /* the probe ran the head on every row; a prefill runs it on one */
     p->out1_ms = pos0((outl[1] - outl[0]) / (PROBE_ROWS - 1));
     p->out0_ms = pos0(outl[0] - p->out1_ms);
+    p->head_ms = hd[0]; /* a prefill runs the head on its last row only; a verification on every row */
+    double head1 = pos0((hd[1] - hd[0]) / (PROBE_ROWS - 1));
     if (P > 1) { /* else the slopes stay 0: a one-position session has nothing to pipeline */
         p->cloud1_ms = pos0((cl[1] - cl[0]) / (P - 1));
         p->up_row_ms = pos0(((w[1] - cl[1]) - (w[0] - cl[0])) / (P - 1));
@@ -506,8 +508,8 @@ int hat_probe(const duet_model *m, duet_pool *pool, remote *r, const hat_opts *o
     spec_round_costs *q = &out->round;
     q->in_ms = in[0];
     q->draft_ms = pos0(dr - in[0]); /* dr drafted one token and ran the input layers of the next */
-    q->ver1_ms = p->out1_ms;
-    q->ver0_ms = p->out0_ms;
+    q->ver1_ms = p->out1_ms + head1;
+    q->ver0_ms = pos0(p->out0_ms + hd[0] - head1);
     q->wait1_ms = p->cloud1_ms + p->up_row_ms + p->down_row_ms;
     q->wait0_ms = p->rtt_ms + p->cloud0_ms;
     out->measured = 1;

@@ -122,18 +122,18 @@ double spec_prefill_ms(const spec_prefill_costs *c, int n, int chunk) {
         t = maxd(t, arr[done]) + c->out0_ms + c->out1_ms * cd;
     }
     if (arr != arrive) free(arr);
-    return t;
+    return t + c->head_ms;
 }
 
 int spec_pick_chunk(const spec_prefill_costs *c, int n) {
-    int best = n;
-    double best_t = spec_prefill_ms(c, n, n);
-    for (int chunk = n - 1; chunk >= 1; chunk--) {
+    double best_t = INFINITY;
+    for (int chunk = 1; chunk <= n; chunk++) {
         double t = spec_prefill_ms(c, n, chunk);
-        if (t < best_t * (1 - 1e-9)) {
-            best_t = t;
-            best = chunk;
-        }
+        if (t < best_t) best_t = t;
     }
-    return best;
+    /* The optimum is flat over a wide range of sizes; within it the smallest overlaps the most, which keeps the
+     * tail after the last upload short when the per-row costs turn out higher than the probe measured. */
+    for (int chunk = 1; chunk < n; chunk++)
+        if (spec_prefill_ms(c, n, chunk) <= best_t * (1 + SPEC_CHUNK_SLACK)) return chunk;
+    return n;
 }

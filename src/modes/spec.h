@@ -56,7 +56,8 @@ int spec_pick_draft(const spec_round_costs *c, double alpha, int kmax);
 /* Costs of the pieces of a pipelined prefill, in ms (a chunk of c positions). */
 typedef struct spec_prefill_costs {
     double in0_ms, in1_ms;        /* device input layers: in0 + in1 * c */
-    double out0_ms, out1_ms;      /* device output layers: out0 + out1 * c (head of the last row in out0) */
+    double out0_ms, out1_ms;      /* device output layers: out0 + out1 * c */
+    double head_ms;               /* device head on the prompt's last row, once */
     double cloud0_ms, cloud1_ms;  /* cloud middle layers: cloud0 + cloud1 * c */
     double up_row_ms, down_row_ms;/* serialization of one row on the uplink / downlink */
     double rtt_ms;
@@ -66,7 +67,8 @@ typedef struct spec_prefill_costs {
  * device runs each chunk's input layers and sends it, and between chunks runs the output layers of every
  * answer that has arrived; uplink, cloud and downlink each serve chunks in order. */
 double spec_prefill_ms(const spec_prefill_costs *c, int n, int chunk);
-/* The chunk size in 1..n with the smallest simulated prefill (the largest such size on ties). */
+/* The smallest chunk size in 1..n whose simulated prefill is within SPEC_CHUNK_SLACK of the fastest. */
+#define SPEC_CHUNK_SLACK 0.02
 int spec_pick_chunk(const spec_prefill_costs *c, int n);
 
 #endif
