@@ -13,8 +13,9 @@ MACHINE=$(lscpu | grep 'Model name' | sed 's/.*: *//')
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.0f%%", (a / b - 1) * 100; else printf "n/a" }'; }
 # field LINK SLOWDOWN LABEL JQ-EXPR
-dec() { jq -r --arg l "$1" --argjson s "$2" --arg m "$3" "select(.part==\"decode\" and .failed==null and .link==\$l and .slowdown==\$s and .label==\$m) | $4" "$RAW" | head -1; }
-pre() { jq -r --arg l "$1" --argjson n "$2" --arg m "$3" "select(.part==\"prefill\" and .failed==null and .link==\$l and .len==\$n and .label==\$m) | $4" "$RAW" | head -1; }
+# the run with the median TBT (decode) or TTFT (prefill) among the rounds of one configuration
+dec() { jq -r -s --arg l "$1" --argjson s "$2" --arg m "$3" "[.[] | select(.part==\"decode\" and .failed==null and .link==\$l and .slowdown==\$s and .label==\$m)] | sort_by(.tbt_ms.mean) | if length > 0 then .[(length - 1) / 2 | floor] | $4 else empty end" "$RAW"; }
+pre() { jq -r -s --arg l "$1" --argjson n "$2" --arg m "$3" "[.[] | select(.part==\"prefill\" and .failed==null and .link==\$l and .len==\$n and .label==\$m)] | sort_by(.ttft_ms) | if length > 0 then .[(length - 1) / 2 | floor] | $4 else empty end" "$RAW"; }
 
 LINKS=$(jq -r 'select(.part=="decode") | .link' "$RAW" | awk '!s[$0]++')
 SLOWS=$(jq -r 'select(.part=="decode") | .slowdown' "$RAW" | awk '!s[$0]++')
@@ -29,7 +30,8 @@ SWEEP=$(jq -r 'select(.part=="decode" and .k != null) | .slowdown' "$RAW" | head
 echo "# hat: results"
 echo
 echo "Machine: $MACHINE, $(nproc) cores, shared with other engineers' builds and tests while this ran (load"
-echo "average $(cut -d' ' -f1-3 /proc/loadavg) at the end), so every figure is noisy; each is one run."
+echo "average $(cut -d' ' -f1-3 /proc/loadavg) at the end), so every figure is noisy. Each row is the run with the median"
+echo "TBT (decode) or TTFT (prefill) of $(jq -r 'select(.part=="decode") | .round' "$RAW" | sort -n | tail -1) interleaved rounds (prefill: $(jq -r 'select(.part=="prefill") | .round' "$RAW" | sort -n | tail -1) rounds up to 512 tokens, one at 2048)."
 echo "Regenerate: \`make bench-hat\` (bench/run-hat.sh; JSON lines in build/bench-hat.jsonl). Device and cloud are"
 echo "in one process on loopback with one compute thread each; the link (PROTOCOL.md section 11) and the device"
 echo "slowdown (DESIGN section 7) are emulated. Hidden states travel as fp16."

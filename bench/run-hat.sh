@@ -8,8 +8,8 @@
 #   prefill: TTFT for prompts of LENGTHS tokens on the mid synthetic shape cut to PREFILL_LAYERS layers (timing
 #            only, random weights), A = M = 1, device slowdown 4, under each link: unchunked, CHUNKS, auto.
 # Every run is `duet run ... --json` with an in-process cloud on loopback (one thread each); JSON lines go to
-# $BUILD/bench-hat.jsonl. About 8 minutes of wall time on 2 shared cores with the defaults, most of it the
-# emulated slow device sleeping through long prompts (LENGTHS="32 128 512" halves it).
+# $BUILD/bench-hat.jsonl. About 25 minutes of wall time on 2 shared cores with the defaults, much of it the
+# emulated slow device sleeping (2048-token prompts take a minute a run; LENGTHS="32 128 512" ROUNDS=1 takes 5).
 set -eu
 BUILD=${1:-build}
 LINKS=${LINKS:-"wan 4g"}
@@ -20,6 +20,8 @@ TOKENS=${TOKENS:-64}
 LENGTHS=${LENGTHS:-"32 128 512 2048"}
 CHUNKS=${CHUNKS:-"16 64 256"}
 PREFILL_LAYERS=${PREFILL_LAYERS:-4}
+ROUNDS=${ROUNDS:-3}                 # decode: interleaved rounds, the median run reported
+PREFILL_ROUNDS=${PREFILL_ROUNDS:-2} # prefill up to 512 tokens; longer prompts run once
 DIR=${DUET_BENCH_DIR:-bench/models}
 RES=docs/results
 RAW=$BUILD/bench-hat.jsonl
@@ -46,11 +48,13 @@ run() {
     echo "$out" | sed "s|^{|{$tag,|" >> "$RAW"
 }
 
-echo "bench-hat: decode on stories260K" >&2
+echo "bench-hat: decode on stories260K, $ROUNDS rounds" >&2
+r=1
+while [ "$r" -le "$ROUNDS" ]; do
 for link in $LINKS; do
     for sd in $SLOWDOWNS; do
         c="-m $S260 -n $TOKENS --link $link --device-slowdown $sd"
-        t="\"part\":\"decode\",\"link\":\"$link\",\"slowdown\":$sd"
+        t="\"part\":\"decode\",\"round\":$r,\"link\":\"$link\",\"slowdown\":$sd"
         run "$t,\"label\":\"device\"" --mode device $c -p "Once upon a time"
         run "$t,\"label\":\"cloud\"" --mode cloud $c -p "Once upon a time"
         run "$t,\"label\":\"split\"" --mode split --split 1 $c -p "Once upon a time"
@@ -66,12 +70,18 @@ for link in $LINKS; do
     done
 done
 
+r=$((r + 1))
+done
+
 echo "bench-hat: prefill on $MID" >&2
 words() { awk -v n="$1" 'BEGIN { split("cat sat on the mat", w, " "); for (i = 0; i < n; i++) printf "%s%s", (i ? " " : ""), w[i % 5 + 1] }'; }
+r=1
+while [ "$r" -le "$PREFILL_ROUNDS" ]; do
 for link in $LINKS; do
     for n in $LENGTHS; do
+        [ "$r" -gt 1 ] && [ "$n" -gt 512 ] && continue # the long prompts take a minute a run: once
         p=$(words $((n - 1))) # + BOS
-        t="\"part\":\"prefill\",\"link\":\"$link\",\"len\":$n"
+        t="\"part\":\"prefill\",\"round\":$r,\"link\":\"$link\",\"len\":$n"
         c="-m $MID -n 1 --link $link --device-slowdown 4 --draft 0"
         run "$t,\"label\":\"none\"" --mode hat --chunk 0 $c -p "$p"
         for ch in $CHUNKS; do
@@ -79,6 +89,9 @@ for link in $LINKS; do
         done
         run "$t,\"label\":\"auto\"" --mode hat --chunk auto $c -p "$p"
     done
+done
+
+r=$((r + 1))
 done
 
 sh bench/hat-report.sh "$RAW" "$RES" "${CALIB:+yes}" "$PREFILL_LAYERS"
