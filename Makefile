@@ -6,6 +6,7 @@
 #   make bench      engine speed (prefill/decode tok/s, bandwidth) on synthetic shapes
 #   make bench-compare   the rows of llama.cpp's reference table, medians of ROUNDS interleaved rounds
 #   make bench-cloud     one cloud serving 1..32 devices
+#   make bench-ee        CE-CoLLM's tables on stories260K -> docs/results/ee.md (+ PNG plots)
 CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O2 -march=x86-64-v2 -mtune=native
@@ -24,7 +25,7 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-hat clean demo
+.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-ee bench-hat clean demo
 all: $(BUILD)/duet $(BUILD)/duet-tests
 
 $(BUILD)/%.o: %.c
@@ -77,6 +78,8 @@ bench: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-engine.sh $(BUILD)
 bench-cloud: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-cloud.sh $(BUILD)
+bench-ee: $(BUILD)/duet $(BENCH_BIN)
+	sh bench/run-ee.sh $(BUILD)
 bench-compare: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-compare.sh $(BUILD)
 

@@ -8,45 +8,11 @@
 
 #include "base/json.h"
 #include "modes/mode.h"
+#include "cases.h"
 #include "test.h"
 
-#define MODEL "models/stories260K.gguf"
-#define N_CASES 6
-
-typedef struct ref_case {
-    int prompt[64], n_prompt;
-    int out[64], n_out;
-    char text[128];
-} ref_case;
-
-/* llama.cpp's greedy generations (prompt ids, output ids) from the reference data. */
-static int load_cases(ref_case *c, int cap) {
-    char err[256];
-    FILE *f = fopen(TEST_DATA "/stories260K-greedy.jsonl", "r");
-    if (!f) return 0;
-    static char line[1 << 16];
-    int n = 0;
-    while (n < cap && fgets(line, sizeof line, f)) {
-        json *doc = json_parse(line, strlen(line), err, sizeof err);
-        if (!doc) break;
-        const json_val *r = json_root(doc), *p = json_get(r, "prompt_ids"), *o = json_get(r, "output_ids");
-        c[n].n_prompt = (int)json_len(p);
-        c[n].n_out = (int)json_len(o);
-        for (int i = 0; i < c[n].n_prompt && i < 64; i++) c[n].prompt[i] = (int)json_num(json_at(p, i));
-        for (int i = 0; i < c[n].n_out && i < 64; i++) c[n].out[i] = (int)json_num(json_at(o, i));
-        snprintf(c[n].text, sizeof c[n].text, "%s", json_str(json_get(r, "prompt"), NULL));
-        json_free(doc);
-        if (c[n].n_prompt > 64 || c[n].n_out > 64) break;
-        n++;
-    }
-    fclose(f);
-    return n;
-}
-
-static mode_request request(const ref_case *c, int n) {
-    mode_request rq = {c->prompt, c->n_prompt, n, {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1}, -1};
-    return rq;
-}
+#define MODEL CASES_MODEL
+#define N_CASES CASES_N
 
 /* One request in cloud (a == 0) or split mode over a fresh session; m is the device's model. */
 static int run_remote(duet_model *m, duet_pool *pool, const remote_opts *o, int a, const mode_request *rq,
@@ -74,17 +40,10 @@ static remote_opts local_opts(int enc) {
     return o;
 }
 
-static int same_ids(const metrics *mt, const int *want, int n) {
-    if (mt->tokens != n) return 0;
-    for (int i = 0; i < n; i++)
-        if (mt->ids[i] != want[i]) return 0;
-    return 1;
-}
-
 TEST(test_modes_greedy_identical_to_llamacpp) {
     char err[512];
     ref_case c[N_CASES];
-    int n_cases = load_cases(c, N_CASES);
+    int n_cases = cases_load(c, N_CASES);
     REQUIRE(n_cases == N_CASES);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
@@ -93,16 +52,16 @@ TEST(test_modes_greedy_identical_to_llamacpp) {
     REQUIRE(L == 5);
     remote_opts o = local_opts(FRAME_ENC_F32);
     for (int k = 0; k < n_cases; k++) {
-        mode_request rq = request(&c[k], c[k].n_out);
+        mode_request rq = cases_request(&c[k], c[k].n_out);
         metrics mt;
         metrics_start(&mt, "device");
         CHECK_EQ_INT(mode_device_run(m, pool, &rq, NULL, NULL, &mt, err, sizeof err), 0);
-        CHECK_MSG(same_ids(&mt, c[k].out, c[k].n_out), "device, prompt '%s'", c[k].text);
+        CHECK_MSG(cases_same_ids(&mt, c[k].out, c[k].n_out), "device, prompt '%s'", c[k].text);
         metrics_free(&mt);
         for (int a = 0; a < L; a++) { /* a == 0: cloud mode; else split at a */
             int rc = run_remote(m, pool, &o, a, &rq, &mt, NULL, err, sizeof err);
             CHECK_MSG(rc == 0, "split %d: %s", a, err);
-            CHECK_MSG(same_ids(&mt, c[k].out, c[k].n_out), "%s at %d, prompt '%s': %d tokens", a ? "split" : "cloud",
+            CHECK_MSG(cases_same_ids(&mt, c[k].out, c[k].n_out), "%s at %d, prompt '%s': %d tokens", a ? "split" : "cloud",
                       a, c[k].text, mt.tokens);
             metrics_free(&mt);
         }
@@ -115,14 +74,14 @@ TEST(test_modes_greedy_identical_to_llamacpp) {
 TEST(test_modes_bytes_and_round_trips) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(cases_load(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     const uint64_t H = FRAME_HEADER_SIZE, P = (uint64_t)c[0].n_prompt, dim = (uint64_t)duet_model_config(m)->dim;
     /* connection setup, outside the request: HELLO and OPEN up, HELLO_OK and OPENED down */
     const uint64_t setup_up = 2 * H + FRAME_HELLO_SIZE + FRAME_OPEN_SIZE, setup_down = 2 * H + FRAME_HELLO_SIZE + FRAME_OPENED_SIZE;
-    mode_request rq = request(&c[0], 12);
+    mode_request rq = cases_request(&c[0], 12);
     metrics mt;
     transport_stats tot;
 
@@ -167,7 +126,7 @@ TEST(test_modes_bytes_and_round_trips) {
 TEST(test_modes_split_lossy_fidelity) {
     char err[512];
     ref_case c[N_CASES];
-    REQUIRE(load_cases(c, N_CASES) == N_CASES);
+    REQUIRE(cases_load(c, N_CASES) == N_CASES);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -176,7 +135,7 @@ TEST(test_modes_split_lossy_fidelity) {
         double sum = 0;
         remote_opts o = local_opts(encs[e]);
         for (int k = 0; k < N_CASES; k++) {
-            mode_request rq = request(&c[k], c[k].n_out);
+            mode_request rq = cases_request(&c[k], c[k].n_out);
             metrics mt;
             REQUIRE_MSG(run_remote(m, pool, &o, 3, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
             metrics_fidelity(&mt, c[k].out, c[k].n_out);
@@ -196,16 +155,16 @@ TEST(test_modes_split_lossy_fidelity) {
 TEST(test_modes_link_rtt_shows) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(cases_load(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
     remote_opts o = local_opts(FRAME_ENC_F32);
     REQUIRE(link_parse("rtt=20ms", &o.link, err, sizeof err) == 0);
-    mode_request rq = request(&c[0], 10);
+    mode_request rq = cases_request(&c[0], 10);
     metrics mt;
     REQUIRE_MSG(run_remote(m, pool, &o, 2, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
-    CHECK(same_ids(&mt, c[0].out, 10));
+    CHECK(cases_same_ids(&mt, c[0].out, 10));
     CHECK_MSG(mt.total_ms >= 10 * 20.0, "total %.1f ms", mt.total_ms);
     CHECK_MSG(mt.comm_wait_ms >= 10 * 20.0 * 0.9, "waited %.1f ms", mt.comm_wait_ms);
     CHECK_MSG(mt.t_token[0] >= 20.0, "ttft %.1f ms", mt.t_token[0]);
@@ -218,11 +177,11 @@ TEST(test_modes_link_rtt_shows) {
 TEST(test_modes_device_slowdown) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(cases_load(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
-    mode_request rq = request(&c[0], 64);
+    mode_request rq = cases_request(&c[0], 64);
     double base = 1e30;
     metrics mt;
     for (int i = 0; i < 2; i++) {
@@ -233,7 +192,7 @@ TEST(test_modes_device_slowdown) {
     }
     metrics_start(&mt, "device");
     CHECK_EQ_INT(mode_device_run_slowed(m, pool, 3, &rq, NULL, NULL, &mt, err, sizeof err), 0);
-    CHECK(same_ids(&mt, c[0].out, 64));
+    CHECK(cases_same_ids(&mt, c[0].out, 64));
     CHECK_MSG(mt.device_compute_ms >= 1.5 * base && mt.device_compute_ms <= 10 * base, "%.3f ms vs %.3f ms",
               mt.device_compute_ms, base);
     CHECK(mt.total_ms >= mt.device_compute_ms);
@@ -242,7 +201,7 @@ TEST(test_modes_device_slowdown) {
     remote_opts o = local_opts(FRAME_ENC_F32); /* split applies it to the device's layers */
     o.device_slowdown = 4;
     REQUIRE_MSG(run_remote(m, pool, &o, 4, &rq, &mt, NULL, err, sizeof err) == 0, "%s", err);
-    CHECK(same_ids(&mt, c[0].out, 64));
+    CHECK(cases_same_ids(&mt, c[0].out, 64));
     CHECK_MSG(mt.device_compute_ms >= 1.5 * base * 4 / 5, "split device %.3f ms", mt.device_compute_ms);
     metrics_free(&mt);
     duet_pool_free(pool);
@@ -252,10 +211,10 @@ TEST(test_modes_device_slowdown) {
 TEST(test_modes_cloud_missing_or_silent) {
     char err[512] = "";
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(cases_load(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     REQUIRE_MSG(m, "%s", err);
-    mode_request rq = request(&c[0], 4);
+    mode_request rq = cases_request(&c[0], 4);
     /* a port nobody listens on any more */
     transport_listener *l = transport_listen("127.0.0.1", 0, err, sizeof err);
     REQUIRE(l);
@@ -330,10 +289,10 @@ static void *device_thread(void *arg) {
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     remote_opts o = local_opts(FRAME_ENC_F32);
     o.cloud = j->cloud;
-    mode_request rq = request(j->c, 24);
+    mode_request rq = cases_request(j->c, 24);
     metrics mt;
     int rc = pool ? run_remote(j->m, pool, &o, 2, &rq, &mt, NULL, err, sizeof err) : -1;
-    j->ok = rc == 0 && same_ids(&mt, j->c->out, 24);
+    j->ok = rc == 0 && cases_same_ids(&mt, j->c->out, 24);
     j->tokens = rc == 0 ? mt.tokens : -1;
     snprintf(j->err, sizeof j->err, "%s", err);
     if (rc == 0) metrics_free(&mt);
@@ -345,7 +304,7 @@ static void *device_thread(void *arg) {
 TEST(test_modes_sixteen_devices_at_once) {
     char err[512];
     ref_case c[N_CASES];
-    REQUIRE(load_cases(c, N_CASES) == N_CASES);
+    REQUIRE(cases_load(c, N_CASES) == N_CASES);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -366,7 +325,7 @@ TEST(test_modes_sixteen_devices_at_once) {
         k->n_prompt = duet_tokenize(tok, extra[i - N_CASES], strlen(extra[i - N_CASES]), true, k->prompt, 64);
         REQUIRE(k->n_prompt > 1 && k->n_prompt <= 64);
         snprintf(k->text, sizeof k->text, "%s", extra[i - N_CASES]);
-        mode_request rq = request(k, 24);
+        mode_request rq = cases_request(k, 24);
         metrics mt;
         metrics_start(&mt, "device");
         REQUIRE(mode_device_run(m, pool, &rq, NULL, NULL, &mt, err, sizeof err) == 0);
@@ -462,7 +421,7 @@ TEST(test_modes_cli_errors) {
         {"run --mode hat --draft many -m " MODEL, "--draft", 2},
         {"run --mode hat --chunk -3 -m " MODEL, "--chunk", 2},
         {"run --mode hat --input-layers 2 --output-layers 2 --calib /nonexistent.gguf -m " MODEL, "nonexistent", 1},
-        {"run --mode split --calib models/stories260K-calib.gguf -m " MODEL, "--mode hat only", 2},
+        {"run --mode split --calib models/stories260K-calib.gguf -m " MODEL, "--mode ee or hat only", 2},
         {"run --mode hat --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
         {"run --mode hat -n 0 -m " MODEL, "0 tokens", 0},
     };
@@ -524,7 +483,7 @@ static void *fake_main(void *arg) {
 TEST(test_modes_bad_cloud_answers) {
     char err[512];
     ref_case c[1];
-    REQUIRE(load_cases(c, 1) == 1);
+    REQUIRE(cases_load(c, 1) == 1);
     duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
     duet_pool *pool = duet_pool_init(1, err, sizeof err);
     REQUIRE_MSG(m && pool, "%s", err);
@@ -545,7 +504,7 @@ TEST(test_modes_bad_cloud_answers) {
         remote_opts o = local_opts(FRAME_ENC_F32);
         o.cloud = addr;
         o.timeout_ms = 3000;
-        mode_request rq = request(&c[0], 4);
+        mode_request rq = cases_request(&c[0], 4);
         metrics mt;
         err[0] = 0;
         int rc = run_remote(m, pool, &o, cases[i].split, &rq, &mt, NULL, err, sizeof err);

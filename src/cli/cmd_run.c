@@ -1,5 +1,5 @@
-/* duet run: one request in one of the baseline modes (device, cloud, split) over the real protocol, streaming
- * the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
+/* duet run: one request in any mode (the baselines and the collaborative modes) over the real protocol,
+ * streaming the text, with DESIGN section 6 metrics; --compare adds fidelity against a device-only run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +12,7 @@
 #include "modes/mode.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split|hat -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|ee|hat -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
     "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
     "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
@@ -20,6 +20,9 @@ static const char *USAGE =
     "  cloud   the prompt's tokens go up, the cloud runs every layer and streams the tokens down\n"
     "  split   this machine runs layers [0,A) and uploads each position's hidden state; the cloud runs [A,L)\n"
     "          and the head and sends each token down (one round trip per token)\n"
+    "  ee      CE-CoLLM: this machine runs layers [0,E2] with early exits after layers E1 and E2 and uploads\n"
+    "          every position's hidden state in the background; only tokens no exit is confident about go\n"
+    "          to the cloud, which runs (E2,L) and the head. Lossless at --threshold 1\n"
     "  hat     U-shape: this machine runs the embedding, layers [0,A), layers [L-M,L) and the head; the cloud\n"
     "          only the middle [A,L-M). Token ids never leave this machine: h_A goes up, h_(L-M) comes down.\n"
     "          This machine drafts tokens (input layers -> adapter -> output layers -> head) and the cloud\n"
@@ -27,7 +30,7 @@ static const char *USAGE =
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud, split or hat (required)\n"
+    "  --mode MODE            device, cloud, split, ee or hat (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -39,18 +42,31 @@ static const char *USAGE =
     "                         overrides like up=20mbit,down=50mbit,rtt=40ms,jitter=5ms (after a profile too)\n"
     "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
     "                         t ms, sleep (X-1)*t ms (default 1: none)\n"
+    "      --hidden-enc ENC   split, ee and hat: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --exits E1,E2      ee: early exits after layers E1 < E2, 0 <= E1 < E2 <= L-2; the device holds\n"
+    "                         [0,E2], the cloud (E2,L) (default L/2-1 and 3L/4-1, e.g. 1,2 for 5 layers)\n"
+    "      --threshold T      ee: an exit emits its token when its top softmax probability is >= T, in\n"
+    "                         [0,1]; 1 never exits, so the output equals device-only (default 0.8)\n"
+    "      --calib FILE       ee: exit translators from `duet calibrate` (maps (E+1):L of this model),\n"
+    "                         e.g. models/stories260K-calib.gguf; default: the head reads the exit as is.\n"
+    "                         hat: the adapter, map A:(L-M) of such a file; default: identity (h_A taken for\n"
+    "                         h_(L-M))\n"
+    "      --standalone       ee: no cloud at all; the E2 exit always emits\n"
+    "      --reconnect-ms MS  ee: after losing the cloud, try again after MS, doubling up to 30 s; meanwhile\n"
+    "                         the E2 exit emits. 0: stay standalone (default 1000)\n"
+    "      --cloud-timeout MS ee: the longest wait for the cloud (connect, handshake, an answer); past it the\n"
+    "                         cloud counts as lost (default 5000)\n"
+    "      --no-background-upload  ee: send the hidden states with each cloud request instead of as soon as\n"
+    "                         they exist (the paper's ablation)\n"
     "      --input-layers A   hat: layers [0,A) run here before the cloud (default 1; L/4 from 8 layers)\n"
     "      --output-layers M  hat: layers [L-M,L) run here after the cloud (default as A); A + M < L\n"
     "      --draft K|auto     hat: tokens drafted per round; 0 = U-shape without speculation (one round trip\n"
     "                         per token); auto (default) picks k each round for the most expected tokens/s\n"
     "                         from the measured acceptance, round trip and device speed\n"
     "      --draft-max K      hat: the largest k --draft auto may pick (default 8)\n"
-    "      --calib FILE       hat: the adapter, map A:(L-M) of a `duet calibrate` file of this model (e.g.\n"
-    "                         models/stories260K-calib.gguf); default: identity (h_A taken for h_(L-M))\n"
     "      --chunk N|auto     hat: prompt chunk size; the chunks are pipelined (this machine computes the next\n"
     "                         while the cloud computes one); 0 = the whole prompt at once; auto (default)\n"
     "                         picks it from a cost model of prompt length, link and device/cloud speed\n"
-    "      --hidden-enc ENC   split and hat modes: hidden states travel as fp16 (default), fp32 or int8\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
     "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
@@ -67,13 +83,15 @@ static const char *USAGE =
     "\n"
     "Exit status: 0 ok, 1 runtime failure (cloud unreachable or refusing, model error), 2 usage error.\n";
 
+static void log_warning(void *arg, const char *msg) { fprintf(stderr, "duet run: %s\n", msg); }
+
 static int usage_error(const char *msg) {
     fprintf(stderr, "duet run: %s (see duet run --help)\n", msg);
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_HAT };
-static const char *MODES[] = {"device", "cloud", "split", "hat"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_HAT };
+static const char *MODES[] = {"device", "cloud", "split", "ee", "hat"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static int lookup(const char *v, const char **names, int n) {
@@ -84,9 +102,11 @@ static int lookup(const char *v, const char **names, int n) {
 
 int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
-    int mode = -1, split = -1, compare = 0, hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
+    int mode = -1, split = -1, compare = 0, cloud_timeout = 5000;
+    ee_opts eo = ee_opts_default();
+    const char *ee_flag = NULL, *calib_path = NULL;
+    int hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
     int hat_flag = 0; /* a hat-only flag was given */
-    const char *calib_path = NULL;
     float slowdown = 1;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
@@ -100,6 +120,12 @@ int cmd_run(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--compare")) {
             compare = 1;
+        } else if (!strcmp(a, "--standalone")) {
+            eo.standalone = true;
+            ee_flag = a;
+        } else if (!strcmp(a, "--no-background-upload")) {
+            eo.background_upload = false;
+            ee_flag = a;
         } else {
             if (a[0] != '-' || !(v = args_value("run", argc, argv, &i))) {
                 if (a[0] != '-') fprintf(stderr, "duet run: unexpected argument '%s' (see duet run --help)\n", a);
@@ -107,7 +133,7 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 4)) < 0) return usage_error("--mode must be device, cloud, split or hat");
+                if ((mode = lookup(v, MODES, 5)) < 0) return usage_error("--mode must be device, cloud, split, ee or hat");
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
             } else if (!strcmp(a, "--input-layers")) {
@@ -127,9 +153,6 @@ int cmd_run(int argc, char **argv) {
                 if (strcmp(v, "auto")) bad = args_int("run", a, v, 0, 1 << 20, &chunk);
                 else chunk = HAT_AUTO;
                 hat_flag = 1;
-            } else if (!strcmp(a, "--calib")) {
-                calib_path = v;
-                hat_flag = 1;
             } else if (!strcmp(a, "--cloud")) {
                 ro.cloud = v;
             } else if (!strcmp(a, "--link")) {
@@ -138,6 +161,23 @@ int cmd_run(int argc, char **argv) {
                 bad = args_float("run", a, v, 1, 1000, &slowdown);
             } else if (!strcmp(a, "--hidden-enc")) {
                 if ((ro.enc = lookup(v, ENCS, 3)) < 0) return usage_error("--hidden-enc must be fp16, fp32 or int8");
+            } else if (!strcmp(a, "--exits")) {
+                char *end;
+                eo.e1 = (int)strtol(v, &end, 10);
+                if (end == v || *end != ',' || (eo.e2 = (int)strtol(end + 1, &end, 10), *end))
+                    return usage_error("--exits takes two layer numbers, E1,E2 (e.g. 1,3)");
+                ee_flag = a;
+            } else if (!strcmp(a, "--threshold")) {
+                bad = args_float("run", a, v, 0, 1, &eo.threshold);
+                ee_flag = a;
+            } else if (!strcmp(a, "--calib")) { /* ee or hat */
+                calib_path = v;
+            } else if (!strcmp(a, "--reconnect-ms")) {
+                bad = args_int("run", a, v, 0, 3600000, &eo.reconnect_ms);
+                ee_flag = a;
+            } else if (!strcmp(a, "--cloud-timeout")) {
+                bad = args_int("run", a, v, 1, 3600000, &cloud_timeout);
+                ee_flag = a;
             } else if (!strcmp(a, "--cloud-threads")) {
                 bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
             } else {
@@ -151,11 +191,16 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split|hat is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|ee|hat is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
+    if (ee_flag && mode != RUN_EE) {
+        fprintf(stderr, "duet run: %s applies to --mode ee only (see duet run --help)\n", ee_flag);
+        return 2;
+    }
     if (hat_flag && mode != RUN_HAT)
-        return usage_error("--input-layers, --output-layers, --draft, --draft-max, --chunk and --calib apply to --mode hat only");
+        return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
+    if (calib_path && mode != RUN_EE && mode != RUN_HAT) return usage_error("--calib applies to --mode ee or hat only");
     if (link_parse(link_spec, &ro.link, err, sizeof err)) {
         fprintf(stderr, "duet run: --link: %s\n", err);
         return 2;
@@ -184,6 +229,16 @@ int cmd_run(int argc, char **argv) {
     if (!meta) goto fail;
     const duet_config *c = duet_model_config(meta);
     if (mode == RUN_SPLIT && split < 0) split = c->n_layers / 2;
+    if (mode == RUN_EE && eo.e1 < 0 && eo.e2 < 0) {
+        eo.e1 = c->n_layers / 2 - 1 > 0 ? c->n_layers / 2 - 1 : 0;
+        eo.e2 = 3 * c->n_layers / 4 - 1 > eo.e1 ? 3 * c->n_layers / 4 - 1 : eo.e1 + 1;
+    }
+    if (mode == RUN_EE && (eo.e1 < 0 || eo.e2 > c->n_layers - 2 || eo.e1 >= eo.e2)) {
+        fprintf(stderr, "duet run: --exits %d,%d: this model has %d layers, so exits need 0 <= E1 < E2 <= %d\n", eo.e1,
+                eo.e2, c->n_layers, c->n_layers - 2);
+        status = 2;
+        goto out;
+    }
     if (mode == RUN_SPLIT && (split < 1 || split >= c->n_layers)) {
         fprintf(stderr, "duet run: --split %d: this model has %d layers, so the split must be in 1..%d\n", split,
                 c->n_layers, c->n_layers - 1);
@@ -218,6 +273,29 @@ int cmd_run(int argc, char **argv) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
         if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
     }
+    if (mode == RUN_EE) {
+        duet_part part = {.n_spans = 1, .span = {{0, eo.e2 + 1}}, .embed = true, .head = true};
+        if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
+        if (calib_path) {
+            if (!(cal = calib_load(calib_path, err, sizeof err))) goto fail;
+            if (calib_check_model(cal, duet_model_fingerprint(dev), c->n_layers, c->dim, err, sizeof err)) {
+                err_prefix(err, sizeof err, "--calib %s", calib_path);
+                goto fail;
+            }
+            for (int e = 0; e < 2; e++)
+                if (!calib_find(cal, (e ? eo.e2 : eo.e1) + 1, c->n_layers)) {
+                    snprintf(err, sizeof err, "--calib %s has no translator for the exit after layer %d (map %d:%d); "
+                             "run duet calibrate --pairs %d:%d", calib_path, e ? eo.e2 : eo.e1, (e ? eo.e2 : eo.e1) + 1,
+                             c->n_layers, (e ? eo.e2 : eo.e1) + 1, c->n_layers);
+                    goto fail;
+                }
+        }
+        eo.calib = cal;
+        eo.sampling = s;
+        eo.remote = ro;
+        eo.remote.timeout_ms = cloud_timeout;
+        eo.log = log_warning;
+    }
     if (mode == RUN_HAT) {
         duet_part part = {.n_spans = 2, .span = {{0, ho.input_layers}, {hat_b, c->n_layers}}, .embed = true, .head = true};
         if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
@@ -232,9 +310,9 @@ int cmd_run(int argc, char **argv) {
         if (remote_open_range(&r, dev, &ro, FRAME_MODE_HAT, ho.input_layers, hat_b, hat_ctx, &s, err, sizeof err) ||
             hat_probe(dev, pool, &r, &ho, &hc, err, sizeof err))
             goto fail;
-    } else if (mode != RUN_DEVICE &&
-               remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
-                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
+    }
+    if (mode != RUN_DEVICE && mode != RUN_EE && mode != RUN_HAT && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+                                          mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
 
     cli_text o = {tok, json ? stderr : stdout, false};
@@ -242,6 +320,7 @@ int cmd_run(int argc, char **argv) {
     metrics_start(&mt, MODES[mode]);
     int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+             : mode == RUN_EE    ? mode_ee_run(dev, pool, &eo, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_HAT   ? mode_hat_run(dev, pool, &r, &ho, &hc, &rq, cli_text_emit, &o, &mt, err, sizeof err)
                                  : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
@@ -249,9 +328,12 @@ int cmd_run(int argc, char **argv) {
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
 
-    char where[128] = "";
+    char where[192] = "";
     if (mode == RUN_CLOUD) snprintf(where, sizeof where, " over link %.64s", link_spec);
     if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
+    if (mode == RUN_EE)
+        snprintf(where, sizeof where, " with exits %d,%d at threshold %g%s over link %.64s", eo.e1, eo.e2, eo.threshold,
+                 cal ? " (calibrated)" : "", eo.standalone ? "none (standalone)" : link_spec);
     if (mode == RUN_HAT)
         snprintf(where, sizeof where, " with cloud layers [%d,%d)%s over link %.64s", ho.input_layers, hat_b,
                  cal ? ", calibrated adapter," : "", link_spec);
@@ -260,6 +342,12 @@ int cmd_run(int argc, char **argv) {
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
             (unsigned long long)mt.bytes_up, (unsigned long long)mt.bytes_down, (unsigned long long)mt.round_trips,
             mt.device_compute_ms, mt.cloud_compute_ms, mt.comm_wait_ms);
+    if (mode == RUN_EE) {
+        fprintf(stderr, "; exits %llu+%llu, cloud requests %llu (rate %.3f)", (unsigned long long)mt.exit_tokens[0],
+                (unsigned long long)mt.exit_tokens[1], (unsigned long long)mt.cloud_requests,
+                mt.tokens ? (double)mt.cloud_requests / mt.tokens : 0);
+        if (mt.fallback_at >= 0) fprintf(stderr, "; standalone from token %d", mt.fallback_at);
+    }
     if (mode == RUN_HAT && mt.rounds)
         fprintf(stderr, "; %llu rounds, %.2f drafted and %.2f accepted per round", (unsigned long long)mt.rounds,
                 (double)mt.drafted / mt.rounds, (double)mt.accepted / mt.rounds);

@@ -10,7 +10,7 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"generate", cmd_generate, "generate text on this machine alone (device-only)"},
-    {"run", cmd_run, "one request in a baseline mode (device, cloud, split) over the real protocol, with metrics"},
+    {"run", cmd_run, "one request in any mode (device, cloud, split, ee, ...) over the real protocol, with metrics"},
     {"convert", cmd_convert, "import a llama2.c checkpoint + tokenizer.bin as GGUF"},
     {"synth", cmd_synth, "write a random-weight GGUF with a real model's shape (for timing)"},
     {"calibrate", cmd_calibrate, "fit early-exit translators and HAT adapters (affine maps) on a model's hidden states"},

@@ -107,6 +107,14 @@ void metrics_print_json(const metrics *m, FILE *f) {
     if (m->rounds) /* speculative modes: rounds of draft + verification, mean draft length used */
         fprintf(f, ",\"rounds\":%llu,\"draft_len_mean\":%.3f", (unsigned long long)m->rounds,
                 (double)m->drafted / m->rounds);
+    if (m->reconnects) fprintf(f, ",\"reconnects\":%llu", (unsigned long long)m->reconnects);
+    if (m->n_exit_points) {
+        fprintf(f, ",\"exits\":[");
+        for (int i = 0; i < m->n_exit_points; i++)
+            fprintf(f, "%s{\"after_layer\":%d,\"tokens\":%llu}", i ? "," : "", m->exit_layer[i],
+                    (unsigned long long)m->exit_tokens[i]);
+        fprintf(f, "]");
+    }
     if (m->has_reference)
         fprintf(f, ",\"fidelity\":{\"exact_match_rate\":%.4f,\"rouge_l_f1\":%.4f}", m->exact_match_rate,
                 m->rouge_l_f1);

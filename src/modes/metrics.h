@@ -21,6 +21,10 @@ typedef struct metrics {
     uint64_t bytes_up, bytes_down, round_trips, cloud_requests, cloud_tokens;
     uint64_t drafted, accepted, rounds; /* speculative modes */
     int prefill_chunk;        /* hat: prompt chunk size used (0: not chunked by a mode that could) */
+    int n_exit_points;        /* ee: exits on the device */
+    int exit_layer[2];        /* ee: the layer each exit follows */
+    uint64_t exit_tokens[2];  /* ee: tokens emitted at each exit (the rest came from the cloud) */
+    uint64_t reconnects;      /* times the device reconnected to a cloud after losing one */
     int fallback_at;          /* index of the first token produced without the cloud after losing it; -1: never */
     int has_reference;        /* fidelity computed against a device-only run */
     double exact_match_rate, rouge_l_f1;

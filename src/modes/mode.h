@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "duet.h"
+#include "engine/calib.h"
 #include "modes/metrics.h"
 #include "modes/remote.h"
 
@@ -38,5 +39,30 @@ int mode_cloud_run(remote *r, const mode_request *rq, mode_emit_fn emit, void *a
  * the embedding. */
 int mode_split_run(const duet_model *m, duet_pool *pool, remote *r, const mode_request *rq, mode_emit_fn emit,
                    void *arg, metrics *mt, char *err, size_t errlen);
+
+/* Messages a mode has for the user while it carries on (e.g. it lost the cloud); the CLI prints them. */
+typedef void (*mode_log_fn)(void *arg, const char *msg);
+
+/* ee (CE-CoLLM): early exits after layers e1 < e2 on the device, background upload of every h_{e2+1}, the
+ * cloud (layers (e2,L) + head) asked only for low-confidence tokens; standalone when there is no cloud. */
+typedef struct ee_opts {
+    int e1, e2;              /* exits after these layers: 0 <= e1 < e2 <= L-2 */
+    float threshold;         /* emit at an exit when its top probability is >= this; 1: never exit */
+    const calib *calib;      /* translators (e+1):L of the exits, or NULL: the head reads h_{e+1} as is */
+    bool standalone;         /* no cloud at all: the E2 exit always emits */
+    bool background_upload;  /* rows go up as soon as they exist (default); false: with each request */
+    int reconnect_ms;        /* first wait before reconnecting to a lost cloud, doubling to 30 s; 0: never */
+    duet_sampling sampling;  /* the device's exits and the cloud's session sample with this */
+    remote_opts remote;      /* where the cloud is; remote.timeout_ms bounds every wait for it */
+    duet_kv *kv;             /* the device's KV cache over [0,e2] (NULL: the mode makes its own); lets a caller
+                              * inspect or continue it */
+    mode_log_fn log;
+    void *log_arg;
+} ee_opts;
+
+ee_opts ee_opts_default(void); /* no exits chosen, threshold 0.8, background upload, reconnect after 1 s */
+/* m holds layers [0,e2], the embedding and the head (a model of the same file as the cloud's). */
+int mode_ee_run(duet_model *m, duet_pool *pool, const ee_opts *o, const mode_request *rq, mode_emit_fn emit,
+                void *arg, metrics *mt, char *err, size_t errlen);
 
 #endif
