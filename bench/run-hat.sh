@@ -24,11 +24,12 @@ ROUNDS=${ROUNDS:-3}                 # decode: interleaved rounds, the median run
 PREFILL_ROUNDS=${PREFILL_ROUNDS:-2} # prefill up to 512 tokens; longer prompts run once
 DIR=${DUET_BENCH_DIR:-bench/models}
 RES=docs/results
-RAW=$BUILD/bench-hat.jsonl
+RAW=${RAW:-$BUILD/bench-hat.jsonl}
+PARTS=${PARTS:-"decode prefill"} # either alone appends to RAW instead of starting it afresh
 DUET="$BUILD/duet"
 S260=models/stories260K.gguf
 mkdir -p "$DIR" "$RES"
-: > "$RAW"
+[ "$PARTS" != "decode prefill" ] || : > "$RAW"
 MID="$DIR/mid-f32-l$PREFILL_LAYERS.gguf"
 [ -f "$MID" ] || "$DUET" synth --shape mid --type f32 --layers "$PREFILL_LAYERS" -o "$MID" 2>/dev/null
 
@@ -50,6 +51,7 @@ run() {
 
 echo "bench-hat: decode on stories260K, $ROUNDS rounds" >&2
 r=1
+case " $PARTS " in *" decode "*) ;; *) r=$((ROUNDS + 1)) ;; esac
 while [ "$r" -le "$ROUNDS" ]; do
 for link in $LINKS; do
     for sd in $SLOWDOWNS; do
@@ -76,6 +78,7 @@ done
 echo "bench-hat: prefill on $MID" >&2
 words() { awk -v n="$1" 'BEGIN { split("cat sat on the mat", w, " "); for (i = 0; i < n; i++) printf "%s%s", (i ? " " : ""), w[i % 5 + 1] }'; }
 r=1
+case " $PARTS " in *" prefill "*) ;; *) r=$((PREFILL_ROUNDS + 1)) ;; esac
 while [ "$r" -le "$PREFILL_ROUNDS" ]; do
 for link in $LINKS; do
     for n in $LENGTHS; do

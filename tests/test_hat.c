@@ -534,10 +534,10 @@ TEST(test_hat_chunk_model) {
     /* slow device, slow uplink: pipelining pays, and the pick is the best of every fixed size */
     int n = 512, best = spec_pick_chunk(&one, n);
     CHECK(best > 1 && best < n);
-    double fastest = INFINITY; /* the pick is within the slack of the fastest size, and no smaller size is */
+    double fastest = INFINITY; /* the pick is within the slack of the fastest size, and no larger size is */
     for (int ch = 1; ch <= n; ch++) fastest = fmin(fastest, spec_prefill_ms(&one, n, ch));
     CHECK(spec_prefill_ms(&one, n, best) <= (1 + SPEC_CHUNK_SLACK) * fastest);
-    for (int ch = 1; ch < best; ch++) CHECK(spec_prefill_ms(&one, n, ch) > (1 + SPEC_CHUNK_SLACK) * fastest);
+    for (int ch = best + 1; ch <= n; ch++) CHECK(spec_prefill_ms(&one, n, ch) > (1 + SPEC_CHUNK_SLACK) * fastest);
     CHECK(spec_prefill_ms(&one, n, best) < 0.8 * spec_prefill_ms(&one, n, n));
     /* a big cost per chunk and nothing to overlap: one chunk */
     spec_prefill_costs fixed = {.in0_ms = 5, .cloud0_ms = 5, .out0_ms = 5, .rtt_ms = 1};

@@ -131,9 +131,10 @@ int spec_pick_chunk(const spec_prefill_costs *c, int n) {
         double t = spec_prefill_ms(c, n, chunk);
         if (t < best_t) best_t = t;
     }
-    /* The optimum is flat over a wide range of sizes; within it the smallest overlaps the most, which keeps the
-     * tail after the last upload short when the per-row costs turn out higher than the probe measured. */
-    for (int chunk = 1; chunk < n; chunk++)
+    /* The optimum is flat over a wide range of sizes; within it the largest has the fewest chunks, which is
+     * safest when a chunk costs more than the probe saw (every chunk is two frames, a forward pass over all of
+     * the device's and the cloud's weights, and on a shared machine a few thread wake-ups). */
+    for (int chunk = n; chunk > 1; chunk--)
         if (spec_prefill_ms(c, n, chunk) <= best_t * (1 + SPEC_CHUNK_SLACK)) return chunk;
-    return n;
+    return 1;
 }

@@ -67,7 +67,7 @@ typedef struct spec_prefill_costs {
  * device runs each chunk's input layers and sends it, and between chunks runs the output layers of every
  * answer that has arrived; uplink, cloud and downlink each serve chunks in order. */
 double spec_prefill_ms(const spec_prefill_costs *c, int n, int chunk);
-/* The smallest chunk size in 1..n whose simulated prefill is within SPEC_CHUNK_SLACK of the fastest. */
+/* The largest chunk size in 1..n whose simulated prefill is within SPEC_CHUNK_SLACK of the fastest. */
 #define SPEC_CHUNK_SLACK 0.02
 int spec_pick_chunk(const spec_prefill_costs *c, int n);
 
