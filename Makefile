@@ -5,7 +5,8 @@
 #   make fuzz       libFuzzer targets in build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=60)
 #   make bench      engine speed (prefill/decode tok/s, bandwidth) on synthetic shapes
 #   make bench-compare   the rows of llama.cpp's reference table, medians of ROUNDS interleaved rounds
-#   make bench-cloud     one cloud serving 1..32 devices
+#   make bench-cloud     one cloud serving 1..32 devices (TLS=1 or TLS=both: over TLS 1.3)
+#   make soak       SOAK_MIN minutes (10) of legitimate and hostile devices against one duet cloud process
 #   make bench-ee        CE-CoLLM's tables on stories260K -> docs/results/ee.md (+ PNG plots)
 CC      ?= gcc
 BUILD   ?= build
@@ -13,7 +14,7 @@ OPT     ?= -O2 -march=x86-64-v2 -mtune=native
 CFLAGS  ?= $(OPT) -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CPPFLAGS := -Iinclude -Isrc
-LDLIBS  := -lm -lpthread
+LDLIBS  := -lssl -lcrypto -lpcre2-8 -lm -lpthread
 SAN     ?=
 
 LIB_SRC   := $(sort $(wildcard src/base/*.c src/engine/*.c src/net/*.c src/cloud/*.c src/modes/*.c))
@@ -67,7 +68,7 @@ build-fuzz/libduet.a: $(FUZZ_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 build-fuzz/%: fuzz/%.c fuzz/halt_on_ub.c build-fuzz/libduet.a
-	clang $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -lm -lpthread
+	clang $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -lssl -lcrypto -lpcre2-8 -lm -lpthread
 
 # Benchmarks: each bench/*.c is a standalone program.
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
@@ -79,6 +80,7 @@ bench: $(BUILD)/duet $(BENCH_BIN)
 bench-cloud: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-cloud.sh $(BUILD)
 bench-ee: $(BUILD)/duet $(BENCH_BIN)
+	sh scripts/install-deps.sh bench
 	sh bench/run-ee.sh $(BUILD)
 bench-compare: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-compare.sh $(BUILD)
@@ -99,3 +101,10 @@ clean:
 # HAT against the baselines (decode on stories260K, prefill chunking on the mid shape): docs/results/hat.md + PNGs.
 bench-hat: $(BUILD)/duet
 	sh bench/run-hat.sh $(BUILD)
+
+# make soak: SOAK_MIN minutes (default 10) of legitimate and hostile devices against one `duet cloud` process
+# on loopback (bench/soak.c): exact outputs, refusals by reason, RSS/threads/fds back to idle, SIGTERM <= 2 s.
+SOAK_MIN ?= 10
+.PHONY: soak
+soak: $(BUILD)/duet $(BUILD)/bench/soak
+	$(BUILD)/bench/soak $(BUILD)/duet models/stories260K.gguf -t $(SOAK_MIN)

@@ -20,6 +20,7 @@ typedef struct job {
     int split, n_prompt, n_tokens, seed;
     pthread_barrier_t *go;
     metrics mt;
+    uint64_t wire_up, wire_down; /* TCP bytes of the request (after the handshake), TLS records included */
     double t_done;
     int rc;
     char err[256];
@@ -39,8 +40,11 @@ static void *device_main(void *arg) {
                  : -1;
     pthread_barrier_wait(j->go); /* every session is open: generation starts together */
     metrics_start(&j->mt, "split");
+    uint64_t up0 = 0, down0 = 0, up1 = 0, down1 = 0;
+    if (!j->rc) transport_wire_bytes(r.t, &up0, &down0);
     if (!j->rc) j->rc = mode_split_run(j->m, pool, &r, &rq, NULL, NULL, &j->mt, j->err, sizeof j->err);
     j->t_done = clock_now_ms();
+    if (!j->rc && !transport_wire_bytes(r.t, &up1, &down1)) j->wire_up = up1 - up0, j->wire_down = down1 - down0;
     if (!j->rc) j->rc = remote_close(&r, j->err, sizeof j->err);
     else if (pool) remote_free(&r);
     duet_pool_free(pool);
@@ -49,6 +53,7 @@ static void *device_main(void *arg) {
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_cloud MODEL [-d 1,2,4,8,16,32] [-n TOKENS] [-p PROMPT] [--split A] [-t CLOUD_THREADS]\n"
+                    "       [--tls DIR (ca.crt, srv.crt, srv.key: TLS 1.3)]\n"
                     "  split-mode sessions against one in-process cloud; JSON lines on stdout, a table on stderr\n");
 }
 
@@ -59,6 +64,7 @@ int main(int argc, char **argv) {
     }
     const char *path = argv[1], *devices = "1,2,4,8,16,32";
     int n_tokens = 32, n_prompt = 32, split = 1, cloud_threads = 1;
+    const char *tls_dir = NULL;
     for (int i = 2; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
         if (!strcmp(a, "-d")) devices = v;
@@ -66,6 +72,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-p")) n_prompt = atoi(v);
         else if (!strcmp(a, "--split")) split = atoi(v);
         else if (!strcmp(a, "-t")) cloud_threads = atoi(v);
+        else if (!strcmp(a, "--tls")) tls_dir = v;
         else {
             usage();
             return 2;
@@ -95,20 +102,32 @@ int main(int argc, char **argv) {
     server_opts so = server_opts_default();
     so.host = "127.0.0.1";
     so.threads = cloud_threads;
+    so.max_per_address = 1 << 16; /* every device is on loopback */
+    char cert[512], key[512], ca[512];
+    if (tls_dir) {
+        snprintf(cert, sizeof cert, "%s/srv.crt", tls_dir);
+        snprintf(key, sizeof key, "%s/srv.key", tls_dir);
+        snprintf(ca, sizeof ca, "%s/ca.crt", tls_dir);
+        if (!(so.tls = transport_tls_server(cert, key, err, sizeof err))) {
+            fprintf(stderr, "bench_cloud: %s\n", err);
+            return 1;
+        }
+    }
     cloud_server *srv = cm ? server_init(cm, &so, err, sizeof err) : NULL;
     if (!srv || server_start(srv, err, sizeof err)) {
         fprintf(stderr, "bench_cloud: %s\n", err);
         return 1;
     }
     char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", server_port(srv));
+    snprintf(addr, sizeof addr, "%s127.0.0.1:%d", tls_dir ? "tls://" : "", server_port(srv));
     duet_model_fingerprint(dev); /* read the file once, before the threads share the model */
     fprintf(stderr,
             "cloud on loopback, %d compute thread%s; model %s (%d layers, dim %d); split mode at layer %d: each device "
-            "runs [0,%d), the cloud [%d,%d) + head; prompt %d tokens, %d generated per device, greedy; no link emulation\n",
-            cloud_threads, cloud_threads == 1 ? "" : "s", path, L, c->dim, split, split, split, L, n_prompt, n_tokens);
-    fprintf(stderr, "%8s %12s %12s %12s %12s %12s\n", "devices", "tok/s", "tok_p50_ms", "tok_p99_ms", "ttft_p50_ms",
-            "ttft_p99_ms");
+            "runs [0,%d), the cloud [%d,%d) + head; prompt %d tokens, %d generated per device, greedy; no link emulation; "
+            "%s\n", cloud_threads, cloud_threads == 1 ? "" : "s", path, L, c->dim, split, split, split, L, n_prompt, n_tokens,
+            tls_dir ? "TLS 1.3" : "plain TCP");
+    fprintf(stderr, "%8s %12s %12s %12s %12s %12s %14s %14s\n", "devices", "tok/s", "tok_p50_ms", "tok_p99_ms",
+            "ttft_p50_ms", "ttft_p99_ms", "wire_B/tok_up", "wire_B/tok_dn");
     int status = 0;
     for (const char *d = devices; *d && !status;) {
         int n = atoi(d);
@@ -124,12 +143,14 @@ int main(int argc, char **argv) {
             jobs[i] = (job){.m = dev, .o = remote_opts_default(), .split = split, .n_prompt = n_prompt,
                             .n_tokens = n_tokens, .seed = i, .go = &go};
             jobs[i].o.cloud = addr;
+            jobs[i].o.tls_ca = tls_dir ? ca : NULL;
             pthread_create(&th[i], NULL, device_main, &jobs[i]);
         }
         pthread_barrier_wait(&go);
         double t0 = clock_now_ms(), t_end = t0;
         int n_gaps = 0;
         long tokens = 0;
+        uint64_t wire_up = 0, wire_down = 0, frame_up = 0, frame_down = 0;
         for (int i = 0; i < n; i++) {
             pthread_join(th[i], NULL);
             job *j = &jobs[i];
@@ -140,6 +161,10 @@ int main(int argc, char **argv) {
             }
             if (j->t_done > t_end) t_end = j->t_done;
             tokens += j->mt.tokens;
+            wire_up += j->wire_up;
+            wire_down += j->wire_down;
+            frame_up += j->mt.bytes_up;
+            frame_down += j->mt.bytes_down;
             ttft[i] = j->mt.tokens ? j->mt.t_token[0] : 0;
             for (int k = 1; k < j->mt.tokens; k++) gaps[n_gaps++] = j->mt.t_token[k] - j->mt.t_token[k - 1];
             metrics_free(&j->mt);
@@ -147,13 +172,18 @@ int main(int argc, char **argv) {
         stats_sort(gaps, n_gaps);
         stats_sort(ttft, n);
         double tps = t_end > t0 ? tokens * 1e3 / (t_end - t0) : 0;
-        fprintf(stderr, "%8d %12.1f %12.2f %12.2f %12.2f %12.2f\n", n, tps, stats_percentile(gaps, n_gaps, 0.5), stats_percentile(gaps, n_gaps, 0.99),
-                stats_percentile(ttft, n, 0.5), stats_percentile(ttft, n, 0.99));
+        double per = tokens ? 1.0 / (double)tokens : 0;
+        fprintf(stderr, "%8d %12.1f %12.2f %12.2f %12.2f %12.2f %14.1f %14.1f\n", n, tps, stats_percentile(gaps, n_gaps, 0.5),
+                stats_percentile(gaps, n_gaps, 0.99), stats_percentile(ttft, n, 0.5), stats_percentile(ttft, n, 0.99),
+                (double)wire_up * per, (double)wire_down * per);
         printf("{\"bench\":\"cloud\",\"model\":\"%s\",\"layers\":%d,\"split\":%d,\"cloud_threads\":%d,\"devices\":%d,"
                "\"prompt_tokens\":%d,\"tokens_per_device\":%d,\"tokens\":%ld,\"wall_ms\":%.1f,\"tokens_per_s\":%.2f,"
-               "\"token_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"ttft_ms\":{\"p50\":%.3f,\"p99\":%.3f}}\n",
+               "\"token_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"ttft_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"tls\":%s,"
+               "\"frame_bytes_per_token\":{\"up\":%.1f,\"down\":%.1f},\"wire_bytes_per_token\":{\"up\":%.1f,\"down\":%.1f}}\n",
                path, L, split, cloud_threads, n, n_prompt, n_tokens, tokens, t_end - t0, tps, stats_percentile(gaps, n_gaps, 0.5),
-               stats_percentile(gaps, n_gaps, 0.99), stats_percentile(ttft, n, 0.5), stats_percentile(ttft, n, 0.99));
+               stats_percentile(gaps, n_gaps, 0.99), stats_percentile(ttft, n, 0.5), stats_percentile(ttft, n, 0.99),
+               tls_dir ? "true" : "false", (double)frame_up * per, (double)frame_down * per, (double)wire_up * per,
+               (double)wire_down * per);
         fflush(stdout);
         pthread_barrier_destroy(&go);
         free(jobs);
@@ -162,6 +192,7 @@ int main(int argc, char **argv) {
         free(ttft);
     }
     server_free(srv);
+    transport_tls_free(so.tls);
     duet_model_free(cm);
     duet_model_free(dev);
     duet_model_free(meta);

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Turns bench-hat's JSON lines ($1) into $2/hat.md and three gnuplot PNGs beside it. $3 = "yes" when a calibrated
-# adapter was measured; $4 = the prefill model's layer count. Needs jq and gnuplot (Debian packages, scripts/install-deps.sh --bench).
+# adapter was measured; $4 = the prefill model's layer count. Needs jq and gnuplot (Debian packages, scripts/install-deps.sh bench).
 set -eu
 RAW=$1
 RES=$2

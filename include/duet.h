@@ -118,6 +118,10 @@ typedef struct duet_tokenizer duet_tokenizer;
 /* The tokenizer described by the model's GGUF metadata (tokenizer.ggml.*); owned by the model. NULL
  * (with err) when the file has no usable vocabulary. */
 const duet_tokenizer *duet_model_tokenizer(const duet_model *m, char *err, size_t errlen);
+/* A tokenizer of its own from a GGUF file's tokenizer.ggml.* metadata alone (a vocabulary-only file with no
+ * tensors works, as llama.cpp's vocab files); the caller frees it with duet_tokenizer_free. NULL with err. */
+duet_tokenizer *duet_tokenizer_load(const char *path, char *err, size_t errlen);
+void duet_tokenizer_free(duet_tokenizer *t);
 int duet_tokenizer_n_vocab(const duet_tokenizer *t);
 int duet_tokenizer_bos(const duet_tokenizer *t);
 int duet_tokenizer_eos(const duet_tokenizer *t);
@@ -127,6 +131,20 @@ int duet_tokenize(const duet_tokenizer *t, const char *text, size_t len, bool ad
 /* The bytes token id stands for when it follows other text (byte-fallback tokens give their byte,
  * control tokens nothing). Writes at most cap bytes, no NUL; returns the byte count or < 0. */
 int duet_token_piece(const duet_tokenizer *t, int id, char *buf, size_t cap);
+
+/* Flags of duet_tokenize_ex and duet_token_piece_ex. */
+enum {
+    DUET_TOK_BOS = 1 << 0,     /* put BOS first (when the vocabulary's add_bos_token allows, as llama.cpp) */
+    DUET_TOK_SPECIAL = 1 << 1, /* control tokens written in the text (<|im_start|>, <|eot_id|> ...) are matched
+                                  as single tokens, and their pieces are their text (llama.cpp's
+                                  parse_special / special); user-defined tokens are always matched */
+};
+int duet_tokenize_ex(const duet_tokenizer *t, const char *text, size_t len, int flags, int *ids, int cap);
+int duet_token_piece_ex(const duet_tokenizer *t, int id, int flags, char *buf, size_t cap);
+/* The id of the token whose text is exactly text[len] (e.g. "<|eot_id|>"), or -1. */
+int duet_token_find(const duet_tokenizer *t, const char *text, size_t len);
+/* tokenizer.chat_template (a Jinja template), or NULL when the file has none. */
+const char *duet_tokenizer_chat_template(const duet_tokenizer *t);
 
 /* ---- threads -------------------------------------------------------------------------------------- */
 

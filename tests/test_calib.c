@@ -176,6 +176,8 @@ TEST(test_calib_malformed_files_refused) {
     check_bad(&b);
     b = ok, b.wrows = 8, b.expect = "must be f32 of shape";
     check_bad(&b);
+    b = ok, b.dim = 65536, b.expect = "must be f32 of shape"; /* found by fuzz_calib: 16 GiB were reserved first */
+    check_bad(&b);
     b = ok, b.nan = 1, b.expect = "non-finite";
     check_bad(&b);
     b = ok, b.drop_bias = 1, b.expect = "calib.1_5.bias' is missing";

@@ -97,3 +97,58 @@ TEST(test_cli_sampling_is_seeded) {
     free(b);
     free(c);
 }
+
+/* duet tokenize on a vocabulary-only file: ids and pieces, BOS as the vocabulary says, --special. */
+TEST(test_cli_tokenize) {
+    int st;
+    char *out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-llama3.gguf -p 'Hello world<|eot_id|>' --ids-only",
+                             &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    CHECK_MSG(!strcmp(out, "128000 9906 1917 27 91 68 354 851 91 29\n"), "%s", out);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-llama3.gguf -p 'Hello world<|eot_id|>' --ids-only "
+                       "--special --no-bos", &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    CHECK_MSG(!strcmp(out, "9906 1917 128009\n"), "%s", out);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-qwen2.gguf -p 'Hello world'", &st, 0);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 0);
+    CHECK_MSG(!strcmp(out, "  9707 -> 'Hello'\n  1879 -> ' world'\n"), "%s", out);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/vocab/ggml-vocab-qwen2.gguf", &st, 1);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 2);
+    CHECK(strstr(out, "-p TEXT or -f FILE") != NULL);
+    free(out);
+    out = test_run_cli("tokenize -m tests/data/quant/README.md -p x", &st, 1);
+    REQUIRE(out);
+    CHECK_EQ_INT(st, 1);
+    CHECK(strstr(out, "README.md") != NULL);
+    free(out);
+}
+
+/* Every baseline mode over the real protocol on the Qwen3 reference model prints llama.cpp's greedy text. */
+TEST(test_cli_run_modes_on_qwen3_match_llamacpp) {
+    char err[256];
+    json *doc = json_load_file(TEST_DATA "/arch/qwen3-tiny.gguf.refgen.json", err, sizeof err);
+    REQUIRE_MSG(doc, "%s", err);
+    const char *want = json_str(json_get(json_root(doc), "output_text"), NULL);
+    REQUIRE(want);
+    static const char *const modes[] = {"device", "split", "cloud"};
+    for (int i = 0; i < 3; i++) {
+        char args[256];
+        snprintf(args, sizeof args, "run --mode %s -m " TEST_DATA "/arch/qwen3-tiny.gguf -p 'Once upon a time' -n 16",
+                 modes[i]);
+        int st;
+        char *out = test_run_cli(args, &st, 0);
+        REQUIRE(out);
+        CHECK_EQ_INT(st, 0);
+        CHECK_MSG(!strncmp(out, "Once upon a time", 16) && !strncmp(out + 16, want, strlen(want)), "%s: %s", modes[i],
+                  out);
+        free(out);
+    }
+    json_free(doc);
+}

@@ -413,3 +413,54 @@ TEST(test_convert_synth_runs_finite) {
     duet_model_free(m);
     unlink(a);
 }
+
+/* The device shapes: their real dimensions, and a small file of each (their extras, 2 layers, dims cut
+ * down) loads as its architecture and decodes finite logits; the Llama 3.2 file carries a vocabulary copied
+ * from a GGUF and rope_freqs, the Qwen3 one a query wider than dim. */
+TEST(test_convert_synth_device_shapes) {
+    const duet_config *l = synth_shape("llama3.2-1b"), *q2 = synth_shape("qwen2.5-0.5b"), *q3 = synth_shape("qwen3-0.6b");
+    REQUIRE(l && q2 && q3);
+    CHECK(l->dim == 2048 && l->n_layers == 16 && l->n_kv_heads == 8 && l->tied_output);
+    CHECK(q2->dim == 896 && q2->n_layers == 24 && q2->n_heads == 14 && q2->n_kv_heads == 2 && q2->ffn_dim == 4864);
+    CHECK(q3->dim == 1024 && q3->n_layers == 28 && q3->head_dim == 128 && q3->n_kv_heads == 8 && q3->ffn_dim == 3072);
+    CHECK(synth_shape_extra("qwen2.5-0.5b")->qkv_bias && synth_shape_extra("qwen3-0.6b")->qk_norm);
+    CHECK(synth_shape_extra("llama3.2-1b")->rope_factor == 32.0f && !synth_shape_extra("mid")->qkv_bias);
+    const char *names[] = {"llama3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b"};
+    const char *vocabs[] = {TEST_DATA "/vocab/ggml-vocab-gpt-2.gguf", TOK, TOK};
+    const char *must[] = {"rope_freqs.weight", "blk.1.attn_v.bias", "blk.1.attn_k_norm.weight"};
+    for (int i = 0; i < 3; i++) {
+        char path[256], err[512] = "";
+        tmp_path(path, sizeof path, "synth-dev.gguf");
+        duet_config c = *synth_shape(names[i]);
+        c.n_layers = 2, c.dim = 64, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 96;
+        c.head_dim = i == 2 ? 32 : 16;
+        REQUIRE_MSG(synth_write_arch(&c, synth_shape_extra(names[i]), DUET_TYPE_F32, 3, vocabs[i], path, NULL, NULL,
+                                     err, sizeof err) == 0, "%s: %s", names[i], err);
+        gguf *g = gguf_open(path, err, sizeof err);
+        REQUIRE_MSG(g, "%s", err);
+        CHECK_MSG(gguf_find_tensor(g, must[i]) != NULL, "%s lacks %s", names[i], must[i]);
+        gguf_close(g);
+        duet_model *m = duet_model_load(path, NULL, 0, err, sizeof err);
+        REQUIRE_MSG(m, "%s: %s", names[i], err);
+        const duet_config *mc = duet_model_config(m);
+        CHECK_EQ_INT(mc->head_dim, c.head_dim);
+        CHECK_EQ_INT(mc->vocab_size, i == 0 ? 50257 : 512);
+        CHECK(duet_model_tokenizer(m, NULL, 0) != NULL);
+        duet_part all = duet_part_all();
+        duet_kv *kv = duet_kv_init(m, &all, 4, err, sizeof err);
+        duet_ctx *ctx = duet_ctx_init(m, 4, NULL, err, sizeof err);
+        float h[4 * 64], *lg = malloc(sizeof(float) * 4 * mc->vocab_size);
+        int ids[4] = {1, 2, 3, 4};
+        REQUIRE(kv && ctx && lg);
+        CHECK(!duet_embed(ctx, ids, 4, h, err, sizeof err) && !duet_forward(ctx, kv, 0, 2, h, 4, 0, err, sizeof err) &&
+              !duet_head(ctx, h, 4, lg, err, sizeof err));
+        int finite = 1;
+        for (int v = 0; v < 4 * mc->vocab_size; v++) finite &= isfinite(lg[v]);
+        CHECK_MSG(finite, "%s: logits not finite", names[i]);
+        free(lg);
+        duet_ctx_free(ctx);
+        duet_kv_free(kv);
+        duet_model_free(m);
+        unlink(path);
+    }
+}

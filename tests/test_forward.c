@@ -3,6 +3,7 @@
  * time, KV truncation). */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/json.h"
 #include "duet.h"
@@ -193,24 +194,27 @@ static float *run_split(const char *path, int k, const int *ids, int n, int step
     return h;
 }
 
-TEST(test_forward_split_composition_bit_identical) {
+/* [0,k) then [k,L) gives the bits of [0,L) for every k. */
+static void check_split_composition(const char *path) {
     int ids[] = {1, 403, 407, 261, 378, 432, 383};
     int n = 7, steps = 5;
-    duet_model *m = load(STORIES, NULL);
+    duet_model *m = load(path, NULL);
     REQUIRE(m);
     int L = duet_model_config(m)->n_layers, dim = duet_model_config(m)->dim;
     duet_model_free(m);
-    float *whole = run_split(STORIES, L, ids, n, steps, NULL);
+    float *whole = run_split(path, L, ids, n, steps, NULL);
     REQUIRE(whole);
     for (int k = 0; k < L; k++) {
-        float *h = run_split(STORIES, k, ids, n, steps, NULL);
+        float *h = run_split(path, k, ids, n, steps, NULL);
         if (!h) continue;
         CHECK_MSG(!memcmp(h, whole, sizeof(float) * (n + steps) * dim),
-                  "layers [0,%d) then [%d,%d) differ from [0,%d)", k, k, L, L);
+                  "%s: layers [0,%d) then [%d,%d) differ from [0,%d)", path, k, k, L, L);
         free(h);
     }
     free(whole);
 }
+
+TEST(test_forward_split_composition_bit_identical) { check_split_composition(STORIES); }
 
 /* A batch of positions and the same positions one at a time, for every weight type: the kernels are
  * batch-invariant, so the bits agree (the bar is 1e-4; we hold ourselves to exact). */
@@ -438,4 +442,181 @@ TEST(test_forward_fingerprint_differs_between_models) {
     duet_model_free(a);
     duet_model_free(b);
     duet_model_free(c);
+}
+
+/* ---- Llama 3.1, Qwen2, Qwen3 ---------------------------------------------------------------------------- */
+
+static const char *const ARCH_MODELS[] = {"llama3-tiny", "qwen2-tiny", "qwen3-tiny"};
+
+/* Reference model a and llama.cpp's run of it (*doc); NULL (test failed) if either is unreadable. */
+static duet_model *arch_open(size_t a, json **doc) {
+    char path[256], err[256];
+    snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf.refgen.json", ARCH_MODELS[a]);
+    *doc = json_load_file(path, err, sizeof err);
+    if (!*doc) {
+        test_fail(__FILE__, __LINE__, "%s", err);
+        return NULL;
+    }
+    snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf", ARCH_MODELS[a]);
+    duet_model *m = load(path, NULL);
+    if (!m) json_free(*doc);
+    return m;
+}
+
+/* llama.cpp's logits at positions 0 and 5 of "Once upon a time" + its first output, within 1e-4, and the
+ * prompt ids from our byte-level BPE tokenizer (BOS only for the Llama 3 file). */
+TEST(test_forward_arch_logits_match_llamacpp) {
+    for (size_t a = 0; a < 3; a++) {
+        char path[256], err[256];
+        json *doc;
+        duet_model *m = arch_open(a, &doc);
+        if (!m) continue;
+        const duet_config *c = duet_model_config(m);
+        CHECK_EQ_INT(c->vocab_size, 50257);
+        CHECK(c->tied_output);
+        const json_val *r = json_root(doc);
+        int seq[8], prompt[8], ids[16];
+        int n = json_ids(json_get(r, "logits_seq_ids"), seq, 8), n_prompt = json_ids(json_get(r, "prompt_ids"), prompt, 8);
+        REQUIRE(n == 6);
+        const duet_tokenizer *tok = duet_model_tokenizer(m, err, sizeof err);
+        REQUIRE_MSG(tok, "%s", err);
+        int got = duet_tokenize(tok, "Once upon a time", 16, true, ids, 16);
+        CHECK_EQ_INT(got, n_prompt);
+        for (int i = 0; i < got && i < n_prompt; i++) CHECK_EQ_INT(ids[i], prompt[i]);
+        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf.logits-batch-pos0-5.f32", ARCH_MODELS[a]);
+        size_t len;
+        float *want = (float *)test_read_file(path, &len);
+        REQUIRE(want && len == 2 * sizeof(float) * 50257);
+        float *lg = logits_batch(m, seq, n, NULL);
+        double worst = 0;
+        for (int row = 0; lg && row < 2; row++) {
+            int pos = row ? 5 : 0;
+            for (int v = 0; v < 50257; v++) {
+                double d = fabs(lg[(size_t)pos * 50257 + v] - want[(size_t)row * 50257 + v]);
+                if (d > worst) worst = d;
+            }
+        }
+        CHECK_MSG(lg && worst <= 1e-4, "%s: logits differ from llama.cpp's by up to %g", ARCH_MODELS[a], worst);
+        printf("    %s: max |logit - llama.cpp| = %.2g\n", ARCH_MODELS[a], worst);
+        free(lg);
+        free(want);
+        duet_model_free(m);
+        json_free(doc);
+    }
+}
+
+TEST(test_forward_arch_greedy_matches_llamacpp) {
+    for (size_t a = 0; a < 3; a++) {
+        json *doc;
+        duet_model *m = arch_open(a, &doc);
+        if (!m) continue;
+        int prompt[8], want[16], got[16];
+        int n_prompt = json_ids(json_get(json_root(doc), "prompt_ids"), prompt, 8);
+        int n_want = json_ids(json_get(json_root(doc), "output_ids"), want, 16);
+        REQUIRE(n_want == 16);
+        int n_got = greedy(m, prompt, n_prompt, n_want, got);
+        CHECK_EQ_INT(n_got, n_want);
+        for (int i = 0; i < n_got && i < n_want; i++)
+            CHECK_MSG(got[i] == want[i], "%s: token %d is %d, llama.cpp says %d", ARCH_MODELS[a], i, got[i], want[i]);
+        duet_model_free(m);
+        json_free(doc);
+    }
+}
+
+/* Every mode composes layer ranges: they must stay bit-exact, and a batch must equal one at a time. */
+TEST(test_forward_arch_split_and_batch_exact) {
+    for (size_t a = 0; a < 3; a++) {
+        char path[256];
+        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf", ARCH_MODELS[a]);
+        check_split_composition(path);
+        check_batch_vs_sequential(path, NULL);
+    }
+}
+
+/* A copy of path with the bytes `from` (first occurrence) replaced by `to` (same length), loaded: the
+ * message must contain `what`. */
+#define expect_patched_refused(path, from, to, what) patched_refused(path, from, to, sizeof(from) - 1, what)
+
+static void patched_refused(const char *path, const char *from, const char *to, size_t n, const char *what) {
+    size_t len;
+    char *buf = test_read_file(path, &len), tmp[64], err[512] = "";
+    REQUIRE(buf);
+    char *at = memmem(buf, len, from, n);
+    REQUIRE_MSG(at, "%s: no '%s'", path, from);
+    memcpy(at, to, n);
+    strcpy(tmp, "/tmp/duet-test-arch-XXXXXX");
+    int fd = mkstemp(tmp);
+    REQUIRE(fd >= 0);
+    FILE *f = fdopen(fd, "wb");
+    REQUIRE(f && fwrite(buf, 1, len, f) == len);
+    fclose(f);
+    duet_model *m = duet_model_load(tmp, NULL, 0, err, sizeof err);
+    CHECK_MSG(!m, "%s with '%s' loaded", path, to);
+    CHECK_MSG(strstr(err, what) != NULL, "message \"%s\" lacks \"%s\"", err, what);
+    duet_model_free(m);
+    unlink(tmp);
+    free(buf);
+}
+
+TEST(test_forward_arch_missing_tensors_named) {
+    expect_patched_refused(TEST_DATA "/arch/qwen2-tiny.gguf", "blk.1.attn_k.bias", "blk.1.attn_k.biaZ",
+                           "tensor 'blk.1.attn_k.bias' is missing");
+    expect_patched_refused(TEST_DATA "/arch/qwen3-tiny.gguf", "blk.0.attn_q_norm.weight", "blk.0.attn_q_norm.weighZ",
+                           "tensor 'blk.0.attn_q_norm.weight' is missing");
+    expect_patched_refused(TEST_DATA "/arch/qwen3-tiny.gguf", "\5\0\0\0\0\0\0\0qwen3", "\5\0\0\0\0\0\0\0qwen9",
+                           "architecture 'qwen9' is not supported");
+    expect_patched_refused(TEST_DATA "/arch/qwen3-tiny.gguf", "qwen3.attention.key_length", "qwen3.attention.key_lengtZ",
+                           "'qwen3.attention.value_length' = 16 differs from 'qwen3.attention.key_length' = 8");
+}
+
+/* llama3-tiny rewritten with rope scaling keys added (type, factor); 0 ok. */
+static int write_scaled(const char *dst, const char *type, float factor, char *err, size_t errlen) {
+    gguf *g = gguf_open(TEST_DATA "/arch/llama3-tiny.gguf", err, errlen);
+    if (!g) return -1;
+    gguf_writer *w = gguf_writer_init();
+    int rc = gguf_copy_kv(w, g, "") || gguf_set_str(w, "llama.rope.scaling.type", type) ||
+             gguf_set_f32(w, "llama.rope.scaling.factor", factor);
+    for (int i = 0; i < gguf_n_tensors(g) && !rc; i++) {
+        const gguf_tensor *t = gguf_tensor_at(g, i);
+        rc = gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, NULL, NULL);
+    }
+    if (!rc) rc = gguf_writer_write(w, dst, NULL, NULL, err, errlen);
+    gguf_writer_free(w);
+    gguf_close(g);
+    return rc;
+}
+
+/* Linear rope scaling divides positions by its factor: 1 changes no bit, 4 changes the logits; a scaling type
+ * duet does not implement is refused by name. */
+TEST(test_forward_rope_linear_scaling) {
+    char path[] = "/tmp/duet-test-rope-XXXXXX", err[512] = "";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    close(fd);
+    int ids[] = {50256, 7454, 2402, 257, 640, 1361};
+    duet_model *base = load(TEST_DATA "/arch/llama3-tiny.gguf", NULL);
+    REQUIRE(base);
+    float *want = logits_batch(base, ids, 6, NULL);
+    duet_model_free(base);
+    REQUIRE(want);
+    for (int k = 0; k < 2; k++) {
+        REQUIRE_MSG(write_scaled(path, "linear", k ? 4.0f : 1.0f, err, sizeof err) == 0, "%s", err);
+        duet_model *m = load(path, NULL);
+        REQUIRE(m);
+        float *lg = logits_batch(m, ids, 6, NULL);
+        REQUIRE(lg);
+        double worst = 0;
+        for (int v = 0; v < 6 * 50257; v++) worst = fmax(worst, fabs(lg[v] - want[v]));
+        if (k) CHECK_MSG(worst > 1e-3, "factor 4 moved the logits by only %g", worst);
+        else CHECK_MSG(worst == 0, "factor 1 moved the logits by %g", worst);
+        free(lg);
+        duet_model_free(m);
+    }
+    REQUIRE_MSG(write_scaled(path, "yarn", 4.0f, err, sizeof err) == 0, "%s", err);
+    duet_model *m = duet_model_load(path, NULL, 0, err, sizeof err);
+    CHECK(!m);
+    CHECK_MSG(strstr(err, "'llama.rope.scaling.type' = 'yarn' is not supported"), "%s", err);
+    duet_model_free(m);
+    free(want);
+    unlink(path);
 }

@@ -85,6 +85,15 @@ TEST(test_frame_fixed_types_roundtrip) {
     CHECK_EQ_INT(n, FRAME_HEADER_SIZE + FRAME_PING_SIZE + 1000);
     CHECK(memcmp(&o.u.ping, &m.u.ping, sizeof m.u.ping) == 0);
 
+    m = (frame_msg){.type = FRAME_AUTH};
+    m.u.auth = (frame_auth){.len = 5, .token = (const uint8_t *)"s3cr\n"};
+    REQUIRE(roundtrip(&m, &o, &n) == 0);
+    CHECK_EQ_INT(n, FRAME_HEADER_SIZE + FRAME_AUTH_FIXED + 5);
+    CHECK(o.u.auth.len == 5 && memcmp(o.u.auth.token, "s3cr\n", 5) == 0);
+    size_t asz;
+    m.u.auth.len = FRAME_AUTH_MAX + 1;
+    CHECK_EQ_INT(frame_payload_size(&m, &asz, NULL, 0), DUET_EINVAL);
+
     frame_error_msg(&m, 3, FRAME_E_REFUSED, "model mismatch");
     REQUIRE(roundtrip(&m, &o, NULL) == 0);
     CHECK_EQ_INT(o.u.error.code, FRAME_E_REFUSED);
@@ -255,7 +264,7 @@ TEST(test_frame_bad_header) {
     buf[6] = 0;
     EXPECT_DECODE(n, FRAME_E_TYPE, "unknown message type 0");
     buf[6] = FRAME_TYPE_MAX + 1;
-    EXPECT_DECODE(n, FRAME_E_TYPE, "unknown message type 14");
+    EXPECT_DECODE(n, FRAME_E_TYPE, "unknown message type 15");
     n = make(&m);
     buf[7] = 0x80;
     EXPECT_DECODE(n, FRAME_E_FLAGS, "reserved flags 0x80");
@@ -373,9 +382,38 @@ TEST(test_frame_bad_payloads) {
     n = make(&m);
     put32le(p + 32, 2);
     EXPECT_DECODE(n, FRAME_E_VALUE, "jitter distribution 2");
+    /* the emulated link a HELLO asks the cloud to apply is bounded like `--link` (issue 13) */
+    n = make(&m);
+    put32le(p + 24, LINK_MAX_TIME_US + 1);
+    EXPECT_DECODE(n, FRAME_E_BOUNDS, "rtt 60000001 us");
+    n = make(&m);
+    put32le(p + 28, LINK_MAX_TIME_US + 1);
+    EXPECT_DECODE(n, FRAME_E_BOUNDS, "jitter 60000001 us");
+    n = make(&m);
+    put32le(p + 16, 0xffffffffu); /* down_bps low word: 2^32-1 is fine, 2^40 is not */
+    put32le(p + 20, 0x100);
+    EXPECT_DECODE(n, FRAME_E_BOUNDS, "down bandwidth");
+    n = make(&m);
+    put32le(p + 24, LINK_MAX_TIME_US);
+    frame_header hh;
+    frame_msg oo;
+    frame_limits ll = frame_limits_default();
+    CHECK_EQ_INT(frame_decode(buf, n, &ll, &hh, &oo, NULL, 0), 0); /* the CLI's maximum itself is accepted */
     n = make(&m);
     put32le(buf + 16, FRAME_HELLO_SIZE - 1);
     EXPECT_DECODE(n - 1, FRAME_E_LENGTH, "payload is 55 bytes, its layout needs 56");
+
+    m = (frame_msg){.type = FRAME_AUTH};
+    m.u.auth = (frame_auth){.len = 3, .token = (const uint8_t *)"abc"};
+    n = make(&m);
+    put32le(p, 0);
+    EXPECT_DECODE(n, FRAME_E_BOUNDS, "AUTH token of 0 bytes");
+    n = make(&m);
+    put32le(p, 4);
+    EXPECT_DECODE(n, FRAME_E_LENGTH, "AUTH payload is 7 bytes");
+    n = make(&m);
+    put32le(buf + 16, 2);
+    EXPECT_DECODE(n - 5, FRAME_E_LENGTH, "shorter than its 4-byte fixed part");
 
     m = (frame_msg){.type = FRAME_OPEN};
     m.u.open = (frame_open){.n_ctx = 64, .mode = FRAME_MODE_HAT};

@@ -71,7 +71,7 @@ TEST(test_model_invalid_files_refused) {
     const float minus_one = -1.0f;
     const int64_t swapped[2] = {64, 172}; /* blk.0.ffn_down.weight is [172, 64]: same bytes, transposed */
     const patch cases[] = {
-        {"general.architecture", 12, "qwen2", 5, "architecture 'qwen2' is not supported"},
+        {"general.architecture", 12, "gemma", 5, "architecture 'gemma' is not supported"},
         {"llama.attention.head_count", 4, &seven, 4, "heads do not divide dim 64"},
         {"llama.attention.head_count_kv", 4, &three, 4, "3 kv heads do not divide"},
         {"llama.context_length", 4, &zero, 4, "'llama.context_length' is not a sensible positive integer"},

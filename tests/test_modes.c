@@ -193,8 +193,8 @@ TEST(test_modes_device_slowdown) {
     metrics_start(&mt, "device");
     CHECK_EQ_INT(mode_device_run_slowed(m, pool, 3, &rq, NULL, NULL, &mt, err, sizeof err), 0);
     CHECK(cases_same_ids(&mt, c[0].out, 64));
-    CHECK_MSG(mt.device_compute_ms >= 1.5 * base && mt.device_compute_ms <= 10 * base, "%.3f ms vs %.3f ms",
-              mt.device_compute_ms, base);
+    /* Only a lower bound: sleeping is never shorter than asked, but a loaded machine can stretch any run. */
+    CHECK_MSG(mt.device_compute_ms >= 1.5 * base, "%.3f ms vs %.3f ms", mt.device_compute_ms, base);
     CHECK(mt.total_ms >= mt.device_compute_ms);
     metrics_free(&mt);
 

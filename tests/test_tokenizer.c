@@ -6,11 +6,15 @@
 #include "base/json.h"
 #include "duet.h"
 #include "engine/gguf.h"
+#include "engine/bpe.h"
 #include "engine/tokenizer.h"
 #include "test.h"
 
 #define SPM_VOCAB TEST_DATA "/vocab/ggml-vocab-llama-spm.gguf"
 #define STORIES_GGUF "models/stories260K.gguf"
+#define GPT2_VOCAB TEST_DATA "/vocab/ggml-vocab-gpt-2.gguf"
+#define LLAMA3_VOCAB TEST_DATA "/vocab/ggml-vocab-llama3.gguf"
+#define QWEN2_VOCAB TEST_DATA "/vocab/ggml-vocab-qwen2.gguf"
 
 /* A vocabulary together with the gguf it came from (the tokenizer copies what it needs, but keeping
  * both open mirrors how the model holds them). */
@@ -73,12 +77,15 @@ typedef struct vectors {
     const char *ids[64];
 } vectors;
 
-static int vectors_load(vectors *v) {
+static int vectors_load(vectors *v, const char *vocab_path) {
     static const char sep[] = "\n__ggml_vocab_test__\n";
     size_t ilen, olen;
     memset(v, 0, sizeof *v);
-    v->inp = test_read_file(SPM_VOCAB ".inp", &ilen);
-    v->out = test_read_file(SPM_VOCAB ".out", &olen);
+    char path[256];
+    snprintf(path, sizeof path, "%s.inp", vocab_path);
+    v->inp = test_read_file(path, &ilen);
+    snprintf(path, sizeof path, "%s.out", vocab_path);
+    v->out = test_read_file(path, &olen);
     if (!v->inp || !v->out) return -1;
     for (char *p = v->inp, *q; (q = strstr(p, sep)) && v->n < 64; p = q + sizeof sep - 1) {
         v->text[v->n] = p;
@@ -98,15 +105,16 @@ static void vectors_free(vectors *v) {
     free(v->out);
 }
 
-TEST(test_tokenizer_llama_spm_vectors) {
+/* Every string of a vocabulary's .inp gives exactly the ids of its .out (no BOS, no special parsing). */
+static void check_vectors(const char *path, int n_vocab, int bos, int eos) {
     char err[256];
-    vocab v = vocab_open(SPM_VOCAB, err, sizeof err);
+    vocab v = vocab_open(path, err, sizeof err);
     REQUIRE_MSG(v.t, "%s", err);
-    CHECK_EQ_INT(duet_tokenizer_n_vocab(v.t), 32000);
-    CHECK_EQ_INT(duet_tokenizer_bos(v.t), 1);
-    CHECK_EQ_INT(duet_tokenizer_eos(v.t), 2);
+    CHECK_EQ_INT(duet_tokenizer_n_vocab(v.t), n_vocab);
+    CHECK_EQ_INT(duet_tokenizer_bos(v.t), bos);
+    CHECK_EQ_INT(duet_tokenizer_eos(v.t), eos);
     vectors vec;
-    REQUIRE(vectors_load(&vec) == 0);
+    REQUIRE(vectors_load(&vec, path) == 0);
     CHECK_EQ_INT(vec.n, 46);
     for (int i = 0; i < vec.n; i++) {
         int n;
@@ -114,7 +122,7 @@ TEST(test_tokenizer_llama_spm_vectors) {
         char got[4096] = "";
         size_t used = 0;
         for (int j = 0; j < n && used < sizeof got - 16; j++) used += (size_t)sprintf(got + used, " %d", ids[j]);
-        CHECK_MSG(strcmp(got, vec.ids[i]) == 0, "string %d \"%.*s\":\n      got  %s\n      want %s", i,
+        CHECK_MSG(strcmp(got, vec.ids[i]) == 0, "%s string %d \"%.*s\":\n      got  %s\n      want %s", path, i,
                   (int)(vec.len[i] < 40 ? vec.len[i] : 40), vec.text[i], got, vec.ids[i]);
         free(ids);
     }
@@ -122,13 +130,15 @@ TEST(test_tokenizer_llama_spm_vectors) {
     vocab_close(&v);
 }
 
+TEST(test_tokenizer_llama_spm_vectors) { check_vectors(SPM_VOCAB, 32000, 1, 2); }
+
 /* Decoding the encoding gives the text back with the space the encoder prefixed. */
 TEST(test_tokenizer_piece_round_trip) {
     char err[256];
     vocab v = vocab_open(SPM_VOCAB, err, sizeof err);
     REQUIRE_MSG(v.t, "%s", err);
     vectors vec;
-    REQUIRE(vectors_load(&vec) == 0);
+    REQUIRE(vectors_load(&vec, SPM_VOCAB) == 0);
     for (int i = 0; i < vec.n; i++) {
         int n;
         int *ids = tokenize(v.t, vec.text[i], vec.len[i], true, &n);
@@ -258,8 +268,8 @@ static void expect_refused(spec s, const char *what) {
 
 TEST(test_tokenizer_malformed_vocab) {
     spec s = good_spec();
-    s.model = "gpt2";
-    expect_refused(s, "'gpt2' is not supported");
+    s.model = "bert";
+    expect_refused(s, "'bert' is not supported");
     s = good_spec();
     s.model = NULL;
     expect_refused(s, "no tokenizer.ggml.model");
@@ -423,4 +433,284 @@ TEST(test_tokenizer_100k_in_one_call) {
     free(ids);
     free(text);
     vocab_close(&v);
+}
+
+/* ---- byte-level BPE ----------------------------------------------------------------------------------- */
+
+TEST(test_bpe_gpt2_vectors) { check_vectors(GPT2_VOCAB, 50257, 50256, 50256); }
+TEST(test_bpe_llama3_vectors) { check_vectors(LLAMA3_VOCAB, 128256, 128000, 128001); }
+TEST(test_bpe_qwen2_vectors) { check_vectors(QWEN2_VOCAB, 151936, 151643, 151645); }
+
+static const char *const BPE_VOCABS[] = {GPT2_VOCAB, LLAMA3_VOCAB, QWEN2_VOCAB};
+
+/* Decoding gives every test string back byte for byte (byte-level BPE adds no space). */
+TEST(test_bpe_round_trip) {
+    for (size_t k = 0; k < 3; k++) {
+        char err[256];
+        vocab v = vocab_open(BPE_VOCABS[k], err, sizeof err);
+        REQUIRE_MSG(v.t, "%s", err);
+        vectors vec;
+        REQUIRE(vectors_load(&vec, BPE_VOCABS[k]) == 0);
+        for (int i = 0; i < vec.n; i++) {
+            int n;
+            int *ids = tokenize(v.t, vec.text[i], vec.len[i], false, &n);
+            size_t len = 0;
+            char *back = detokenize(v.t, ids, n, &len);
+            CHECK_MSG(back && len == vec.len[i] && !memcmp(back, vec.text[i], len), "%s: string %d does not round-trip",
+                      BPE_VOCABS[k], i);
+            free(back);
+            free(ids);
+        }
+        vectors_free(&vec);
+        vocab_close(&v);
+    }
+}
+
+/* ids of text with flags, as " 1 2 3" */
+static void ids_str(const duet_tokenizer *t, const char *text, int flags, char *out, size_t cap) {
+    int ids[64];
+    int n = duet_tokenize_ex(t, text, strlen(text), flags, ids, 64);
+    size_t used = 0;
+    out[0] = '\0';
+    if (n < 0 || n > 64) snprintf(out, cap, "error %d", n);
+    for (int j = 0; j < n && j < 64 && used + 16 < cap; j++) used += (size_t)sprintf(out + used, " %d", ids[j]);
+}
+
+#define CHECK_IDS(t, text, flags, want)                                                       \
+    do {                                                                                      \
+        char got_[1024];                                                                      \
+        ids_str(t, text, flags, got_, sizeof got_);                                           \
+        CHECK_MSG(!strcmp(got_, want), "\"%s\": got%s, want %s", text, got_, want);          \
+    } while (0)
+
+/* llama.cpp's ids for the README's probes: control tokens are text unless DUET_TOK_SPECIAL, user-defined
+ * ones (Qwen's <think>) always single tokens; BOS only where the vocabulary adds it; no NFC. */
+TEST(test_bpe_special_tokens_and_bos) {
+    char err[256];
+    vocab g2 = vocab_open(GPT2_VOCAB, err, sizeof err), l3 = vocab_open(LLAMA3_VOCAB, err, sizeof err),
+          q2 = vocab_open(QWEN2_VOCAB, err, sizeof err);
+    REQUIRE_MSG(g2.t && l3.t && q2.t, "%s", err);
+    CHECK_IDS(g2.t, "text <|endoftext|> more", 0, " 5239 1279 91 437 1659 5239 91 29 517");
+    CHECK_IDS(g2.t, "text <|endoftext|> more", DUET_TOK_SPECIAL, " 5239 220 50256 517");
+    CHECK_IDS(l3.t, "x <|begin_of_text|> y <|eot_id|>", 0, " 87 83739 7413 3659 4424 91 29 379 83739 68 354 851 91 29");
+    CHECK_IDS(l3.t, "x <|begin_of_text|> y <|eot_id|>", DUET_TOK_SPECIAL, " 87 220 128000 379 220 128009");
+    CHECK_IDS(q2.t, "text <|endoftext|> more", 0, " 1318 82639 8691 723 427 91 29 803");
+    CHECK_IDS(q2.t, "text <|endoftext|> more", DUET_TOK_SPECIAL, " 1318 220 151643 803");
+    CHECK_IDS(q2.t, "cafe\xcc\x81 vs caf\xc3\xa9", 0, " 924 1859 53839 6165 51950");
+    CHECK_IDS(q2.t, "a<think>b", 0, " 64 151667 65");
+    /* Llama 3 adds BOS (its pre-tokenizer and add_bos_token say so), Qwen and GPT-2 do not */
+    CHECK_IDS(l3.t, "Hi", DUET_TOK_BOS, " 128000 13347");
+    CHECK_IDS(q2.t, "Hi", DUET_TOK_BOS, " 13048");
+    CHECK_IDS(g2.t, "Hi", DUET_TOK_BOS, " 17250");
+    char buf[32];
+    CHECK_EQ_INT(duet_token_piece(l3.t, 128009, buf, sizeof buf), 0);
+    CHECK_EQ_INT(duet_token_piece_ex(l3.t, 128009, DUET_TOK_SPECIAL, buf, sizeof buf), 10);
+    CHECK(!memcmp(buf, "<|eot_id|>", 10));
+    CHECK_EQ_INT(duet_token_piece(q2.t, 151667, buf, sizeof buf), 7); /* user-defined: its text */
+    CHECK_EQ_INT(duet_token_piece(q2.t, 151700, buf, sizeof buf), 0); /* [PAD151700], unused */
+    CHECK_EQ_INT(duet_token_find(l3.t, "<|eot_id|>", 10), 128009);
+    CHECK_EQ_INT(duet_token_find(q2.t, "<|im_end|>", 10), 151645);
+    CHECK_EQ_INT(duet_token_find(q2.t, "<|nope|>", 8), -1);
+    CHECK(duet_tokenizer_chat_template(l3.t) && strstr(duet_tokenizer_chat_template(l3.t), "<|start_header_id|>"));
+    vocab_close(&g2);
+    vocab_close(&l3);
+    vocab_close(&q2);
+}
+
+/* Bytes that are not UTF-8 become U+FFFD before splitting, as in llama.cpp; overlong forms are read as the
+ * code point they spell. */
+TEST(test_bpe_invalid_utf8) {
+    char err[256], a[1024], b[1024];
+    vocab v = vocab_open(LLAMA3_VOCAB, err, sizeof err);
+    REQUIRE_MSG(v.t, "%s", err);
+    static const char *const pairs[][2] = {
+        {"\xff", "\xef\xbf\xbd"},           {"ab\xc3", "ab\xef\xbf\xbd"},
+        {"\xc3(x", "\xef\xbf\xbd(x"},       {"\x80\x80 z", "\xef\xbf\xbd\xef\xbf\xbd z"},
+        {"\xc1\x81", "A"},                  {"\xed\xa0\x80!", "\xef\xbf\xbd!"},
+        {"\xf4\x90\x80\x80", "\xef\xbf\xbd"}, {"x\xe2\x82", "x\xef\xbf\xbd\xef\xbf\xbd"},
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        ids_str(v.t, pairs[i][0], 0, a, sizeof a);
+        ids_str(v.t, pairs[i][1], 0, b, sizeof b);
+        CHECK_MSG(!strcmp(a, b) && a[0], "case %zu: %s vs %s", i, a, b);
+    }
+    vocab_close(&v);
+}
+
+/* A small byte-level vocabulary: the 256 byte characters (id = byte), then "aa", "aaaa", "a8" = a x 8,
+ * "12", "123", "Ġa" (" a") and "hello" (no merge makes it), a control token and a user-defined one.
+ * Merges by rank: "a a", "aa aa", "aaaa aaaa", "1 2", "12 3", "Ġ a". `bad` breaks one thing. */
+enum { BPE_OK, BPE_NO_MERGES, BPE_MERGE_NO_SPACE, BPE_MERGE_NOT_BYTES, BPE_BAD_UTF8, BPE_NO_PRE };
+
+static size_t byte_char(int b, char *out) { /* GPT-2's byte -> character, as UTF-8 */
+    int cp = b, n = 0;
+    if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
+        for (int i = 0; i < b; i++) n += !((i >= 33 && i <= 126) || (i >= 161 && i <= 172) || i >= 174);
+        cp = 256 + n;
+    }
+    if (cp < 0x80) return out[0] = (char)cp, 1;
+    out[0] = (char)(0xc0 | cp >> 6), out[1] = (char)(0x80 | (cp & 0x3f));
+    return 2;
+}
+
+static duet_tokenizer *bpe_vocab(const char *pre, int bad, gguf **gp, char *err, size_t errlen) {
+    enum { N = 256 + 9 };
+    static char store[N][16];
+    const char *tok[N];
+    size_t len[N];
+    int32_t type[N];
+    for (int b = 0; b < 256; b++) {
+        len[b] = byte_char(b, store[b]);
+        tok[b] = store[b];
+        type[b] = 1;
+    }
+    const char *extra[] = {"aa", "aaaa", "aaaaaaaa", "12", "123", "\xc4\xa0" "a", "hello", "<|end|>", "<u>"};
+    for (int i = 0; i < 9; i++) {
+        tok[256 + i] = extra[i];
+        len[256 + i] = strlen(extra[i]);
+        type[256 + i] = i == 7 ? 3 : i == 8 ? 4 : 1;
+    }
+    if (bad == BPE_BAD_UTF8) tok[262] = "hel\xfflo";
+    const char *merges[] = {"a a", "aa aa", "aaaa aaaa", "1 2", "12 3", "\xc4\xa0 a"};
+    size_t mlen[6];
+    for (int i = 0; i < 6; i++) mlen[i] = strlen(merges[i]);
+    if (bad == BPE_MERGE_NO_SPACE) merges[4] = "123", mlen[4] = 3;
+    if (bad == BPE_MERGE_NOT_BYTES) merges[4] = "1 \xe4\xb8\x80", mlen[4] = 5; /* U+4E00 is no byte character */
+    gguf_writer *w = gguf_writer_init();
+    int rc = gguf_set_str(w, "tokenizer.ggml.model", "gpt2");
+    if (bad != BPE_NO_PRE) rc |= gguf_set_str(w, "tokenizer.ggml.pre", pre);
+    rc |= gguf_set_arr_str(w, "tokenizer.ggml.tokens", tok, len, N);
+    rc |= gguf_set_arr_i32(w, "tokenizer.ggml.token_type", type, N);
+    if (bad != BPE_NO_MERGES) rc |= gguf_set_arr_str(w, "tokenizer.ggml.merges", merges, mlen, 6);
+    rc |= gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 263);
+    char path[64];
+    strcpy(path, "/tmp/duet-test-bpe-XXXXXX");
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    *gp = NULL;
+    if (rc == 0 && fd >= 0 && gguf_writer_write(w, path, NULL, NULL, err, errlen) == 0) *gp = gguf_open(path, err, errlen);
+    gguf_writer_free(w);
+    if (fd >= 0) unlink(path);
+    return *gp ? tokenizer_load(*gp, err, errlen) : NULL;
+}
+
+static void expect_bpe_refused(const char *pre, int bad, const char *what) {
+    char err[256] = "";
+    gguf *g;
+    duet_tokenizer *t = bpe_vocab(pre, bad, &g, err, sizeof err);
+    CHECK_MSG(g != NULL, "could not write the vocabulary: %s", err);
+    CHECK_MSG(t == NULL, "malformed vocabulary accepted (expected \"%s\")", what);
+    CHECK_MSG(strstr(err, what) != NULL, "message \"%s\" lacks \"%s\"", err, what);
+    tokenizer_free(t);
+    gguf_close(g);
+}
+
+TEST(test_bpe_malformed_vocab) {
+    expect_bpe_refused("gpt-2", BPE_NO_MERGES, "tokenizer.ggml.merges is missing");
+    expect_bpe_refused("gpt-2", BPE_MERGE_NO_SPACE, "merge 4 ('123')");
+    expect_bpe_refused("gpt-2", BPE_MERGE_NOT_BYTES, "merge 4");
+    expect_bpe_refused("gpt-2", BPE_BAD_UTF8, "token 262 in tokenizer.ggml.tokens is not valid UTF-8");
+    expect_bpe_refused("gpt-2", BPE_NO_PRE, "tokenizer.ggml.pre is missing");
+    expect_bpe_refused("tekken", BPE_OK, "pre-tokenizer 'tekken' (tokenizer.ggml.pre) is not one duet knows");
+}
+
+/* Merges go by rank, leftmost first on ties, also over a 100000-byte piece (which the naive loop would take
+ * quadratic time over): a x 11 is a8 aa a. */
+TEST(test_bpe_merge_order_long_piece) {
+    char err[256];
+    gguf *g;
+    duet_tokenizer *t = bpe_vocab("gpt-2", BPE_OK, &g, err, sizeof err);
+    REQUIRE_MSG(t, "%s", err);
+    CHECK_IDS(t, "aaaaaaaaaaa", 0, " 258 256 97");
+    CHECK_IDS(t, "a aa 123 1234 b a", 0, " 97 32 256 32 260 32 260 52 32 98 261");
+    CHECK_IDS(t, "hello", 0, " 104 101 108 108 111"); /* a token, but no merge makes it */
+    CHECK_IDS(t, "x<|end|>y<u>", 0, " 120 60 124 101 110 100 124 62 121 264");
+    CHECK_IDS(t, "x<|end|>y<u>", DUET_TOK_SPECIAL, " 120 263 121 264");
+    size_t n = 100000 + 3;
+    char *text = malloc(n + 1);
+    memset(text, 'a', n);
+    text[n] = '\0';
+    int *ids = malloc(sizeof(int) * (n / 8 + 8));
+    double t0 = clock_now_ms();
+    int k = duet_tokenize(t, text, n, false, ids, (int)(n / 8 + 8));
+    printf("    one piece of %zu bytes in %.1f ms\n", n, clock_now_ms() - t0);
+    REQUIRE(k == 12500 + 2);
+    int bad = 0;
+    for (int i = 0; i < 12500; i++) bad += ids[i] != 258;
+    CHECK_EQ_INT(bad, 0);
+    CHECK(ids[12500] == 256 && ids[12501] == 97);
+    free(ids);
+    free(text);
+    tokenizer_free(t);
+    gguf_close(g);
+}
+
+/* llama-bpe takes a piece that is a token whole (ignore_merges) and adds BOS; smollm splits every digit
+ * before the GPT-2 regex, so "123" does not merge. */
+TEST(test_bpe_pre_tokenizers) {
+    static const struct {
+        const char *pre, *text;
+        int flags;
+        const char *want;
+    } cases[] = {
+        {"llama-bpe", "hello", DUET_TOK_BOS, " 263 262"}, {"llama-bpe", "1234", 0, " 260 52"},
+        {"smollm", "hello", DUET_TOK_BOS, " 104 101 108 108 111"}, {"smollm", "a123 aa", 0, " 97 49 50 51 32 256"},
+        {"qwen2", "123", 0, " 49 50 51"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256];
+        gguf *g;
+        duet_tokenizer *t = bpe_vocab(cases[i].pre, BPE_OK, &g, err, sizeof err);
+        REQUIRE_MSG(t, "%s", err);
+        CHECK_IDS(t, cases[i].text, cases[i].flags, cases[i].want);
+        tokenizer_free(t);
+        gguf_close(g);
+    }
+}
+
+typedef struct id_list {
+    int *ids;
+    size_t n, cap;
+} id_list;
+
+static void id_push(void *arg, int id) {
+    id_list *l = arg;
+    if (l->n == l->cap) l->ids = realloc(l->ids, (l->cap = 2 * l->cap + 64) * sizeof *l->ids);
+    l->ids[l->n++] = id;
+}
+
+/* The piece cache of long texts changes nothing: 40 KB of the test strings give the same ids with and
+ * without it, for a vocabulary that merges (GPT-2) and one that takes known pieces whole (Llama 3). */
+TEST(test_bpe_cache_same_ids) {
+    for (size_t k = 0; k < 2; k++) {
+        char err[256];
+        gguf *g = gguf_open(BPE_VOCABS[k], err, sizeof err);
+        REQUIRE_MSG(g, "%s", err);
+        int64_t n_vocab = 0;
+        size_t n_tok;
+        int et;
+        REQUIRE(gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n_tok) == 0);
+        n_vocab = (int64_t)n_tok;
+        bpe *b = bpe_load(g, (int)n_vocab, err, sizeof err);
+        REQUIRE_MSG(b, "%s", err);
+        vectors vec;
+        REQUIRE(vectors_load(&vec, BPE_VOCABS[k]) == 0);
+        size_t len = 0;
+        char *text = malloc(64 * 1024);
+        for (int r = 0; len < 40 * 1024; r++) {
+            const int i = (r * 7) % vec.n;
+            memcpy(text + len, vec.text[i], vec.len[i]);
+            len += vec.len[i];
+        }
+        id_list a = {0}, c = {0};
+        CHECK_EQ_INT(bpe_encode(b, text, len, true, id_push, &a), 0);
+        CHECK_EQ_INT(bpe_encode(b, text, len, false, id_push, &c), 0);
+        CHECK(a.n == c.n && a.n > 1000 && !memcmp(a.ids, c.ids, a.n * sizeof *a.ids));
+        free(a.ids);
+        free(c.ids);
+        free(text);
+        vectors_free(&vec);
+        bpe_free(b);
+        gguf_close(g);
+    }
 }

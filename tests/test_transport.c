@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/clock.h"
@@ -353,7 +355,7 @@ TEST(test_transport_bad_streams) {
     double t0 = clock_now_ms();
     CHECK_EQ_INT(raw_case(b, n - 5, 0, 0, 200, err, sizeof err), DUET_EIO);
     double ms = clock_now_ms() - t0;
-    CHECK_MSG(strstr(err, "peer silent for 200 ms") != NULL, "%s", err);
+    CHECK_MSG(strstr(err, "did not arrive whole") != NULL, "%s", err);
     CHECK_MSG(ms >= 200 && ms < 3000, "stall detected after %.0f ms", ms);
 
     /* Sequence numbers: 0 then 2. */
@@ -488,5 +490,155 @@ TEST(test_transport_download_bandwidth) {
     CHECK_EQ_INT(s.bytes_up, 0);
     CHECK(s.comm_wait_ms >= expect - 1.0);
     free(x);
+    pair_close(&p);
+}
+
+/* ---- issue 13: bounded resources ---- */
+
+typedef struct trickler {
+    int fd;
+    const uint8_t *b;
+    size_t n;
+    int gap_ms;
+} trickler;
+
+static void *trickle_main(void *arg) {
+    trickler *k = arg;
+    for (size_t i = 0; i < k->n; i++) {
+        if (send(k->fd, k->b + i, 1, MSG_NOSIGNAL) != 1) break;
+        nanosleep(&(struct timespec){0, (long)k->gap_ms * 1000000L}, NULL);
+    }
+    return NULL;
+}
+
+/* A peer that sends one byte at a time, each well within io_timeout_ms of the last, still has to deliver the
+ * whole frame within io_timeout_ms of its first byte. */
+TEST(test_transport_trickling_peer_meets_the_whole_frame_deadline) {
+    uint8_t b[64];
+    frame_msg m = {.type = FRAME_PING};
+    m.u.ping.pad = 20;
+    size_t n = 0;
+    REQUIRE(frame_encode(&m, 0, b, sizeof b, &n, NULL, 0) == 0); /* 56 bytes: 2.2 s at one byte per 40 ms */
+    rawpair r;
+    REQUIRE(raw_open(&r, 300, 0) == 0);
+    trickler k = {r.fd, b, n, 40};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, trickle_main, &k) == 0);
+    char err[256];
+    int rc = transport_recv(r.cloud, &m, 5000, err, sizeof err);
+    CHECK_MSG(rc == DUET_EIO && strstr(err, "did not arrive whole"), "rc %d: %s", rc, err);
+    shutdown(r.fd, SHUT_RDWR); /* ends the trickle early */
+    pthread_join(th, NULL);
+    raw_close(&r);
+}
+
+/* Buffers for a large frame are charged to the budget and given back once the frame is done with; frames past
+ * the budget are refused with FRAME_E_LIMIT, in both directions. */
+TEST(test_transport_budget_and_large_buffers_released) {
+    transport_budget b = {.cap = 1u << 20};
+    char err[256];
+    transport_listener *l = transport_listen("127.0.0.1", 0, err, sizeof err);
+    REQUIRE(l);
+    transport_opts d = transport_opts_default(LINK_UP), c = transport_opts_default(LINK_DOWN);
+    c.budget = &b;
+    transport *dev = transport_connect("127.0.0.1", transport_listener_port(l), &d, err, sizeof err), *cl = NULL;
+    REQUIRE(dev && transport_accept(l, &c, 5000, &cl, err, sizeof err) == 0);
+    frame_msg m = {.type = FRAME_PING};
+    m.u.ping.pad = 512 << 10;
+    REQUIRE(transport_send(dev, &m, err, sizeof err) == 0);
+    REQUIRE_MSG(transport_recv(cl, &m, 5000, err, sizeof err) == 0, "%s", err);
+    CHECK(atomic_load(&b.used) >= (512u << 10)); /* held while the frame is the caller's */
+    CHECK_EQ_INT(transport_recv(cl, &m, 0, err, sizeof err), TRANSPORT_TIMEOUT);
+    CHECK_EQ_INT(atomic_load(&b.used), 0); /* the next recv shrank the buffer back */
+
+    /* output: a large PONG is charged until written, one past the budget is refused */
+    m = (frame_msg){.type = FRAME_PONG};
+    m.u.ping.pad = 600 << 10;
+    REQUIRE(transport_send(cl, &m, err, sizeof err) == 0);
+    REQUIRE(transport_expect(dev, FRAME_PONG, &m, 5000, err, sizeof err) == 0);
+    REQUIRE(transport_flush(cl, 5000, err, sizeof err) == 0);
+    CHECK_EQ_INT(atomic_load(&b.used), 0);
+    m = (frame_msg){.type = FRAME_PONG};
+    m.u.ping.pad = 2u << 20;
+    CHECK_EQ_INT(transport_send(cl, &m, err, sizeof err), FRAME_E_LIMIT);
+    CHECK_MSG(strstr(err, "memory budget") != NULL, "%s", err);
+
+    /* input past the budget: refused after the header, before anything is allocated */
+    m = (frame_msg){.type = FRAME_PING};
+    m.u.ping.pad = 2u << 20;
+    REQUIRE(transport_send(dev, &m, err, sizeof err) == 0);
+    CHECK_EQ_INT(transport_recv(cl, &m, 5000, err, sizeof err), FRAME_E_LIMIT);
+    CHECK_EQ_INT(atomic_load(&b.used), 0);
+    transport_free(dev);
+    transport_free(cl);
+    CHECK_EQ_INT(atomic_load(&b.used), 0);
+    transport_listener_free(l);
+}
+
+/* A frame the emulated link would deliver beyond max_backlog_ms is refused at once, and a cancelled wait ends
+ * a recv that would otherwise wait its whole timeout. */
+TEST(test_transport_backlog_limit_and_cancel) {
+    atomic_int stop = 0;
+    link_params slow = {.down_bps = 1000}; /* 1 kbit/s: a 1 KiB frame takes 8 s */
+    pair p;
+    REQUIRE(pair_open(&p, NULL, &slow, 5000) == 0);
+    transport_free(p.cloud);
+    p.cloud = NULL;
+    char err[256];
+    transport_opts c = transport_opts_default(LINK_DOWN);
+    c.link = slow;
+    c.max_backlog_ms = 1000;
+    c.cancel = &stop;
+    transport *dev2 = transport_connect("127.0.0.1", transport_listener_port(p.l), NULL, err, sizeof err);
+    REQUIRE(dev2 && transport_accept(p.l, &c, 5000, &p.cloud, err, sizeof err) == 0);
+    frame_msg m = {.type = FRAME_PONG};
+    m.u.ping.pad = 1024;
+    CHECK_EQ_INT(transport_send(p.cloud, &m, err, sizeof err), FRAME_E_LIMIT);
+    CHECK_MSG(strstr(err, "emulated link") != NULL, "%s", err);
+    m.u.ping.pad = 16; /* 52 bytes: 416 ms */
+    CHECK_EQ_INT(transport_send(p.cloud, &m, err, sizeof err), 0);
+    CHECK(transport_backlog_ms(p.cloud) > 100);
+    atomic_store(&stop, 1);
+    CHECK_EQ_INT(transport_recv(p.cloud, &m, 60000, err, sizeof err), DUET_EIO);
+    CHECK_MSG(strstr(err, "cancelled") != NULL, "%s", err);
+    transport_free(dev2);
+    pair_close(&p);
+}
+
+/* The handshake's deadline follows the emulated link: with a 1.5 s rtt a 300 ms timeout is still enough,
+ * because HELLO is not delayed and HELLO_OK's wait adds the down link's time. */
+TEST(test_transport_handshake_deadline_follows_link) {
+    pair p;
+    REQUIRE(pair_open(&p, NULL, NULL, 5000) == 0);
+    frame_hello have = hello_of(0x5eed);
+    echo e = {.t = p.cloud, .have = &have};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, echo_main, &e) == 0);
+    char err[256];
+    frame_hello want = hello_of(0x5eed);
+    want.link.rtt_us = 1500000;
+    want.link.up_bps = 100; /* HELLO alone would take 6 s at 100 bit/s */
+    want.encodings = FRAME_ENC_ALL;
+    CHECK_MSG(transport_hello(p.dev, &want, NULL, 300, err, sizeof err) == 0, "%s", err);
+    transport_free(p.dev); /* the echo ends on the closed connection */
+    p.dev = NULL;
+    pthread_join(th, NULL);
+    CHECK_EQ_INT(e.hello_rc, 0);
+    pair_close(&p);
+}
+
+/* transport_expect answers a PING on the way to the frame it waits for. */
+TEST(test_transport_expect_answers_ping) {
+    pair p;
+    REQUIRE(pair_open(&p, NULL, NULL, 5000) == 0);
+    char err[256];
+    frame_msg m = {.type = FRAME_PING, .session = 3};
+    m.u.ping = (frame_ping){.stamp = 99, .reply_pad = 8};
+    REQUIRE(transport_send(p.cloud, &m, err, sizeof err) == 0);
+    m = (frame_msg){.type = FRAME_CLOSE, .session = 3};
+    REQUIRE(transport_send(p.cloud, &m, err, sizeof err) == 0);
+    CHECK_MSG(transport_expect(p.dev, FRAME_CLOSE, &m, 5000, err, sizeof err) == 0, "%s", err);
+    CHECK_MSG(transport_recv(p.cloud, &m, 5000, err, sizeof err) == 0, "%s", err);
+    CHECK(m.type == FRAME_PONG && m.u.ping.stamp == 99 && m.u.ping.pad == 8);
     pair_close(&p);
 }

@@ -79,3 +79,22 @@ int args_gen_take(const char *cmd, int argc, char **argv, int *i, args_gen *g) {
     else bad = args_int(cmd, a, v, 0, 256, &g->threads);
     return bad ? -1 : 1;
 }
+
+int args_token_file(const char *cmd, const char *path, uint8_t *buf, size_t cap, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "duet %s: --token-file %s: %s\n", cmd, path, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(buf, 1, cap, f);
+    int more = fgetc(f) != EOF;
+    fclose(f);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) n--;
+    if (more || n == 0) {
+        fprintf(stderr, "duet %s: --token-file %s: the token must be 1 to %zu bytes (e.g. openssl rand -hex 32)\n",
+                cmd, path, cap);
+        return -1;
+    }
+    *len = n;
+    return 0;
+}

@@ -13,6 +13,9 @@ const char *args_value(const char *cmd, int argc, char **argv, int *i);
 int args_int(const char *cmd, const char *flag, const char *val, long lo, long hi, int *out);
 int args_u64(const char *cmd, const char *flag, const char *val, uint64_t *out);
 int args_float(const char *cmd, const char *flag, const char *val, double lo, double hi, float *out);
+/* A shared-secret token file (--token-file): its bytes without trailing whitespace, 1..cap of them, into
+ * buf; *len gets the count. */
+int args_token_file(const char *cmd, const char *path, uint8_t *buf, size_t cap, size_t *len);
 
 /* The flags every generating command shares (-m -p -n --temp --top-k --top-p --seed -t --json --no-bos
  * --mmap). */

@@ -9,5 +9,6 @@ int cmd_convert(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_cloud(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 #endif

@@ -1,4 +1,5 @@
 /* duet cloud: serve a part of a model to many devices until SIGINT or SIGTERM. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -6,6 +7,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cloud/server.h"
+#include "net/transport.h"
 
 static const char *USAGE =
     "usage: duet cloud -m MODEL [--layers A:B] [--port P] [options]\n"
@@ -26,9 +28,26 @@ static const char *USAGE =
     "      --max-pending BYTES  per session: hidden states uploaded but not yet run (default 268435456)\n"
     "      --max-ctx N          positions per session (default: the model's context length)\n"
     "      --idle-timeout MS    close a session whose device is silent this long (default 60000)\n"
-    "      --handshake-timeout MS  close a connection that sends no HELLO this long (default 5000)\n"
+    "      --handshake-timeout MS  a connection must finish TLS, AUTH and HELLO within this, as a whole\n"
+    "                           (default 5000)\n"
+    "      --max-per-address N  connections at once from one address (default 16)\n"
+    "      --memory-budget BYTES  all connections together: pending input, queued output and large receive\n"
+    "                           buffers; beyond it ERROR LIMIT (default 1073741824)\n"
+    "      --tls-cert FILE      serve TLS 1.3 with this certificate (PEM chain); needs --tls-key. Without it\n"
+    "                           the cloud speaks plain TCP: anyone on the path reads token ids and hidden\n"
+    "                           states, so keep plain TCP for loopback experiments\n"
+    "      --tls-key FILE       the certificate's private key (PEM)\n"
+    "      --token-file FILE    shared secret (1..256 bytes, trailing whitespace ignored): a device must send\n"
+    "                           it (AUTH) before HELLO, else it is refused before it learns anything about\n"
+    "                           the model; compared in constant time. Use it with TLS: plain TCP carries it\n"
+    "                           in clear\n"
     "      --mmap               read the weights in place from the mapped file instead of copying them into\n"
     "                           memory first: starts faster, may decode slower\n"
+    "Also bounded (docs/PROTOCOL.md section 14 lists every limit): a whole frame must arrive within\n"
+    "min(10 s, idle timeout, handshake timeout) of its first byte; a frame the device's emulated link would\n"
+    "deliver more than the idle timeout ahead is refused; the link in a HELLO is bounded like --link.\n"
+    "SIGINT or SIGTERM stops within about a second: every session gets ERROR \"the cloud server is stopping\".\n"
+    "\n"
     "  -q, --quiet              no line per session (errors, the start line and the summary still print)\n"
     "  -h, --help               this text\n";
 
@@ -46,7 +65,9 @@ static void log_line(void *arg, const char *line) {
 }
 
 int cmd_cloud(int argc, char **argv) {
-    const char *model = NULL, *layers = NULL;
+    const char *model = NULL, *layers = NULL, *cert = NULL, *key = NULL;
+    uint8_t token[FRAME_AUTH_MAX];
+    size_t token_len = 0;
     int quiet = 0, load_flags = 0;
     server_opts o = server_opts_default();
     o.port = 7070;
@@ -64,7 +85,8 @@ int cmd_cloud(int argc, char **argv) {
         }
         static const char *valued[] = {"-m", "--model", "--layers", "--host", "-p", "--port", "-t", "--threads",
                                        "--max-sessions", "--max-frame", "--max-pending", "--max-ctx", "--idle-timeout",
-                                       "--handshake-timeout"};
+                                       "--handshake-timeout", "--max-per-address", "--memory-budget", "--tls-cert",
+                                       "--tls-key", "--token-file"};
         int known = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) known |= !strcmp(a, valued[k]);
         if (!known) {
@@ -76,6 +98,9 @@ int cmd_cloud(int argc, char **argv) {
         uint64_t u = 0;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--layers")) layers = v;
+        else if (!strcmp(a, "--tls-cert")) cert = v;
+        else if (!strcmp(a, "--tls-key")) key = v;
+        else if (!strcmp(a, "--token-file")) bad = args_token_file("cloud", v, token, sizeof token, &token_len);
         else if (!strcmp(a, "--host")) o.host = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--port")) bad = args_int("cloud", a, v, 0, 65535, &o.port);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = args_int("cloud", a, v, 0, 256, &o.threads);
@@ -83,11 +108,13 @@ int cmd_cloud(int argc, char **argv) {
         else if (!strcmp(a, "--max-ctx")) bad = args_int("cloud", a, v, 1, 1 << 24, &o.max_ctx);
         else if (!strcmp(a, "--idle-timeout")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.idle_timeout_ms);
         else if (!strcmp(a, "--handshake-timeout")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.handshake_timeout_ms);
+        else if (!strcmp(a, "--max-per-address")) bad = args_int("cloud", a, v, 1, 1 << 16, &o.max_per_address);
         else if (!(bad = args_u64("cloud", a, v, &u)) && (u == 0 || (!strcmp(a, "--max-frame") && u > UINT32_MAX))) {
             fprintf(stderr, "duet cloud: %s '%s' must be between 1 and %s\n", a, v,
                     !strcmp(a, "--max-frame") ? "4294967295" : "2^64-1");
             bad = 1;
         } else if (!strcmp(a, "--max-frame")) o.max_frame = (uint32_t)u;
+        else if (!strcmp(a, "--memory-budget")) o.memory_budget = (size_t)u;
         else o.max_pending_bytes = (size_t)u;
         if (bad) return 2;
     }
@@ -101,8 +128,20 @@ int cmd_cloud(int argc, char **argv) {
         return 2;
     }
 
+    if (!cert != !key) {
+        fprintf(stderr, "duet cloud: --tls-cert and --tls-key go together\n");
+        return 2;
+    }
     char err[512];
     int status = 1;
+    if (cert && !(o.tls = transport_tls_server(cert, key, err, sizeof err))) {
+        fprintf(stderr, "duet cloud: %s\n", err);
+        return 2;
+    }
+    if (token_len) {
+        o.token = token;
+        o.token_len = token_len;
+    }
     duet_part none = {0};
     duet_model *m = duet_model_load(model, &none, 0, err, sizeof err); /* metadata only: the layer count */
     cloud_server *s = NULL;
@@ -119,9 +158,14 @@ int cmd_cloud(int argc, char **argv) {
     if (!(m = duet_model_load(model, &part, load_flags, err, sizeof err))) goto fail;
     o.log = log_line;
     o.log_arg = &quiet;
+    /* Frame buffers over 64 KiB live for one frame: a fixed mmap threshold gives each its own mapping, returned
+     * on free. glibc's default threshold follows the largest block freed, so after one 48 MiB PONG every later
+     * large buffer came from the heap and the idle footprint crept up (make soak: 7 MB to 29 MB in 10 min). */
+    mallopt(M_MMAP_THRESHOLD, TRANSPORT_SMALL);
     if (!(s = server_init(m, &o, err, sizeof err))) goto fail;
-    printf("duet cloud: serving %s layers %d:%d on %s:%d (fingerprint %016llx)\n", model, a, b,
-           o.host ? o.host : "*", server_port(s), (unsigned long long)duet_model_fingerprint(m));
+    printf("duet cloud: serving %s layers %d:%d on %s%s:%d (fingerprint %016llx)%s\n", model, a, b, o.tls ? "tls://" : "",
+           o.host ? o.host : "*", server_port(s), (unsigned long long)duet_model_fingerprint(m),
+           token_len ? ", token required" : "");
     fflush(stdout);
 
     g_server = s;
@@ -153,5 +197,6 @@ fail:
 out:
     server_free(s);
     duet_model_free(m);
+    transport_tls_free(o.tls);
     return status;
 }

@@ -36,8 +36,19 @@ static const char *USAGE =
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
     "      --split A          split mode: the device holds layers [0,A), the cloud [A,L); 1 <= A < L\n"
     "                         (default L/2)\n"
-    "      --cloud WHERE      HOST:PORT of a running `duet cloud`, or `local` (default): an in-process cloud\n"
-    "                         on 127.0.0.1, same server and protocol code, holding exactly the part needed\n"
+    "      --cloud WHERE      HOST:PORT of a running `duet cloud` (plain TCP: for loopback experiments),\n"
+    "                         tls://HOST:PORT for one serving TLS 1.3 (needs --tls-ca), or `local` (default):\n"
+    "                         an in-process cloud on 127.0.0.1, same server and protocol code, holding\n"
+    "                         exactly the part needed\n"
+    "      --tls-ca FILE      CA certificate (PEM) the tls:// cloud's certificate must chain to; the\n"
+    "                         certificate must also name the host (DNS or IP SAN)\n"
+    "      --token-file FILE  shared secret the cloud requires (sent in AUTH before HELLO)\n"
+    "      --fallback WHAT    device (default): if the cloud is lost mid-request (closed, killed, silent past\n"
+    "                         --cloud-timeout, or answering garbage) load the whole model here, rebuild the\n"
+    "                         state from the tokens so far and finish the request on the device (greedy\n"
+    "                         output equals device-only; --json reports fallback_at); none: fail instead\n"
+    "      --cloud-timeout MS the longest wait for any one answer from the cloud, on top of what the\n"
+    "                         emulated link needs for it (default 30000)\n"
     "      --link SPEC        emulated link, applied at both ends: none (default), lan, wifi, wan, 4g, or\n"
     "                         overrides like up=20mbit,down=50mbit,rtt=40ms,jitter=5ms (after a profile too)\n"
     "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
@@ -52,10 +63,9 @@ static const char *USAGE =
     "                         hat: the adapter, map A:(L-M) of such a file; default: identity (h_A taken for\n"
     "                         h_(L-M))\n"
     "      --standalone       ee: no cloud at all; the E2 exit always emits\n"
-    "      --reconnect-ms MS  ee: after losing the cloud, try again after MS, doubling up to 30 s; meanwhile\n"
-    "                         the E2 exit emits. 0: stay standalone (default 1000)\n"
-    "      --cloud-timeout MS ee: the longest wait for the cloud (connect, handshake, an answer); past it the\n"
-    "                         cloud counts as lost (default 5000)\n"
+    "      --reconnect-ms MS  ee: after losing the cloud (closed, silent past --cloud-timeout, or answering\n"
+    "                         garbage), the E2 exit emits and the device tries again after MS, doubling up\n"
+    "                         to 30 s. 0: stay standalone (default 1000). ee ignores --fallback\n"
     "      --no-background-upload  ee: send the hidden states with each cloud request instead of as soon as\n"
     "                         they exist (the paper's ablation)\n"
     "      --input-layers A   hat: layers [0,A) run here before the cloud (default 1; L/4 from 8 layers)\n"
@@ -102,7 +112,7 @@ static int lookup(const char *v, const char **names, int n) {
 
 int cmd_run(int argc, char **argv) {
     const char *link_spec = "none";
-    int mode = -1, split = -1, compare = 0, cloud_timeout = 5000;
+    int mode = -1, split = -1, compare = 0;
     ee_opts eo = ee_opts_default();
     const char *ee_flag = NULL, *calib_path = NULL;
     int hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
@@ -110,6 +120,8 @@ int cmd_run(int argc, char **argv) {
     float slowdown = 1;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
+    ro.fallback = 1; /* the device has the model file: it can always finish alone */
+    uint8_t token[FRAME_AUTH_MAX];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int took = args_gen_take("run", argc, argv, &i, &g);
@@ -155,6 +167,16 @@ int cmd_run(int argc, char **argv) {
                 hat_flag = 1;
             } else if (!strcmp(a, "--cloud")) {
                 ro.cloud = v;
+            } else if (!strcmp(a, "--tls-ca")) {
+                ro.tls_ca = v;
+            } else if (!strcmp(a, "--token-file")) {
+                bad = args_token_file("run", v, token, sizeof token, &ro.token_len);
+                ro.token = token;
+            } else if (!strcmp(a, "--fallback")) {
+                if (strcmp(v, "device") && strcmp(v, "none")) return usage_error("--fallback must be device or none");
+                ro.fallback = !strcmp(v, "device");
+            } else if (!strcmp(a, "--cloud-timeout")) {
+                bad = args_int("run", a, v, 1, 1 << 30, &ro.timeout_ms);
             } else if (!strcmp(a, "--link")) {
                 link_spec = v;
             } else if (!strcmp(a, "--device-slowdown")) {
@@ -174,9 +196,6 @@ int cmd_run(int argc, char **argv) {
                 calib_path = v;
             } else if (!strcmp(a, "--reconnect-ms")) {
                 bad = args_int("run", a, v, 0, 3600000, &eo.reconnect_ms);
-                ee_flag = a;
-            } else if (!strcmp(a, "--cloud-timeout")) {
-                bad = args_int("run", a, v, 1, 3600000, &cloud_timeout);
                 ee_flag = a;
             } else if (!strcmp(a, "--cloud-threads")) {
                 bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
@@ -207,7 +226,8 @@ int cmd_run(int argc, char **argv) {
     }
     char host[256];
     int port;
-    if (mode != RUN_DEVICE && strcmp(ro.cloud, "local") && remote_parse_addr(ro.cloud, host, sizeof host, &port, err, sizeof err)) {
+    if (mode != RUN_DEVICE && strcmp(ro.cloud, "local") &&
+        remote_parse_url(ro.cloud, host, sizeof host, &port, NULL, err, sizeof err)) {
         fprintf(stderr, "duet run: --cloud: %s\n", err);
         return 2;
     }
@@ -293,7 +313,6 @@ int cmd_run(int argc, char **argv) {
         eo.calib = cal;
         eo.sampling = s;
         eo.remote = ro;
-        eo.remote.timeout_ms = cloud_timeout;
         eo.log = log_warning;
     }
     if (mode == RUN_HAT) {

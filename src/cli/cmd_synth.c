@@ -17,11 +17,18 @@ static const char *USAGE =
     "                      llama32-1b  Llama-3.2-1B: dim 2048, 16 layers, 32 heads, 8 kv heads, ffn 8192,\n"
     "                                  output tied to the embedding, rope base 500000\n"
     "                      mid         dim 1024, 16 layers, 16 heads, 4 kv heads, ffn 2816\n"
+    "                      llama3.2-1b  Llama-3.2-1B as llama32-1b, plus Llama 3.1 rope scaling (rope_freqs, factor\n"
+    "                                  32) and the Llama 3 vocabulary (128256 tokens)\n"
+    "                      qwen2.5-0.5b Qwen2.5-0.5B: qwen2, dim 896, 24 layers, 14 heads, 2 kv heads, ffn 4864, q/k/v\n"
+    "                                  biases, tied output, rope base 1e6, Qwen vocabulary (151936 tokens)\n"
+    "                      qwen3-0.6b  Qwen3-0.6B: qwen3, dim 1024, 28 layers, 16 heads of 128, 8 kv heads, ffn 3072,\n"
+    "                                  q/k norms, tied output, rope base 1e6, Qwen vocabulary\n"
     "      --type TYPE     f32, f16, q8_0, q4_0, q4_k or q6_k for the 2-D matrices (norms are f32)\n"
     "  -o, --output PATH   GGUF to write (replaced only once it is complete)\n"
     "      --seed N        random seed; the same seed gives the same file (default 1)\n"
-    "      --vocab PATH    llama2.c tokenizer.bin whose vocabulary the file carries\n"
-    "                      (default models/llama2-tokenizer.bin, Llama-2's 32000 tokens)\n"
+    "      --vocab PATH    llama2.c tokenizer.bin, or a GGUF whose tokenizer the file carries (default: the\n"
+    "                      shape's own under tests/data/vocab for the three above, else\n"
+    "                      models/llama2-tokenizer.bin, Llama-2's 32000 tokens)\n"
     "      --layers N      override the shape's layer count (e.g. 2 for a quick file)\n"
     "  -h, --help          this text\n"
     "\n"
@@ -41,7 +48,7 @@ static void show_progress(void *arg, size_t done, size_t total) {
 }
 
 int cmd_synth(int argc, char **argv) {
-    const char *shape_name = NULL, *type_name = NULL, *out = NULL, *vocab = "models/llama2-tokenizer.bin";
+    const char *shape_name = NULL, *type_name = NULL, *out = NULL, *vocab = NULL;
     uint64_t seed = 1;
     int layers = 0;
     for (int i = 1; i < argc; i++) {
@@ -71,7 +78,8 @@ int cmd_synth(int argc, char **argv) {
     }
     const duet_config *shape = synth_shape(shape_name);
     if (!shape) {
-        fprintf(stderr, "duet synth: unknown --shape '%s' (tinyllama, llama32-1b, mid)\n", shape_name);
+        fprintf(stderr, "duet synth: unknown --shape '%s' (tinyllama, llama32-1b, mid, llama3.2-1b, qwen2.5-0.5b, "
+                        "qwen3-0.6b)\n", shape_name);
         return 2;
     }
     int type = llama2c_type_parse(type_name);
@@ -83,7 +91,9 @@ int cmd_synth(int argc, char **argv) {
     if (layers) c.n_layers = layers;
     char err[512];
     progress_state p = {-1};
-    if (synth_write(&c, type, seed, vocab, out, show_progress, &p, err, sizeof err)) {
+    const synth_extra *x = synth_shape_extra(shape_name);
+    if (!vocab) vocab = x->vocab ? x->vocab : "models/llama2-tokenizer.bin";
+    if (synth_write_arch(&c, x, type, seed, vocab, out, show_progress, &p, err, sizeof err)) {
         if (p.last_pct >= 0) fputc('\n', stderr);
         fprintf(stderr, "duet synth: %s\n", err);
         return 1;

@@ -15,6 +15,7 @@ static const struct {
     {"synth", cmd_synth, "write a random-weight GGUF with a real model's shape (for timing)"},
     {"calibrate", cmd_calibrate, "fit early-exit translators and HAT adapters (affine maps) on a model's hidden states"},
     {"cloud", cmd_cloud, "serve a model part to devices (the cloud side of every collaborative mode)"},
+    {"tokenize", cmd_tokenize, "print the token ids of a text with a model's vocabulary (vocabulary-only files work)"},
 };
 
 static void usage(FILE *f) {

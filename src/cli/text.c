@@ -18,10 +18,21 @@ void cli_text_emit(void *arg, int id) {
 
 int cli_tokenize_prompt(const duet_tokenizer *tok, const char *prompt, bool bos, int **ids, int *n, char *err,
                         size_t errlen) {
+    return cli_tokenize_flags(tok, prompt, bos ? DUET_TOK_BOS : 0, ids, n, err, errlen);
+}
+
+int cli_tokenize_flags(const duet_tokenizer *tok, const char *prompt, int flags, int **ids, int *n, char *err,
+                       size_t errlen) {
     size_t len = strlen(prompt);
-    int cap = (int)len + 2; /* SentencePiece gives at most one token per byte, plus BOS and the space prefix */
+    int cap = (int)len + 2; /* SentencePiece: one token per byte, BOS, space prefix; BPE: U+FFFD can exceed it */
     *ids = malloc(sizeof(int) * (size_t)cap);
-    *n = *ids ? duet_tokenize(tok, prompt, len, bos, *ids, cap) : -1;
+    *n = *ids ? duet_tokenize_ex(tok, prompt, len, flags, *ids, cap) : -1;
+    if (*n > cap) {
+        int *more = realloc(*ids, sizeof(int) * (size_t)*n);
+        if (more) *ids = more;
+        cap = more ? *n : cap;
+        *n = more ? duet_tokenize_ex(tok, prompt, len, flags, *ids, cap) : -1;
+    }
     if (*n < 0 || *n > cap) {
         snprintf(err, errlen, "cannot tokenize the prompt");
         return -1;

@@ -22,5 +22,8 @@ void cli_text_emit(void *arg, int id);
  * err (the text cannot be tokenized, or nothing is left to start from). */
 int cli_tokenize_prompt(const duet_tokenizer *tok, const char *prompt, bool bos, int **ids, int *n, char *err,
                         size_t errlen);
+/* The same with duet_tokenize_ex flags (DUET_TOK_BOS, DUET_TOK_SPECIAL for a chat template's tokens). */
+int cli_tokenize_flags(const duet_tokenizer *tok, const char *prompt, int flags, int **ids, int *n, char *err,
+                       size_t errlen);
 
 #endif

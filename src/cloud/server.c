@@ -4,6 +4,8 @@
  * Every wait is sliced into SLICE_MS pieces so that server_stop, which only sets a flag, is seen promptly. */
 #include "cloud/server.h"
 
+#include <malloc.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -14,18 +16,22 @@
 
 #include "base/clock.h"
 #include "base/err.h"
+#include "base/sha256.h"
 #include "cloud/session.h"
 #include "net/transport.h"
 
 #define SLICE_MS 100        /* longest a thread waits before looking at the stop flag */
 #define CONN_SLACK 16       /* connections allowed beyond max_sessions (still handshaking, or about to be refused) */
-#define ERROR_FLUSH_MS 1000 /* how long a failing connection waits for its ERROR frame to leave */
+#define ERROR_FLUSH_MS 1000 /* how long a failing connection waits for its ERROR frame to leave (plus the link's) */
+#define STOP_FLUSH_MS 300   /* the same while the server is stopping: a stop takes at most about 1 s */
 #define SERVE_STOP 200      /* recv_sliced: the server is stopping */
 
 typedef struct conn {
     cloud_server *srv;
     transport *t;
     int id;
+    char addr[64];   /* the peer's address without its port (per-address cap) */
+    double t_accept;
     pthread_t thread;
     atomic_int done; /* the thread has finished and may be joined */
     struct conn *next;
@@ -44,14 +50,18 @@ struct cloud_server {
     pthread_mutex_t mu;        /* guards the fields below */
     conn *conns;
     int n_conns, next_conn;
+    int active;                /* connection threads still serving */
     uint32_t next_session;
     server_stats st;
+    transport_budget budget;   /* shared by every connection */
 };
 
 /* One connection's state, on its thread's stack. */
 typedef struct serve {
     cloud_server *srv;
     transport *t;
+    double t_accept;
+    size_t charged;            /* budget bytes held for the session's pending input */
     frame_hello want;          /* what the device asked this side to hold (valid once hello is set) */
     int hello;
     session *s;
@@ -76,6 +86,8 @@ server_opts server_opts_default(void) {
     o.max_pending_bytes = (size_t)256 << 20;
     o.idle_timeout_ms = 60000;
     o.handshake_timeout_ms = 5000;
+    o.max_per_address = 16;
+    o.memory_budget = (size_t)1 << 30;
     return o;
 }
 
@@ -97,6 +109,14 @@ static const char *mode_name(uint32_t mode) {
 
 /* ---- per-connection helpers ---- */
 
+/* How long a last frame (ERROR, CLOSE) may take to leave: a second, plus what the emulated link still holds
+ * (so a 2 s rtt link gets its CLOSE delivered), at most the idle timeout; short once the server is stopping. */
+static int grace_ms(serve *v) {
+    if (atomic_load(&v->srv->stop)) return STOP_FLUSH_MS;
+    double g = ERROR_FLUSH_MS + transport_backlog_ms(v->t);
+    return g > v->srv->o.idle_timeout_ms ? v->srv->o.idle_timeout_ms : (int)g;
+}
+
 /* Sends ERROR (code, text) and marks the connection ended by that error. Returns -1: stop serving. */
 static int fail(serve *v, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(serve *v, int code, const char *fmt, ...) {
@@ -107,7 +127,7 @@ static int fail(serve *v, int code, const char *fmt, ...) {
     va_end(ap);
     frame_msg m;
     frame_error_msg(&m, v->sid, code, text);
-    if (transport_send(v->t, &m, NULL, 0) == 0) transport_flush(v->t, ERROR_FLUSH_MS, NULL, 0);
+    if (transport_send_last(v->t, &m, NULL, 0) == 0) transport_flush(v->t, grace_ms(v), NULL, 0);
     snprintf(v->end, sizeof v->end, "error: %s: %s", frame_err_name(code), text);
     v->failed = 1;
     return -1;
@@ -120,9 +140,16 @@ static int send_failed(serve *v, const char *e) {
     return -1;
 }
 
+static int stop_session(serve *v);
+
+/* A send the transport refused (a budget or link limit, a frame it cannot encode) still gets its ERROR; one
+ * that failed on the socket (DUET_EIO) cannot. */
 static int send_msg(serve *v, const frame_msg *m) {
     char e[256];
-    return transport_send(v->t, m, e, sizeof e) ? send_failed(v, e) : 0;
+    int rc = transport_send(v->t, m, e, sizeof e);
+    if (!rc) return 0;
+    if (rc == DUET_EIO) return atomic_load(&v->srv->stop) ? stop_session(v) : send_failed(v, e); /* cancelled */
+    return fail(v, rc < 0 ? rc : FRAME_E_INTERNAL, "cannot send %s: %s", frame_type_name(m->type), e);
 }
 
 /* transport_recv in SLICE_MS pieces: 0, TRANSPORT_TIMEOUT after timeout_ms, TRANSPORT_CLOSED, SERVE_STOP, < 0. */
@@ -133,7 +160,7 @@ static int recv_sliced(serve *v, frame_msg *m, int timeout_ms, char *e, size_t e
         int left = (int)(deadline - clock_now_ms());
         if (left <= 0) return TRANSPORT_TIMEOUT;
         int rc = transport_recv(v->t, m, left < SLICE_MS ? left : SLICE_MS, e, elen);
-        if (rc != TRANSPORT_TIMEOUT) return rc;
+        if (rc != TRANSPORT_TIMEOUT) return rc < 0 && atomic_load(&v->srv->stop) ? SERVE_STOP : rc;
     }
 }
 
@@ -157,9 +184,9 @@ static int reserve_tokens(serve *v, uint32_t n) {
 static int hello_check(const cloud_server *s, const frame_hello *w, char *e, size_t elen) {
     const duet_config *c = duet_model_config(s->m);
     const duet_part *held = duet_model_part(s->m);
-    if (w->fingerprint != s->fingerprint)
-        return err_set(e, elen, FRAME_E_REFUSED, "handshake: model mismatch (expected fingerprint %016llx, held %016llx)",
-                       (unsigned long long)w->fingerprint, (unsigned long long)s->fingerprint);
+    if (w->fingerprint != s->fingerprint) /* the held fingerprint stays here: a caller learns nothing about it */
+        return err_set(e, elen, FRAME_E_REFUSED, "handshake: model mismatch (expected fingerprint %016llx; this "
+                       "cloud holds another model)", (unsigned long long)w->fingerprint);
     if (w->dim != (uint32_t)c->dim)
         return err_set(e, elen, FRAME_E_REFUSED, "handshake: hidden dim mismatch (expected %u, held %d)", w->dim, c->dim);
     if (w->layer_b > (uint32_t)c->n_layers)
@@ -179,13 +206,44 @@ static int hello_check(const cloud_server *s, const frame_hello *w, char *e, siz
     return 0;
 }
 
+/* Equal tokens, in time that depends on neither token: both are hashed, and the digests compared whole. */
+static int token_equal(const uint8_t *a, size_t an, const uint8_t *b, size_t bn) {
+    unsigned char da[32], db[32];
+    sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, a, an);
+    sha256_final(&h, da);
+    sha256_init(&h);
+    sha256_update(&h, b, bn);
+    sha256_final(&h, db);
+    volatile unsigned char diff = 0;
+    for (int i = 0; i < 32; i++) diff |= da[i] ^ db[i];
+    return diff == 0;
+}
+
 static int handshake(serve *v) {
     cloud_server *s = v->srv;
     frame_msg m;
     char e[512];
-    int rc = recv_sliced(v, &m, s->o.handshake_timeout_ms, e, sizeof e);
-    if (rc == SERVE_STOP) return snprintf(v->end, sizeof v->end, "shutdown"), -1;
-    if (rc == TRANSPORT_TIMEOUT)
+    /* one deadline for the whole handshake (TLS, AUTH, HELLO), not per frame or per read */
+    double deadline = v->t_accept + s->o.handshake_timeout_ms;
+    transport_set_deadline(v->t, deadline);
+    int rc = transport_tls_accept(v->t, (int)(deadline - clock_now_ms()), e, sizeof e);
+    if (rc) { /* no channel to send an ERROR on */
+        v->failed = 1;
+        return snprintf(v->end, sizeof v->end, "error: %s", e), -1;
+    }
+    rc = recv_sliced(v, &m, s->o.handshake_timeout_ms, e, sizeof e);
+    if (rc == 0 && m.type == FRAME_AUTH) {
+        /* a cloud without a token accepts AUTH and ignores it; one with a token compares it */
+        if (s->o.token && !token_equal(m.u.auth.token, m.u.auth.len, s->o.token, s->o.token_len))
+            return fail(v, FRAME_E_REFUSED, "authentication failed: wrong token");
+        rc = recv_sliced(v, &m, (int)(deadline - clock_now_ms()), e, sizeof e);
+    } else if (rc == 0 && s->o.token) {
+        return fail(v, FRAME_E_REFUSED, "this cloud requires a token: send AUTH before HELLO (--token-file)");
+    }
+    if (rc == SERVE_STOP) return stop_session(v);
+    if (rc == TRANSPORT_TIMEOUT || (rc == DUET_EIO && clock_now_ms() >= v->t_accept + s->o.handshake_timeout_ms))
         return fail(v, FRAME_E_STATE, "no HELLO within %d ms of connecting", s->o.handshake_timeout_ms);
     if (rc == TRANSPORT_CLOSED) {
         v->failed = 1;
@@ -196,7 +254,13 @@ static int handshake(serve *v) {
     if (m.session != 0) return fail(v, FRAME_E_SESSION, "HELLO carries session %u, must be 0", m.session);
     v->want = m.u.hello;
     if ((rc = hello_check(s, &v->want, e, sizeof e))) return fail(v, rc, "%s", e);
+    /* a link that cannot deliver even HELLO_OK within the idle timeout is refused before it is applied */
+    double ms = link_worst_ms(&v->want.link, LINK_DOWN, FRAME_HEADER_SIZE + FRAME_HELLO_SIZE);
+    if (ms > s->o.idle_timeout_ms)
+        return fail(v, FRAME_E_LIMIT, "the emulated link asked for needs %.0f ms for one HELLO_OK, over the idle "
+                    "timeout of %d ms", ms, s->o.idle_timeout_ms);
     v->hello = 1;
+    transport_set_deadline(v->t, -1);
     transport_set_link(v->t, &v->want.link);
     /* HELLO_OK names the part this connection is served with, which the device checks against its HELLO. */
     m.type = FRAME_HELLO_OK;
@@ -250,7 +314,7 @@ static int open_session(serve *v, const frame_msg *m) {
 static int answer_close(serve *v) {
     frame_msg r = {.type = FRAME_CLOSE, .session = v->sid};
     char e[256];
-    if (transport_send(v->t, &r, e, sizeof e) || transport_flush(v->t, ERROR_FLUSH_MS, e, sizeof e))
+    if (transport_send(v->t, &r, e, sizeof e) || transport_flush(v->t, grace_ms(v), e, sizeof e))
         return send_failed(v, e);
     snprintf(v->end, sizeof v->end, "closed");
     return 1;
@@ -268,10 +332,11 @@ static uint32_t elapsed_us(double t0) {
     return us > 4e9 ? UINT32_MAX : (uint32_t)us;
 }
 
-/* The server is stopping: the cloud sends no more, and CLOSE tells a device waiting for an answer so. */
+/* The server is stopping: one ERROR tells the device so (it may finish the request on its own). */
 static int stop_session(serve *v) {
-    frame_msg r = {.type = FRAME_CLOSE, .session = v->sid};
-    if (transport_send(v->t, &r, NULL, 0) == 0) transport_flush(v->t, ERROR_FLUSH_MS, NULL, 0);
+    frame_msg r;
+    frame_error_msg(&r, v->sid, FRAME_E_SHUTDOWN, "the cloud server is stopping; the session ends now");
+    if (transport_send_last(v->t, &r, NULL, 0) == 0) transport_flush(v->t, STOP_FLUSH_MS, NULL, 0);
     snprintf(v->end, sizeof v->end, "shutdown");
     return -1;
 }
@@ -344,6 +409,11 @@ static int request(serve *v, const frame_request *q) {
     if (q->want == FRAME_WANT_HIDDEN) {
         const float *rows;
         if ((rc = session_rows(ss, q->pos, q->count, &rows, e, sizeof e))) return fail(v, rc, "HIDDEN: %s", e);
+        if (q->enc == FRAME_ENC_I8) /* int8 has no code for inf or NaN: say so rather than close */
+            for (size_t i = 0; i < (size_t)q->count * v->want.dim; i++)
+                if (!isfinite(rows[i]))
+                    return fail(v, FRAME_E_VALUE, "HIDDEN: row %zu holds NaN or infinity, which int8 cannot carry; "
+                                "ask for fp16 or fp32", i / v->want.dim + q->pos);
         r.type = FRAME_HIDDEN;
         r.u.rows = (frame_rows){.pos0 = q->pos, .n = q->count, .dim = v->want.dim, .enc = q->enc,
                                 .compute_us = elapsed_us(t0), .x = rows};
@@ -362,8 +432,29 @@ static int request(serve *v, const frame_request *q) {
     return 0;
 }
 
+/* Charges the session's pending input to the server's memory budget (after every frame that changes it). */
+static int charge_pending(serve *v) {
+    size_t now = v->s ? session_pending_bytes(v->s) : 0;
+    if (now > v->charged) {
+        if (transport_budget_take(&v->srv->budget, now - v->charged))
+            return fail(v, FRAME_E_LIMIT, "pending input of %zu bytes is over the server's memory budget (%zu bytes)",
+                        now, v->srv->budget.cap);
+    } else {
+        transport_budget_give(&v->srv->budget, v->charged - now);
+    }
+    v->charged = now;
+    return 0;
+}
+
 /* One frame after the handshake: 0 go on, 1 ended cleanly, < 0 ended by an error. */
+static int dispatch_frame(serve *v, const frame_msg *m);
 static int dispatch(serve *v, const frame_msg *m) {
+    int rc = dispatch_frame(v, m);
+    int crc = v->s && !rc ? charge_pending(v) : 0;
+    return rc ? rc : crc;
+}
+
+static int dispatch_frame(serve *v, const frame_msg *m) {
     char e[512];
     int rc;
     switch (m->type) {
@@ -438,6 +529,7 @@ static void *conn_main(void *arg) {
     v.srv = s;
     v.t = c->t;
     v.t0 = clock_now_ms();
+    v.t_accept = c->t_accept;
     serve_loop(&v);
 
     transport_stats ts;
@@ -445,6 +537,7 @@ static void *conn_main(void *arg) {
     session_counters sc = {0, 0};
     if (v.s) session_counters_get(v.s, &sc);
     session_free(v.s);
+    transport_budget_give(&s->budget, v.charged);
     free(v.ids);
     free(v.conf);
     free(v.logit);
@@ -473,6 +566,12 @@ static void *conn_main(void *arg) {
             clock_now_ms() - v.t0, v.end);
     transport_free(c->t);
     c->t = NULL;
+    pthread_mutex_lock(&s->mu);
+    int idle = --s->active == 0;
+    pthread_mutex_unlock(&s->mu);
+    /* the last connection is gone: hand what the allocator keeps in its per-thread arenas back to the system,
+     * so an idle cloud returns to its idle footprint after a burst (make soak checks it) */
+    if (idle) malloc_trim(0);
     atomic_store(&c->done, 1);
     return NULL;
 }
@@ -495,6 +594,9 @@ cloud_server *server_init(duet_model *m, const server_opts *o, char *err, size_t
     if (s->o.max_ctx <= 0 || s->o.max_ctx > c->ctx_len) s->o.max_ctx = c->ctx_len;
     if (s->o.idle_timeout_ms <= 0) s->o.idle_timeout_ms = 60000;
     if (s->o.handshake_timeout_ms <= 0) s->o.handshake_timeout_ms = 5000;
+    if (s->o.max_per_address <= 0) s->o.max_per_address = 16;
+    if (s->o.memory_budget == 0) s->o.memory_budget = (size_t)1 << 30;
+    s->budget.cap = s->o.memory_budget;
     const duet_tokenizer *tok = duet_model_tokenizer(m, NULL, 0);
     s->eos = tok ? duet_tokenizer_eos(tok) : -1;
     s->fingerprint = duet_model_fingerprint(m);
@@ -535,10 +637,17 @@ static void reap(cloud_server *s, int all) {
     }
 }
 
-/* A connection over the limit hears why and is closed at once. */
-static void refuse(cloud_server *s, transport *t, int n_conns) {
-    char text[128];
-    snprintf(text, sizeof text, "the server has %d connections open, its limit", n_conns);
+/* A connection over a limit hears why and is closed at once. */
+static void refuse(cloud_server *s, transport *t, const char *text) {
+    /* over TLS the refusal needs the handshake first; a short one, since this is the accept thread */
+    if (transport_tls_accept(t, SLICE_MS, NULL, 0)) {
+        transport_free(t);
+        srv_log(s, "connection refused (TLS handshake not done in %d ms): %s", SLICE_MS, text);
+        pthread_mutex_lock(&s->mu);
+        s->st.errors++;
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     frame_msg m;
     frame_error_msg(&m, 0, FRAME_E_LIMIT, text);
     if (transport_send(t, &m, NULL, 0) == 0) transport_flush(t, SLICE_MS, NULL, 0);
@@ -549,12 +658,69 @@ static void refuse(cloud_server *s, transport *t, int n_conns) {
     pthread_mutex_unlock(&s->mu);
 }
 
-int server_run(cloud_server *s) {
+/* The transport options of every connection. */
+static transport_opts conn_opts(cloud_server *s) {
     transport_opts to = transport_opts_default(LINK_DOWN);
     to.limits.max_payload = s->o.max_frame;
-    /* the longest silence inside a frame; also how long a stop may wait for a thread stuck in one */
+    to.cancel = &s->stop;
+    to.budget = &s->budget;
+    to.tls = s->o.tls;
+    /* a frame the device's emulated link would deliver later than this is refused: a device asking for a
+     * 1 bit/s link cannot pin a thread and its memory for days */
+    to.max_backlog_ms = s->o.idle_timeout_ms;
+    /* the longest a whole frame may take once its first byte arrived */
     if (to.io_timeout_ms > s->o.idle_timeout_ms) to.io_timeout_ms = s->o.idle_timeout_ms;
     if (to.io_timeout_ms > s->o.handshake_timeout_ms) to.io_timeout_ms = s->o.handshake_timeout_ms;
+    return to;
+}
+
+/* Gives a new connection its thread, or refuses it (connection and per-address caps). */
+static void serve_new(cloud_server *s, transport *t) {
+    conn *c = calloc(1, sizeof *c);
+    char addr[64], text[160] = "";
+    transport_peer(t, addr, sizeof addr);
+    char *colon = strrchr(addr, ':'); /* "host:port" or "[v6]:port" */
+    if (colon) *colon = 0;
+    pthread_mutex_lock(&s->mu);
+    int n = s->n_conns, same = 0;
+    for (conn *o = s->conns; o; o = o->next) same += !atomic_load(&o->done) && !strcmp(o->addr, addr);
+    if (n >= s->o.max_sessions + CONN_SLACK)
+        snprintf(text, sizeof text, "the server has %d connections open, its limit", n);
+    else if (same >= s->o.max_per_address)
+        snprintf(text, sizeof text, "%d connections from %s are open, the limit per address", same, addr);
+    if (c && !text[0]) {
+        c->srv = s;
+        c->t = t;
+        c->id = ++s->next_conn;
+        c->t_accept = clock_now_ms();
+        snprintf(c->addr, sizeof c->addr, "%s", addr);
+        atomic_init(&c->done, 0);
+        s->active++;
+        if (pthread_create(&c->thread, NULL, conn_main, c) != 0) s->active--;
+        else {
+            c->next = s->conns;
+            s->conns = c;
+            s->n_conns++;
+            c = NULL;
+            t = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(c);
+    if (t) refuse(s, t, text[0] ? text : "the server cannot start a connection thread");
+}
+
+int server_adopt(cloud_server *s, int fd, char *err, size_t errlen) {
+    reap(s, 0);
+    transport_opts to = conn_opts(s);
+    transport *t = transport_adopt(fd, &to, err, errlen);
+    if (!t) return DUET_ERR;
+    serve_new(s, t);
+    return 0;
+}
+
+int server_run(cloud_server *s) {
+    transport_opts to = conn_opts(s);
     while (!atomic_load(&s->stop)) {
         reap(s, 0);
         transport *t;
@@ -566,25 +732,7 @@ int server_run(cloud_server *s) {
             nanosleep(&(struct timespec){0, SLICE_MS * 1000000L}, NULL);
             continue;
         }
-        conn *c = calloc(1, sizeof *c);
-        pthread_mutex_lock(&s->mu);
-        int n = s->n_conns, over = n >= s->o.max_sessions + CONN_SLACK;
-        if (c && !over) {
-            c->srv = s;
-            c->t = t;
-            c->id = ++s->next_conn;
-            atomic_init(&c->done, 0);
-            if (pthread_create(&c->thread, NULL, conn_main, c) == 0) {
-                c->next = s->conns;
-                s->conns = c;
-                s->n_conns++;
-                c = NULL;
-                t = NULL;
-            }
-        }
-        pthread_mutex_unlock(&s->mu);
-        free(c);
-        if (t) refuse(s, t, n);
+        serve_new(s, t);
     }
     reap(s, 1);
     return 0;

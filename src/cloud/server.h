@@ -22,7 +22,13 @@ typedef struct server_opts {
     size_t max_pending_bytes;  /* per session: uploaded hidden states not yet consumed (default 256 MiB) */
     int max_ctx;               /* positions per session (default: the model's context length) */
     int idle_timeout_ms;       /* a session silent this long is closed and freed (default 60000) */
-    int handshake_timeout_ms;  /* a connection must complete HELLO within this (default 5000) */
+    int handshake_timeout_ms;  /* a connection must complete TLS, AUTH and HELLO within this (default 5000) */
+    int max_per_address;       /* connections at once from one peer address (default 16) */
+    size_t memory_budget;      /* all connections together: pending input, queued output and large receive
+                                * buffers (default 1 GiB); beyond it ERROR LIMIT */
+    struct transport_tls *tls; /* TLS 1.3 on every connection (transport_tls_server), or NULL: plain TCP */
+    const uint8_t *token;      /* shared secret every device must send in AUTH before HELLO, or NULL */
+    size_t token_len;          /* 1..FRAME_AUTH_MAX */
     void (*log)(void *arg, const char *line); /* one line per session at its end, and errors; NULL: silent */
     void *log_arg;
 } server_opts;
@@ -44,6 +50,9 @@ cloud_server *server_init(duet_model *m, const server_opts *o, char *err, size_t
 int server_port(const cloud_server *s);
 /* Serves until server_stop: 0, or < 0 if the listener failed. */
 int server_run(cloud_server *s);
+/* Serves one connection on a socket the caller made (a socketpair end, for the protocol fuzzer); the server
+ * owns fd from now on. Also frees connections that have ended. 0 or < 0. */
+int server_adopt(cloud_server *s, int fd, char *err, size_t errlen);
 /* server_run on a background thread (for `--cloud local` and tests). */
 int server_start(cloud_server *s, char *err, size_t errlen);
 /* Asks the server to stop: it refuses new connections, closes sessions and returns from server_run.

@@ -319,20 +319,31 @@ static int get_dim(const gguf *g, const char *key, uint32_t lo, uint32_t hi, int
     return DUET_OK;
 }
 
-/* Copies a tensor that must be f32 of exactly ne0 x ne1 (ne1 = 0: one dimension) with finite values into
- * dst. The bytes are copied before they are read as floats: a file may align its data to any boundary. */
-static int get_f32(const gguf *g, const char *name, int64_t ne0, int64_t ne1, float *dst, char *err, size_t errlen) {
+/* The tensor `name`, which must be f32 of exactly ne0 x ne1 (ne1 = 0: one dimension). Checked before anything
+ * is allocated for it, so a file cannot make the loader reserve more than the data it holds. */
+static const gguf_tensor *find_f32(const gguf *g, const char *name, int64_t ne0, int64_t ne1, char *err, size_t errlen) {
     const gguf_tensor *t = gguf_find_tensor(g, name);
-    if (!t) return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' is missing", name);
+    if (!t) {
+        err_set(err, errlen, DUET_EFORMAT, "tensor '%s' is missing", name);
+        return NULL;
+    }
     int dims = ne1 ? 2 : 1;
-    if (t->type != DUET_TYPE_F32 || t->n_dims != dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1))
-        return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' must be f32 of shape [%" PRId64 "%s], not type %d with %d dims",
-                       name, ne0, ne1 ? " x dim" : "", t->type, t->n_dims);
-    size_t n = (size_t)ne0 * (size_t)(ne1 ? ne1 : 1);
-    memcpy(dst, t->data, sizeof(float) * n);
+    if (t->type != DUET_TYPE_F32 || t->n_dims != dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1)) {
+        err_set(err, errlen, DUET_EFORMAT, "tensor '%s' must be f32 of shape [%" PRId64 "%s], not type %d with %d dims",
+                name, ne0, ne1 ? " x dim" : "", t->type, t->n_dims);
+        return NULL;
+    }
+    return t;
+}
+
+/* Copies t's values into dst and checks they are finite. The bytes are copied before they are read as
+ * floats: a file may align its data to any boundary. */
+static int copy_f32(const gguf_tensor *t, float *dst, char *err, size_t errlen) {
+    size_t n = t->nbytes / sizeof(float);
+    memcpy(dst, t->data, n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         if (!isfinite(dst[i]))
-            return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' holds a non-finite value at %zu", name, i);
+            return err_set(err, errlen, DUET_EFORMAT, "tensor '%s' holds a non-finite value at %zu", t->name, i);
     return DUET_OK;
 }
 
@@ -384,6 +395,9 @@ static calib *from_gguf(gguf *g, char *err, size_t errlen) {
         char wn[64], bn[64];
         snprintf(wn, sizeof wn, "calib.%d_%d.weight", (int)a, (int)b);
         snprintf(bn, sizeof bn, "calib.%d_%d.bias", (int)a, (int)b);
+        const gguf_tensor *tw = find_f32(g, wn, c->dim, c->dim, err, errlen);
+        const gguf_tensor *tb = tw ? find_f32(g, bn, c->dim, 0, err, errlen) : NULL;
+        if (!tb) goto fail;
         m->w = malloc(sizeof(float) * d * d);
         m->bias = malloc(sizeof(float) * d);
         c->n_maps++; /* counted at once, so calib_free releases a half-made map */
@@ -391,8 +405,7 @@ static calib *from_gguf(gguf *g, char *err, size_t errlen) {
             err_set(err, errlen, DUET_ENOMEM, "out of memory for %d-wide maps", c->dim);
             goto fail;
         }
-        if (get_f32(g, wn, c->dim, c->dim, m->w, err, errlen) || get_f32(g, bn, c->dim, 0, m->bias, err, errlen))
-            goto fail;
+        if (copy_f32(tw, m->w, err, errlen) || copy_f32(tb, m->bias, err, errlen)) goto fail;
         m->a = (int)a;
         m->b = (int)b;
         m->dim = c->dim;

@@ -1,9 +1,11 @@
-/* The Llama forward pass over a batch of positions and a range of layers:
+/* The Llama / Qwen2 / Qwen3 forward pass over a batch of positions and a range of layers:
  *
  *   for each layer l in [a,b):
  *       x  = rmsnorm(h) * attn_norm
- *       q, k, v = x Wq^T, x Wk^T, x Wv^T          (k, v written straight into the KV cache)
- *       rotate q and k by their positions (RoPE, adjacent pairs)
+ *       q, k, v = x Wq^T + bq, x Wk^T + bk, x Wv^T + bv   (k, v written straight into the KV cache;
+ *                                                         biases: Qwen2)
+ *       q, k = rmsnorm of each head * q_norm, k_norm      (Qwen3)
+ *       rotate q and k by their positions (RoPE: adjacent pairs for Llama, halves for Qwen)
  *       h += softmax(q K^T / sqrt(head_dim), causal) V  Wo^T
  *       x  = rmsnorm(h) * ffn_norm
  *       h += (silu(x Wgate^T) * (x Wup^T)) Wdown^T
@@ -29,8 +31,8 @@ struct duet_ctx {
     int isa;
     int max_batch;  /* B */
     float *x;       /* [B][dim]    normed input of a block */
-    float *q;       /* [B][dim]    queries */
-    float *att;     /* [B][dim]    attention output, before Wo */
+    float *q;       /* [B][q_dim]  queries */
+    float *att;     /* [B][q_dim]  attention output, before Wo */
     float *gate;    /* [B][ffn]    */
     float *up;      /* [B][ffn]    */
     void *xq;       /* [2][B][xq_row] activations converted to Q8_0 and to Q8_K */
@@ -150,7 +152,7 @@ static void att_work(void *arg, int ith, int nth) {
     att_job *j = arg;
     duet_ctx *c = j->c;
     const duet_config *cfg = &c->m->cfg;
-    const int hd = cfg->head_dim, kv_dim = j->kv->kv_dim, group = cfg->n_heads / cfg->n_kv_heads;
+    const int hd = cfg->head_dim, kv_dim = j->kv->kv_dim, group = cfg->n_heads / cfg->n_kv_heads, q_dim = c->m->q_dim;
     const float *K = j->kv->k[j->layer], *V = j->kv->v[j->layer];
     float *s = c->scores + (size_t)ith * group * c->score_cap; /* [group][score_cap] */
     const float scale = 1.0f / sqrtf((float)hd);
@@ -161,7 +163,7 @@ static void att_work(void *arg, int ith, int nth) {
         const int t = item / cfg->n_kv_heads, kvh = item % cfg->n_kv_heads;
         const int n_keys = j->pos0 + t + 1;
         const size_t off = (size_t)kvh * hd;
-        const float *q = c->q + (size_t)t * cfg->dim + (size_t)kvh * group * hd; /* [group][hd] */
+        const float *q = c->q + (size_t)t * q_dim + (size_t)kvh * group * hd; /* [group][hd] */
         quant_gemm(c->isa, DUET_TYPE_F32, hd, K + off, sizeof(float) * kv_dim, n_keys, q, sizeof(float) * hd,
                    group, s, c->score_cap);
         for (int g = 0; g < group; g++) {
@@ -178,7 +180,7 @@ static void att_work(void *arg, int ith, int nth) {
             const float inv = (float)(1.0 / sum);
             for (int p = 0; p < n_keys; p++) sg[p] *= inv;
             quant_wsum_f32(c->isa, hd, n_keys, sg, V + off, sizeof(float) * kv_dim,
-                           c->att + (size_t)t * cfg->dim + (size_t)(kvh * group + g) * hd);
+                           c->att + (size_t)t * q_dim + (size_t)(kvh * group + g) * hd);
         }
     }
 }
@@ -201,15 +203,17 @@ static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0)
 /* ---- rotary position embedding ------------------------------------------------------------------------ */
 
 /* cos/sin of each position's rotation angles, computed as ggml does: theta starts at the position and is
- * multiplied by base^(-2/d) once per pair, then divided by Llama 3's per-pair factor when the file has one. */
+ * multiplied by base^(-2/d) once per pair, then divided by Llama 3's per-pair factor when the file has one,
+ * then scaled by the linear scaling factor (1 when none: the same bits). */
 static void rope_table(duet_ctx *c, int n, int pos0) {
     int half = c->m->cfg.head_dim / 2;
     const float *factor = c->m->rope_freqs;
+    const float scale = c->m->rope_freq_scale;
     for (int t = 0; t < n; t++) {
         float *r = c->rope + (size_t)t * half * 2;
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
-            float angle = factor ? theta / factor[i] : theta;
+            float angle = (factor ? theta / factor[i] : theta) * scale;
             r[2 * i] = cosf(angle);
             r[2 * i + 1] = sinf(angle);
             theta *= c->theta_scale;
@@ -217,12 +221,21 @@ static void rope_table(duet_ctx *c, int n, int pos0) {
     }
 }
 
+/* Pair i of a head is (2i, 2i+1) for Llama (ggml's NORM mode) and (i, i + half) for Qwen (NEOX). */
 static void rope_apply(const duet_ctx *c, float *x, size_t stride, int n, int n_heads) {
     int hd = c->m->cfg.head_dim, half = hd / 2;
     for (int t = 0; t < n; t++) {
         const float *r = c->rope + (size_t)t * half * 2;
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (size_t)t * stride + (size_t)h * hd;
+            if (c->m->rope_neox) {
+                for (int i = 0; i < half; i++) {
+                    float x0 = v[i], x1 = v[i + half];
+                    v[i] = x0 * r[2 * i] - x1 * r[2 * i + 1];
+                    v[i + half] = x0 * r[2 * i + 1] + x1 * r[2 * i];
+                }
+                continue;
+            }
             for (int i = 0; i < half; i++) {
                 float x0 = v[2 * i], x1 = v[2 * i + 1];
                 v[2 * i] = x0 * r[2 * i] - x1 * r[2 * i + 1];
@@ -248,10 +261,11 @@ duet_ctx *duet_ctx_init(const duet_model *m, int max_batch, duet_pool *pool, cha
     c->max_batch = max_batch;
     size_t B = (size_t)max_batch;
     int widest = cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim;
+    if (m->q_dim > widest) widest = m->q_dim; /* the attention output is Wo's input */
     c->xq_row = (size_t)widest * 2; /* Q8_0 and Q8_K take under 1.15 bytes per value */
     /* One block for all scratch, each buffer starting on a different cache line within a page: buffers of
      * their own would all start at the same page offset, and a decode step's rows alias in the cache. */
-    size_t sizes[] = {sizeof(float) * B * cfg->dim, sizeof(float) * B * cfg->dim, sizeof(float) * B * cfg->dim,
+    size_t sizes[] = {sizeof(float) * B * cfg->dim, sizeof(float) * B * m->q_dim, sizeof(float) * B * m->q_dim,
                       sizeof(float) * B * cfg->ffn_dim, sizeof(float) * B * cfg->ffn_dim, c->xq_row * B * 2,
                       sizeof(float) * B * cfg->head_dim};
     void **bufs[] = {(void **)&c->x, (void **)&c->q, (void **)&c->att, (void **)&c->gate, (void **)&c->up, &c->xq,
@@ -296,15 +310,33 @@ int duet_embed(duet_ctx *c, const int *ids, int n, float *h, char *err, size_t e
 static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int pos0) {
     const duet_config *cfg = &c->m->cfg;
     const model_layer *L = &c->m->layers[l];
-    int dim = cfg->dim, ffn = cfg->ffn_dim, kv_dim = kv->kv_dim;
+    int dim = cfg->dim, ffn = cfg->ffn_dim, kv_dim = kv->kv_dim, q_dim = c->m->q_dim, hd = cfg->head_dim;
     float *kc = kv->k[l] + (size_t)pos0 * kv_dim, *vc = kv->v[l] + (size_t)pos0 * kv_dim;
 
     for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->attn_norm, dim, cfg->rms_eps);
     const model_mat *qkv[] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[] = {c->q, kc, vc};
-    size_t qkv_ld[] = {(size_t)dim, (size_t)kv_dim, (size_t)kv_dim};
+    size_t qkv_ld[] = {(size_t)q_dim, (size_t)kv_dim, (size_t)kv_dim};
     matmul_n(c, 3, qkv, c->x, n, qkv_out, qkv_ld);
-    rope_apply(c, c->q, dim, n, cfg->n_heads);
+    const float *bias[3] = {L->bq, L->bk, L->bv};
+    for (int i = 0; i < 3; i++) {
+        if (!bias[i]) continue;
+        const int w = (int)qkv_ld[i];
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < w; j++) qkv_out[i][(size_t)t * w + j] += bias[i][j];
+    }
+    if (L->q_norm) /* in place: rmsnorm reads all of a head before writing it */
+        for (int t = 0; t < n; t++) {
+            for (int qh_i = 0; qh_i < cfg->n_heads; qh_i++) {
+                float *qh = c->q + (size_t)t * q_dim + (size_t)qh_i * hd;
+                rmsnorm(qh, qh, L->q_norm, hd, cfg->rms_eps);
+            }
+            for (int kh_i = 0; kh_i < cfg->n_kv_heads; kh_i++) {
+                float *kh = kc + (size_t)t * kv_dim + (size_t)kh_i * hd;
+                rmsnorm(kh, kh, L->k_norm, hd, cfg->rms_eps);
+            }
+        }
+    rope_apply(c, c->q, q_dim, n, cfg->n_heads);
     rope_apply(c, kc, kv_dim, n, cfg->n_kv_heads);
     kv->len[l] = pos0 + n;
     int rc = attention(c, kv, l, n, pos0);

@@ -826,3 +826,52 @@ int gguf_writer_write(gguf_writer *w, const char *path, void (*progress)(void *a
     free(buf);
     return rc;
 }
+
+int gguf_copy_kv(gguf_writer *w, const gguf *g, const char *prefix) {
+    int rc = 0;
+    const size_t plen = strlen(prefix);
+    for (int i = 0; i < gguf_n_kv(g) && !rc; i++) {
+        const char *k = gguf_kv_key(g, i);
+        if (strncmp(k, prefix, plen)) continue;
+        int type = gguf_kv_type(g, i), et = 0;
+        size_t n = 0;
+        if (type == GGUF_ARR) gguf_get_arr(g, k, &et, &n);
+        if (type == GGUF_STR) {
+            const char *v;
+            rc = gguf_get_str(g, k, &v) || gguf_set_str(w, k, v);
+        } else if (type == GGUF_BOOL) {
+            bool v;
+            rc = gguf_get_bool(g, k, &v) || gguf_set_bool(w, k, v);
+        } else if (type == GGUF_F32) {
+            float v;
+            rc = gguf_get_f32(g, k, &v) || gguf_set_f32(w, k, v);
+        } else if (type == GGUF_U32 || type == GGUF_I32) {
+            int64_t v;
+            rc = gguf_get_i64(g, k, &v) ||
+                 (type == GGUF_U32 ? gguf_set_u32(w, k, (uint32_t)v) : gguf_set_i32(w, k, (int32_t)v));
+        } else if (type == GGUF_ARR && et == GGUF_STR) {
+            const char **v = malloc(n * sizeof *v + 1);
+            size_t *lens = malloc(n * sizeof *lens + 1);
+            rc = !v || !lens;
+            for (size_t j = 0; j < n && !rc; j++) v[j] = gguf_arr_str(g, k, j, &lens[j]);
+            if (!rc) rc = gguf_set_arr_str(w, k, v, lens, n);
+            free(v);
+            free(lens);
+        } else if (type == GGUF_ARR && (et == GGUF_I32 || et == GGUF_F32)) {
+            int32_t *iv = malloc(n * sizeof *iv + 1);
+            float *fv = malloc(n * sizeof *fv + 1);
+            rc = !iv || !fv;
+            for (size_t j = 0; j < n && !rc; j++) {
+                int64_t x = 0;
+                rc = et == GGUF_I32 ? gguf_arr_i64(g, k, j, &x) : gguf_arr_f32(g, k, j, &fv[j]);
+                iv[j] = (int32_t)x;
+            }
+            if (!rc) rc = et == GGUF_I32 ? gguf_set_arr_i32(w, k, iv, n) : gguf_set_arr_f32(w, k, fv, n);
+            free(iv);
+            free(fv);
+        } else {
+            rc = DUET_EUNSUPPORTED;
+        }
+    }
+    return rc ? (rc < 0 ? rc : DUET_ENOMEM) : 0;
+}

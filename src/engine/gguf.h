@@ -89,6 +89,9 @@ int gguf_set_arr_i32(gguf_writer *w, const char *key, const int32_t *v, size_t n
  * NULL, from fill(ctx, ...) at write time (so multi-gigabyte files never sit in memory). */
 int gguf_add_tensor(gguf_writer *w, const char *name, int type, int n_dims, const int64_t *ne,
                     const void *data, gguf_fill_fn fill, void *ctx);
+/* Copies the keys of g whose names start with prefix ("" for all) into w: strings, bools, f32, u32/i32 and
+ * arrays of strings, i32 or f32 (what models and vocabularies use). 0, or < 0 for another type or no memory. */
+int gguf_copy_kv(gguf_writer *w, const gguf *g, const char *prefix);
 /* Writes the file (alignment 32); on failure removes the partial file. progress may be NULL. */
 int gguf_writer_write(gguf_writer *w, const char *path, void (*progress)(void *arg, size_t done, size_t total),
                       void *arg, char *err, size_t errlen);

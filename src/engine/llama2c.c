@@ -228,20 +228,29 @@ static const char *file_stem(const char *path, char *buf, size_t n) {
 }
 
 int llama2c_add_config(gguf_writer *w, const duet_config *c, const char *name) {
+    return llama2c_add_config_arch(w, c, name, "llama");
+}
+
+int llama2c_add_config_arch(gguf_writer *w, const duet_config *c, const char *name, const char *arch) {
     int ftype = llama2c_file_type(c->weight_type);
-    if (ftype < 0) return DUET_EINVAL;
-    if (gguf_set_str(w, "general.architecture", "llama") || gguf_set_str(w, "general.name", name) ||
-        gguf_set_u32(w, "general.file_type", (uint32_t)ftype) ||
-        gguf_set_u32(w, "llama.context_length", (uint32_t)c->ctx_len) ||
-        gguf_set_u32(w, "llama.embedding_length", (uint32_t)c->dim) ||
-        gguf_set_u32(w, "llama.block_count", (uint32_t)c->n_layers) ||
-        gguf_set_u32(w, "llama.feed_forward_length", (uint32_t)c->ffn_dim) ||
-        gguf_set_u32(w, "llama.rope.dimension_count", (uint32_t)c->head_dim) ||
-        gguf_set_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads) ||
-        gguf_set_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads) ||
-        gguf_set_f32(w, "llama.attention.layer_norm_rms_epsilon", c->rms_eps) ||
-        gguf_set_f32(w, "llama.rope.freq_base", c->rope_base) ||
-        gguf_set_u32(w, "llama.vocab_size", (uint32_t)c->vocab_size))
+    if (ftype < 0 || strlen(arch) > 32) return DUET_EINVAL;
+    char k[12][64];
+    static const char *const suffix[12] = {"context_length", "embedding_length", "block_count", "feed_forward_length",
+                                           "rope.dimension_count", "attention.head_count", "attention.head_count_kv",
+                                           "attention.layer_norm_rms_epsilon", "rope.freq_base", "vocab_size",
+                                           "attention.key_length", "attention.value_length"};
+    for (int i = 0; i < 12; i++) snprintf(k[i], sizeof k[i], "%s.%s", arch, suffix[i]);
+    if (gguf_set_str(w, "general.architecture", arch) || gguf_set_str(w, "general.name", name) ||
+        gguf_set_u32(w, "general.file_type", (uint32_t)ftype) || gguf_set_u32(w, k[0], (uint32_t)c->ctx_len) ||
+        gguf_set_u32(w, k[1], (uint32_t)c->dim) || gguf_set_u32(w, k[2], (uint32_t)c->n_layers) ||
+        gguf_set_u32(w, k[3], (uint32_t)c->ffn_dim) || gguf_set_u32(w, k[4], (uint32_t)c->head_dim) ||
+        gguf_set_u32(w, k[5], (uint32_t)c->n_heads) || gguf_set_u32(w, k[6], (uint32_t)c->n_kv_heads) ||
+        gguf_set_f32(w, k[7], c->rms_eps) || gguf_set_f32(w, k[8], c->rope_base) ||
+        gguf_set_u32(w, k[9], (uint32_t)c->vocab_size))
+        return DUET_ENOMEM;
+    /* head_dim decoupled from dim (Qwen3) is said with the key and value lengths, as llama.cpp reads it */
+    if (c->head_dim * c->n_heads != c->dim &&
+        (gguf_set_u32(w, k[10], (uint32_t)c->head_dim) || gguf_set_u32(w, k[11], (uint32_t)c->head_dim)))
         return DUET_ENOMEM;
     return 0;
 }

@@ -30,6 +30,9 @@ int llama2c_file_type(int type);
 /* Adds general.architecture "llama", general.name, general.file_type (from c->weight_type) and the llama.*
  * hyperparameters of c, as llama.cpp's converters write them. */
 int llama2c_add_config(gguf_writer *w, const duet_config *c, const char *name);
+/* The same under another architecture's key prefix ("qwen2.block_count" ...), with key/value lengths when
+ * head_dim is not dim / n_heads. */
+int llama2c_add_config_arch(gguf_writer *w, const duet_config *c, const char *name, const char *arch);
 
 /* The type named by name ("f32", "f16", "q8_0", "q4_0", "q4_k", "q6_k", any case); -1 if not one of them. */
 int llama2c_type_parse(const char *name);

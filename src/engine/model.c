@@ -1,5 +1,5 @@
-/* Loading the part of a Llama-architecture GGUF that a process holds, with every check done up front so
- * the forward pass can trust shapes and types. */
+/* Loading the part of a GGUF that a process holds (architectures llama, qwen2, qwen3), with every check
+ * done up front so the forward pass can trust shapes and types. */
 #include "engine/model.h"
 
 #include <errno.h>
@@ -85,34 +85,80 @@ static int get_float(const gguf *g, const char *key, float *out, float dflt, cha
     return DUET_OK;
 }
 
-static int read_config(const gguf *g, duet_config *c, char *err, size_t errlen) {
+static const char *const ARCH_NAMES[] = {"llama", "qwen2", "qwen3"};
+
+/* Reads the hyper-parameters under the architecture's prefix ("qwen2.embedding_length" ...). */
+static int read_config(duet_model *m, char *err, size_t errlen) {
+    const gguf *g = m->file;
+    duet_config *c = &m->cfg;
     const char *arch = NULL;
     if (gguf_get_str(g, "general.architecture", &arch) != 0)
         return err_set(err, errlen, DUET_EFORMAT, "metadata key 'general.architecture' is missing");
-    if (strcmp(arch, "llama"))
+    m->arch = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(arch, ARCH_NAMES[i])) m->arch = i;
+    if (m->arch < 0)
         return err_set(err, errlen, DUET_EUNSUPPORTED,
-                       "architecture '%s' is not supported (duet runs 'llama'-architecture models)", arch);
+                       "architecture '%.64s' is not supported (duet runs llama, qwen2 and qwen3 models)", arch);
     memset(c, 0, sizeof *c);
+    char k[9][96];
+    static const char *const suffix[9] = {"embedding_length", "block_count", "attention.head_count",
+                                          "feed_forward_length", "attention.head_count_kv", "context_length",
+                                          "rope.freq_base", "attention.layer_norm_rms_epsilon",
+                                          "rope.dimension_count"};
+    for (int i = 0; i < 9; i++) snprintf(k[i], sizeof k[i], "%s.%s", arch, suffix[i]);
     int rc;
-    if ((rc = get_int(g, "llama.embedding_length", &c->dim, 0, true, err, errlen)) ||
-        (rc = get_int(g, "llama.block_count", &c->n_layers, 0, true, err, errlen)) ||
-        (rc = get_int(g, "llama.attention.head_count", &c->n_heads, 0, true, err, errlen)) ||
-        (rc = get_int(g, "llama.feed_forward_length", &c->ffn_dim, 0, true, err, errlen)) ||
-        (rc = get_int(g, "llama.attention.head_count_kv", &c->n_kv_heads, c->n_heads, false, err, errlen)) ||
-        (rc = get_int(g, "llama.context_length", &c->ctx_len, 2048, false, err, errlen)) ||
-        (rc = get_float(g, "llama.rope.freq_base", &c->rope_base, 10000.0f, err, errlen)) ||
-        (rc = get_float(g, "llama.attention.layer_norm_rms_epsilon", &c->rms_eps, 1e-5f, err, errlen)))
+    if ((rc = get_int(g, k[0], &c->dim, 0, true, err, errlen)) ||
+        (rc = get_int(g, k[1], &c->n_layers, 0, true, err, errlen)) ||
+        (rc = get_int(g, k[2], &c->n_heads, 0, true, err, errlen)) ||
+        (rc = get_int(g, k[3], &c->ffn_dim, 0, true, err, errlen)) ||
+        (rc = get_int(g, k[4], &c->n_kv_heads, c->n_heads, false, err, errlen)) ||
+        (rc = get_int(g, k[5], &c->ctx_len, 2048, false, err, errlen)) ||
+        (rc = get_float(g, k[6], &c->rope_base, 10000.0f, err, errlen)) ||
+        (rc = get_float(g, k[7], &c->rms_eps, 1e-5f, err, errlen)))
         return rc;
-    if (c->dim % c->n_heads || c->n_heads % c->n_kv_heads)
-        return err_set(err, errlen, DUET_EFORMAT, "%d heads do not divide dim %d, or %d kv heads do not divide them",
-                       c->n_heads, c->dim, c->n_kv_heads);
-    c->head_dim = c->dim / c->n_heads;
+    /* head_dim is dim / n_heads unless the file says otherwise (Qwen3: 128 with dim 1024 and 16 heads) */
+    char kl[96], vl[96];
+    snprintf(kl, sizeof kl, "%s.attention.key_length", arch);
+    snprintf(vl, sizeof vl, "%s.attention.value_length", arch);
+    if ((rc = get_int(g, kl, &c->head_dim, c->dim % c->n_heads ? 0 : c->dim / c->n_heads, false, err, errlen)))
+        return rc;
+    if (c->head_dim == 0)
+        return err_set(err, errlen, DUET_EFORMAT, "%d heads do not divide dim %d and '%s' is missing", c->n_heads,
+                       c->dim, kl);
+    if (c->n_heads % c->n_kv_heads)
+        return err_set(err, errlen, DUET_EFORMAT, "%d kv heads do not divide %d heads", c->n_kv_heads, c->n_heads);
+    int v_len;
+    if ((rc = get_int(g, vl, &v_len, c->head_dim, false, err, errlen))) return rc;
+    if (v_len != c->head_dim)
+        return err_set(err, errlen, DUET_EUNSUPPORTED, "'%s' = %d differs from '%s' = %d: not supported", vl, v_len, kl,
+                       c->head_dim);
     if (c->head_dim % 2) return err_set(err, errlen, DUET_EFORMAT, "head dimension %d is odd", c->head_dim);
+    if ((int64_t)c->n_heads * c->head_dim > (1 << 20))
+        return err_set(err, errlen, DUET_EFORMAT, "%d heads of %d are too wide", c->n_heads, c->head_dim);
+    m->q_dim = c->n_heads * c->head_dim;
     int rope_dim;
-    if ((rc = get_int(g, "llama.rope.dimension_count", &rope_dim, c->head_dim, false, err, errlen))) return rc;
+    if ((rc = get_int(g, k[8], &rope_dim, c->head_dim, false, err, errlen))) return rc;
     if (rope_dim != c->head_dim)
         return err_set(err, errlen, DUET_EUNSUPPORTED, "partial rotary embedding (%d of %d dims) is not supported",
                        rope_dim, c->head_dim);
+    m->rope_neox = m->arch != ARCH_LLAMA;
+    /* Llama 3.1's scaling comes as the rope_freqs tensor (loaded below); linear scaling as keys. */
+    m->rope_freq_scale = 1.0f;
+    char sk[96];
+    const char *type = NULL;
+    snprintf(sk, sizeof sk, "%s.rope.scaling.type", arch);
+    if (gguf_get_str(g, sk, &type) < 0) return err_set(err, errlen, DUET_EFORMAT, "'%s' is not a string", sk);
+    if (type && !strcmp(type, "linear")) {
+        float factor;
+        snprintf(sk, sizeof sk, "%s.rope.scaling.factor", arch);
+        if ((rc = get_float(g, sk, &factor, 1.0f, err, errlen))) return rc;
+        m->rope_freq_scale = 1.0f / factor;
+    } else if (type && strcmp(type, "none")) {
+        return err_set(err, errlen, DUET_EUNSUPPORTED,
+                       "'%s' = '%.32s' is not supported (duet knows none, linear, and Llama 3's rope_freqs tensor)", sk,
+                       type);
+    }
     return DUET_OK;
 }
 
@@ -161,21 +207,36 @@ static int load_vec(const gguf *g, const char *name, int n, float *dst, char *er
     return DUET_OK;
 }
 
-enum { LAYER_TENSORS = 9 }; /* what load_layer reads: seven matrices and two norms */
+enum { LAYER_TENSORS = 9 }; /* what load_layer reads at least: seven matrices and two norms */
+
+/* f32 values a layer keeps of its own: two norms, the q/k/v biases and the q/k norms */
+static size_t layer_floats(const duet_model *m) {
+    const duet_config *c = &m->cfg;
+    return 2 * (size_t)c->dim + (size_t)m->q_dim + 2 * (size_t)c->n_kv_heads * c->head_dim + 2 * (size_t)c->head_dim;
+}
+
+/* An optional vector: absent leaves *out NULL unless required (then a message naming the tensor). */
+static int load_opt_vec(const gguf *g, const char *name, int n, bool required, float *dst, const float **out,
+                        char *err, size_t errlen) {
+    if (!required && !gguf_find_tensor(g, name)) return DUET_OK;
+    int rc = load_vec(g, name, n, dst, err, errlen);
+    if (!rc) *out = dst;
+    return rc;
+}
 
 static int load_layer(duet_model *m, int l, float *norms, char *err, size_t errlen) {
     const duet_config *c = &m->cfg;
     model_layer *L = &m->layers[l];
-    int kv_dim = c->n_kv_heads * c->head_dim;
+    int kv_dim = c->n_kv_heads * c->head_dim, q_dim = m->q_dim;
     char name[64];
     int rc;
 #define MAT(field, suffix, cols, rows)                                                   \
     snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                          \
     if ((rc = load_mat(m->file, name, cols, rows, &L->field, err, errlen))) return rc;
-    MAT(wq, "attn_q", c->dim, c->dim)
+    MAT(wq, "attn_q", c->dim, q_dim)
     MAT(wk, "attn_k", c->dim, kv_dim)
     MAT(wv, "attn_v", c->dim, kv_dim)
-    MAT(wo, "attn_output", c->dim, c->dim)
+    MAT(wo, "attn_output", q_dim, c->dim)
     MAT(gate, "ffn_gate", c->dim, c->ffn_dim)
     MAT(up, "ffn_up", c->dim, c->ffn_dim)
     MAT(down, "ffn_down", c->ffn_dim, c->dim)
@@ -186,6 +247,22 @@ static int load_layer(duet_model *m, int l, float *norms, char *err, size_t errl
     if ((rc = load_vec(m->file, name, c->dim, norms + c->dim, err, errlen))) return rc;
     L->attn_norm = norms;
     L->ffn_norm = norms + c->dim;
+    /* qwen2 has q/k/v biases (llama may: llama.cpp reads them when present); qwen3 per-head q/k norms */
+    float *at = norms + 2 * c->dim;
+    const bool bias = m->arch == ARCH_QWEN2;
+    static const char *const bname[3] = {"attn_q", "attn_k", "attn_v"};
+    const float **bdst[3] = {&L->bq, &L->bk, &L->bv};
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "blk.%d.%s.bias", l, bname[i]);
+        int n = i ? kv_dim : q_dim;
+        if ((rc = load_opt_vec(m->file, name, n, bias, at, bdst[i], err, errlen))) return rc;
+        at += n;
+    }
+    const bool qk_norm = m->arch == ARCH_QWEN3;
+    snprintf(name, sizeof name, "blk.%d.attn_q_norm.weight", l);
+    if ((rc = load_opt_vec(m->file, name, c->head_dim, qk_norm, at, &L->q_norm, err, errlen))) return rc;
+    snprintf(name, sizeof name, "blk.%d.attn_k_norm.weight", l);
+    if ((rc = load_opt_vec(m->file, name, c->head_dim, qk_norm, at + c->head_dim, &L->k_norm, err, errlen))) return rc;
     const model_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
     for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
         m->weight_bytes += mats[i]->row_bytes * (size_t)mats[i]->rows;
@@ -210,7 +287,7 @@ static int load(duet_model *m, const char *path, const duet_part *part, char *er
     int rc;
     m->file = gguf_open(path, err, errlen);
     if (!m->file) return DUET_EFORMAT;
-    if ((rc = read_config(m->file, &m->cfg, err, errlen))) return rc;
+    if ((rc = read_config(m, err, errlen))) return rc;
     duet_config *c = &m->cfg;
     m->part = part ? *part : duet_part_all();
     if ((rc = check_part(&m->part, c->n_layers, err, errlen))) return rc;
@@ -231,21 +308,22 @@ static int load(duet_model *m, const char *path, const duet_part *part, char *er
     c->tied_output = gguf_find_tensor(m->file, "output.weight") == NULL;
     const gguf_tensor *freqs = gguf_find_tensor(m->file, "rope_freqs.weight");
 
-    size_t n_owned = (size_t)c->n_layers * 2 * c->dim + c->dim + (size_t)c->head_dim / 2;
+    const size_t per_layer = layer_floats(m);
+    size_t n_owned = (size_t)c->n_layers * per_layer + c->dim + (size_t)c->head_dim / 2;
     m->owned = calloc(n_owned, sizeof(float));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->owned || !m->layers) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
     c->weight_type = -1;
     for (int l = 0; l < c->n_layers; l++) {
         if (!duet_part_has_layer(&m->part, l)) continue;
-        if ((rc = load_layer(m, l, m->owned + (size_t)l * 2 * c->dim, err, errlen))) return rc;
+        if ((rc = load_layer(m, l, m->owned + (size_t)l * per_layer, err, errlen))) return rc;
         if (c->weight_type < 0) c->weight_type = m->layers[l].wq.type;
     }
     if (m->part.embed || (m->part.head && c->tied_output)) {
         if ((rc = load_mat(m->file, "token_embd.weight", c->dim, c->vocab_size, &m->embd, err, errlen))) return rc;
     }
     if (m->part.head) {
-        float *norm = m->owned + (size_t)c->n_layers * 2 * c->dim;
+        float *norm = m->owned + (size_t)c->n_layers * per_layer;
         if ((rc = load_vec(m->file, "output_norm.weight", c->dim, norm, err, errlen))) return rc;
         m->out_norm = norm;
         if (c->tied_output) m->out = m->embd;
@@ -254,7 +332,7 @@ static int load(duet_model *m, const char *path, const duet_part *part, char *er
         if (c->weight_type < 0) c->weight_type = m->out.type;
     }
     if (freqs) {
-        float *f = m->owned + (size_t)c->n_layers * 2 * c->dim + c->dim;
+        float *f = m->owned + (size_t)c->n_layers * per_layer + c->dim;
         if ((rc = load_vec(m->file, "rope_freqs.weight", c->head_dim / 2, f, err, errlen))) return rc;
         m->rope_freqs = f;
     }

@@ -18,13 +18,22 @@ typedef struct model_mat {
 
 typedef struct model_layer {
     const float *attn_norm, *ffn_norm; /* [dim] */
-    model_mat wq, wk, wv, wo;          /* [dim][dim], [kv_dim][dim], [kv_dim][dim], [dim][dim] */
+    model_mat wq, wk, wv, wo;          /* [q_dim][dim], [kv_dim][dim], [kv_dim][dim], [dim][q_dim] */
+    const float *bq, *bk, *bv;         /* [q_dim], [kv_dim], [kv_dim] biases (qwen2), or NULL */
+    const float *q_norm, *k_norm;      /* [head_dim] per-head RMSNorm weights (qwen3), or NULL */
     model_mat gate, up, down;          /* [ffn][dim], [ffn][dim], [dim][ffn] */
 } model_layer;
+
+/* The architectures duet runs, as general.architecture names them. */
+enum model_arch { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3 };
 
 struct duet_model {
     gguf *file;
     duet_config cfg;
+    int arch;                 /* enum model_arch */
+    int q_dim;                /* n_heads * head_dim: the query width, which may differ from dim (Qwen3) */
+    bool rope_neox;           /* rotate pairs (i, i + head_dim/2) (Qwen), not adjacent pairs (Llama) */
+    float rope_freq_scale;    /* linear rope scaling: positions times this (1: none) */
     duet_part part;
     model_layer *layers;      /* [n_layers]; zeroed where not held */
     model_mat embd;           /* [vocab][dim] */

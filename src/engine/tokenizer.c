@@ -1,4 +1,5 @@
-/* tokenizer.c: SentencePiece BPE with byte fallback, behaving as llama.cpp's llm_tokenizer_spm.
+/* tokenizer.c: the vocabulary, special tokens and decoding for both kinds of tokenizer, and SentencePiece
+ * BPE with byte fallback, behaving as llama.cpp's llm_tokenizer_spm (byte-level BPE is bpe.c).
  *
  * Encoding: the text (with a leading space if add_space_prefix) has every ' ' replaced by U+2581 and is
  * split into UTF-8 characters (by lead byte, as llama.cpp does, so invalid UTF-8 still splits). Adjacent
@@ -16,6 +17,7 @@
 
 #include "base/err.h"
 #include "base/hash.h"
+#include "engine/bpe.h"
 
 /* GGUF token types (tokenizer.ggml.token_type), numbered as llama.cpp's llama_token_type. */
 enum { TT_UNDEFINED, TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE, TT_COUNT };
@@ -34,8 +36,11 @@ struct duet_tokenizer {
     int32_t *slot;     /* [mask + 1] open-addressing piece -> id table, -1 empty */
     size_t mask;
     int byte_id[256];  /* token standing for each raw byte in fallback */
-    int *user;         /* [n_user] user-defined tokens, longest first: split out before encoding */
+    int *user;         /* [n_user] special tokens (control, user-defined, unknown), longest first: split out
+                          before encoding (control and unknown ones only when asked) */
     int n_user;
+    bpe *bpe;          /* byte-level BPE (tokenizer.ggml.model "gpt2"), or NULL for SentencePiece */
+    char *chat_template; /* tokenizer.chat_template, or NULL */
     int bos, eos, unk;
     bool add_space_prefix, add_bos;
 };
@@ -114,10 +119,12 @@ static int by_len_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-/* The user-defined tokens, longest first (the order llama.cpp splits them out in). */
+static bool is_special(int type) { return type == TT_CONTROL || type == TT_USER_DEFINED || type == TT_UNKNOWN; }
+
+/* The special tokens, longest first (the order llama.cpp splits them out in). */
 static int collect_user_tokens(duet_tokenizer *t) {
     int n = 0;
-    for (int i = 0; i < t->n_vocab; i++) n += t->type[i] == TT_USER_DEFINED;
+    for (int i = 0; i < t->n_vocab; i++) n += is_special(t->type[i]);
     if (!n) return 0;
     len_id *tmp = malloc((size_t)n * sizeof *tmp);
     t->user = malloc((size_t)n * sizeof *t->user);
@@ -126,7 +133,7 @@ static int collect_user_tokens(duet_tokenizer *t) {
         return DUET_ENOMEM;
     }
     for (int i = 0, j = 0; i < t->n_vocab; i++)
-        if (t->type[i] == TT_USER_DEFINED) tmp[j++] = (len_id){t->len[i], i};
+        if (is_special(t->type[i])) tmp[j++] = (len_id){t->len[i], i};
     qsort(tmp, (size_t)n, sizeof *tmp, by_len_desc);
     for (int j = 0; j < n; j++) t->user[j] = tmp[j].id;
     t->n_user = n;
@@ -139,9 +146,11 @@ static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
     int rc = gguf_get_str(g, "tokenizer.ggml.model", &model);
     if (rc == 1) return err_set(err, errlen, DUET_EFORMAT, "tokenizer: no tokenizer.ggml.model in the file");
     if (rc < 0) return err_set(err, errlen, DUET_EFORMAT, "tokenizer: tokenizer.ggml.model is not a string");
-    if (strcmp(model, "llama"))
+    bool is_bpe = !strcmp(model, "gpt2");
+    if (strcmp(model, "llama") && !is_bpe)
         return err_set(err, errlen, DUET_EUNSUPPORTED,
-                       "tokenizer: model '%.64s' is not supported (only 'llama', SentencePiece)", model);
+                       "tokenizer: model '%.64s' is not supported ('llama', SentencePiece, or 'gpt2', byte-level BPE)",
+                       model);
 
     const char *tk = "tokenizer.ggml.tokens", *sk = "tokenizer.ggml.scores", *yk = "tokenizer.ggml.token_type";
     int et;
@@ -162,6 +171,8 @@ static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
         size_t len;
         if (!gguf_arr_str(g, tk, i, &len)) return err_set(err, errlen, DUET_EFORMAT, "tokenizer: token %zu unreadable", i);
         if (len == 0) return err_set(err, errlen, DUET_EFORMAT, "tokenizer: token %zu is empty", i);
+        if (is_bpe && !bpe_utf8_valid(gguf_arr_str(g, tk, i, &len), len))
+            return err_set(err, errlen, DUET_EFORMAT, "tokenizer: token %zu in %s is not valid UTF-8", i, tk);
         total += len + 1;
         if (total > UINT32_MAX) return err_set(err, errlen, DUET_EFORMAT, "tokenizer: pieces exceed 4 GiB");
     }
@@ -208,6 +219,12 @@ static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
 
     t->bos = 1, t->eos = 2, t->unk = 0;
     t->add_space_prefix = true, t->add_bos = true;
+    if (is_bpe) { /* llama.cpp's defaults for BPE; the keys below override them */
+        if (!(t->bpe = bpe_load(g, t->n_vocab, err, errlen))) return DUET_EFORMAT;
+        t->bos = t->eos = t->n_vocab > 11 ? 11 : 0;
+        t->add_space_prefix = false;
+        t->add_bos = bpe_add_bos(t->bpe);
+    }
     if ((rc = get_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen)) ||
         (rc = get_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err, errlen)) ||
         (rc = get_id(g, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk, err, errlen)) ||
@@ -216,6 +233,9 @@ static int load(duet_tokenizer *t, const gguf *g, char *err, size_t errlen) {
         return rc;
 
     if ((rc = collect_user_tokens(t))) return err_set(err, errlen, rc, "tokenizer: out of memory");
+    const char *tmpl;
+    if (gguf_get_str(g, "tokenizer.chat_template", &tmpl) == 0 && !(t->chat_template = strdup(tmpl)))
+        return err_set(err, errlen, DUET_ENOMEM, "tokenizer: out of memory");
 
     /* Byte fallback as llama.cpp's byte_to_token: the <0xXX> piece, else the one-byte piece, else unknown. */
     for (int b = 0; b < 256; b++) {
@@ -251,8 +271,20 @@ void tokenizer_free(duet_tokenizer *t) {
     free(t->byte);
     free(t->slot);
     free(t->user);
+    bpe_free(t->bpe);
+    free(t->chat_template);
     free(t);
 }
+
+duet_tokenizer *duet_tokenizer_load(const char *path, char *err, size_t errlen) {
+    gguf *g = gguf_open(path, err, errlen);
+    duet_tokenizer *t = g ? tokenizer_load(g, err, errlen) : NULL; /* copies all it keeps */
+    if (g && !t) err_prefix(err, errlen, "%s", path);
+    gguf_close(g);
+    return t;
+}
+
+void duet_tokenizer_free(duet_tokenizer *t) { tokenizer_free(t); }
 
 int duet_tokenizer_n_vocab(const duet_tokenizer *t) { return t->n_vocab; }
 int duet_tokenizer_bos(const duet_tokenizer *t) { return t->bos; }
@@ -332,13 +364,16 @@ static size_t char_len(const encoder *e, size_t off) {
 typedef struct sink {
     int *ids;
     int cap, n;
-    bool prev_special; /* the last thing emitted was BOS or a user-defined token (or nothing yet) */
+    bool prev_special; /* the last thing emitted was BOS or a special token (or nothing yet) */
+    bool parse_special; /* control tokens written in the text are matched too */
 } sink;
 
 static void emit(sink *o, int id) {
     if (o->n < o->cap) o->ids[o->n] = id;
     o->n++;
 }
+
+static void emit_cb(void *arg, int id) { emit(arg, id); }
 
 /* Merges the symbols of e->s and emits their ids. */
 static int encode(encoder *e, sink *o) {
@@ -376,6 +411,10 @@ static int encode(encoder *e, sink *o) {
 /* Encodes one stretch of plain text (len > 0), with a leading space when it starts the text or follows
  * a special token, as llama.cpp does. */
 static int encode_fragment(const duet_tokenizer *t, const char *text, size_t len, sink *o) {
+    if (t->bpe) {
+        o->prev_special = false;
+        return bpe_encode(t->bpe, text, len, true, emit_cb, o);
+    }
     char *s = malloc(3 * (len + 1)); /* [m] the text with the prefix and every ' ' as U+2581 */
     if (!s) return DUET_ENOMEM;
     encoder e = {.t = t, .s = s};
@@ -398,12 +437,13 @@ static int encode_fragment(const duet_tokenizer *t, const char *text, size_t len
     return rc;
 }
 
-/* Splits text[len] (len > 0) at the user-defined tokens from the k-th on (longest first), which
- * llama.cpp does even when it does not parse special tokens, and encodes the pieces between. Taking
- * one token at a time over every gap gives the same split as llama.cpp's pass-per-token. */
+/* Splits text[len] (len > 0) at the special tokens from the k-th on (longest first): user-defined ones
+ * always, as llama.cpp does, control and unknown ones when parsing special tokens; encodes the pieces
+ * between. Taking one token at a time over every gap gives the same split as llama.cpp's pass-per-token. */
 static int partition(const duet_tokenizer *t, const char *text, size_t len, int k, sink *o) {
     for (; k < t->n_user; k++) {
         int id = t->user[k];
+        if (t->type[id] != TT_USER_DEFINED && !o->parse_special) continue;
         const char *piece = t->text + t->off[id];
         size_t plen = t->len[id], at = 0;
         const char *hit = memmem(text, len, piece, plen);
@@ -421,19 +461,41 @@ static int partition(const duet_tokenizer *t, const char *text, size_t len, int 
     return encode_fragment(t, text, len, o);
 }
 
-int duet_tokenize(const duet_tokenizer *t, const char *text, size_t len, bool add_bos, int *ids, int cap) {
+int duet_tokenize_ex(const duet_tokenizer *t, const char *text, size_t len, int flags, int *ids, int cap) {
     if (!t || (!text && len) || cap < 0 || (cap > 0 && !ids) || len > TOK_MAX_TEXT) return DUET_EINVAL;
-    sink o = {ids, cap, 0, true};
-    /* add_bos asks for the special prefix; the vocabulary's add_bos_token decides, as in llama.cpp. */
-    if (add_bos && t->add_bos) emit(&o, t->bos);
+    sink o = {ids, cap, 0, true, (flags & DUET_TOK_SPECIAL) != 0};
+    /* DUET_TOK_BOS asks for the special prefix; the vocabulary's add_bos_token decides, as in llama.cpp. */
+    if ((flags & DUET_TOK_BOS) && t->add_bos) emit(&o, t->bos);
     int rc = len ? partition(t, text, len, 0, &o) : 0;
     return rc ? rc : o.n;
 }
 
-int duet_token_piece(const duet_tokenizer *t, int id, char *buf, size_t cap) {
+int duet_tokenize(const duet_tokenizer *t, const char *text, size_t len, bool add_bos, int *ids, int cap) {
+    return duet_tokenize_ex(t, text, len, add_bos ? DUET_TOK_BOS : 0, ids, cap);
+}
+
+int duet_token_find(const duet_tokenizer *t, const char *text, size_t len) {
+    return t && (text || !len) ? lookup(t, text, len) : DUET_EINVAL;
+}
+
+const char *duet_tokenizer_chat_template(const duet_tokenizer *t) { return t->chat_template; }
+
+static int copy_out(const char *s, size_t len, char *buf, size_t cap) {
+    if (cap) memcpy(buf, s, len < cap ? len : cap);
+    return (int)len;
+}
+
+int duet_token_piece_ex(const duet_tokenizer *t, int id, int flags, char *buf, size_t cap) {
     if (!t || id < 0 || id >= t->n_vocab || (cap && !buf)) return DUET_EINVAL;
     const char *s = t->text + t->off[id];
     size_t len = t->len[id], n = 0;
+    if ((flags & DUET_TOK_SPECIAL) && (t->type[id] == TT_CONTROL || t->type[id] == TT_UNKNOWN))
+        return copy_out(s, len, buf, cap);
+    if (t->bpe && t->type[id] == TT_NORMAL) { /* the bytes of its byte-level text; other text as it is */
+        size_t raw_len;
+        const char *raw = bpe_bytes(t->bpe, id, &raw_len);
+        return raw ? copy_out(raw, raw_len, buf, cap) : copy_out(s, len, buf, cap);
+    }
     switch (t->type[id]) {
     case TT_NORMAL: /* U+2581 stands for a space */
         for (size_t i = 0; i < len;) {
@@ -444,12 +506,15 @@ int duet_token_piece(const duet_tokenizer *t, int id, char *buf, size_t cap) {
         }
         return (int)n;
     case TT_USER_DEFINED:
-        if (cap) memcpy(buf, s, len < cap ? len : cap);
-        return (int)len;
+        return copy_out(s, len, buf, cap);
     case TT_BYTE:
         if (cap) buf[0] = (char)t->byte[id];
         return 1;
     default: /* control, unknown, unused and undefined tokens print nothing (llama.cpp's special=false) */
         return 0;
     }
+}
+
+int duet_token_piece(const duet_tokenizer *t, int id, char *buf, size_t cap) {
+    return duet_token_piece_ex(t, id, 0, buf, cap);
 }

@@ -47,8 +47,14 @@ int mode_cloud_run(remote *r, const mode_request *rq, mode_emit_fn emit, void *a
             ended = ids[i] == rq->eos_id;
         }
     }
+    free(ids);
+    if (rc && remote_lost(r, rc)) { /* the tokens delivered so far stand; the device makes the rest */
+        const char *path = r->model_path; /* remote_abandon clears r */
+        int flags = r->load_flags;
+        remote_abandon(r, mt);
+        return mode_device_resume(path, flags, NULL, rq, emit, arg, mt, err, errlen);
+    }
     remote_end(r, mt);
     metrics_finish(mt);
-    free(ids);
     return rc;
 }

@@ -1,6 +1,7 @@
 /* The device-only baseline and the reference output for every lossless mode. Prefill runs the whole
  * prompt as one batch; decode runs one position per step. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/clock.h"
 #include "base/err.h"
@@ -67,5 +68,37 @@ out:
     duet_sampler_free(smp);
     duet_ctx_free(ctx);
     duet_kv_free(kv);
+    return rc;
+}
+
+int mode_device_resume(const char *model_path, int load_flags, duet_pool *pool, const mode_request *rq,
+                       mode_emit_fn emit, void *arg, metrics *mt, char *err, size_t errlen) {
+    int done = mt->tokens;
+    if (done >= rq->max_tokens || (done && mt->ids[done - 1] == rq->eos_id)) {
+        metrics_finish(mt);
+        return DUET_OK;
+    }
+    if (!model_path) return err_set(err, errlen, DUET_EINVAL, "no model file to finish the request on the device");
+    int n = rq->n_prompt + done;
+    int *prefix = malloc(sizeof(int) * (size_t)n); /* [n_prompt + done]: the prompt, then the tokens delivered */
+    if (!prefix) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
+    memcpy(prefix, rq->prompt, sizeof(int) * (size_t)rq->n_prompt);
+    if (done) memcpy(prefix + rq->n_prompt, mt->ids, sizeof(int) * (size_t)done);
+    duet_model *m = duet_model_load(model_path, NULL, load_flags, err, errlen);
+    int rc = DUET_ERR;
+    if (m) {
+        mode_request rest = *rq;
+        rest.prompt = prefix;
+        rest.n_prompt = n;
+        rest.max_tokens = rq->max_tokens - done;
+        int prompt_tokens = mt->prompt_tokens; /* the request's, not the rebuilt prefix's */
+        double prefill_ms = mt->prefill_ms;
+        rc = mode_device_run(m, pool, &rest, emit, arg, mt, err, errlen);
+        mt->prompt_tokens = prompt_tokens;
+        if (prefill_ms > 0) mt->prefill_ms = prefill_ms;
+    }
+    if (rc) err_prefix(err, errlen, "finishing on the device after the cloud was lost");
+    duet_model_free(m);
+    free(prefix);
     return rc;
 }

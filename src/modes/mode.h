@@ -29,12 +29,20 @@ int mode_device_run(const duet_model *m, duet_pool *pool, const mode_request *rq
 int mode_device_run_slowed(const duet_model *m, duet_pool *pool, double slowdown, const mode_request *rq,
                            mode_emit_fn emit, void *arg, metrics *mt, char *err, size_t errlen);
 
+/* Finishes rq on this machine after the cloud was lost: mt->tokens tokens were delivered already (mt->ids).
+ * Loads the whole model from model_path, runs the prompt and those tokens as one prefill (bit-identical to
+ * decoding them one by one, so greedy output equals device-only) and generates the rest, emitting and recording
+ * each token in mt as the mode would. Nothing to do after EOS or max_tokens. */
+int mode_device_resume(const char *model_path, int load_flags, duet_pool *pool, const mode_request *rq,
+                       mode_emit_fn emit, void *arg, metrics *mt, char *err, size_t errlen);
+
 /* The remote modes answer a request over a session r opened by remote_open with their enum frame_mode.
  * cloud: the device holds only the tokenizer; the prompt goes up, the cloud runs every layer and streams the
  * tokens down (one round trip). r must be opened with layer_a 0. */
 int mode_cloud_run(remote *r, const mode_request *rq, mode_emit_fn emit, void *arg, metrics *mt, char *err,
                    size_t errlen);
-/* split (CE-CoLLM's naive cloud-edge baseline): the device runs embed + [0,A) and uploads each position's h_A,
+/* With r->fallback, both finish on the device when the cloud is lost (remote_lost, mode_device_resume).
+ * split (CE-CoLLM's naive cloud-edge baseline): the device runs embed + [0,A) and uploads each position's h_A,
  * the cloud runs [A,L) + head and samples; one round trip per token. A is r->layer_a; m must hold [0,A) and
  * the embedding. */
 int mode_split_run(const duet_model *m, duet_pool *pool, remote *r, const mode_request *rq, mode_emit_fn emit,

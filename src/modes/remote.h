@@ -13,6 +13,7 @@
 #define DUET_MODES_REMOTE_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "cloud/server.h"
@@ -28,10 +29,15 @@ typedef struct remote_opts {
     int enc;                 /* enum frame_enc of uploaded hidden states */
     double device_slowdown;  /* every device compute step is stretched to this many times its time; <= 1: none */
     int cloud_threads;       /* compute threads of the local cloud */
-    int timeout_ms;          /* connect, handshake, and the longest wait for any one reply */
+    int timeout_ms;          /* connect, handshake, and the longest wait for any one reply (plus what the
+                              * emulated link needs for it) */
+    int fallback;            /* when the cloud is lost mid-request, finish it on the device (mode_device_resume) */
+    const char *tls_ca;      /* "tls://HOST:PORT" clouds: the CA file their certificate must chain to */
+    const uint8_t *token;    /* the cloud's shared secret (AUTH before HELLO), or NULL */
+    size_t token_len;
 } remote_opts;
 
-remote_opts remote_opts_default(void); /* cloud "local", no link, fp16, no slowdown, 1 thread, 30 s */
+remote_opts remote_opts_default(void); /* cloud "local", no link, fp16, no slowdown, 1 thread, 30 s, no fallback */
 
 typedef struct remote {
     transport *t;
@@ -44,9 +50,16 @@ typedef struct remote {
     int enc;
     double slowdown;
     int timeout_ms;
+    link_params link;
+    transport_tls *tls;        /* the client TLS context of a tls:// cloud */
+    int fallback;              /* remote_opts.fallback */
+    const char *model_path;    /* for a fallback: the device loads the whole model from here */
+    int load_flags;
     transport_stats base;      /* counters at remote_begin */
 } remote;
 
+/* remote_parse_addr, also taking a "tls://" prefix; *tls says whether it was there. */
+int remote_parse_url(const char *spec, char *host, size_t cap, int *port, int *tls, char *err, size_t errlen);
 /* Parses "HOST:PORT" ("[v6addr]:PORT" too) into host[cap] and *port. 0 ok, DUET_EINVAL with a message. */
 int remote_parse_addr(const char *spec, char *host, size_t cap, int *port, char *err, size_t errlen);
 
@@ -72,6 +85,15 @@ void remote_end(remote *r, metrics *mt);
 /* Waits for the next TOKENS frame of the session into *msg (an ERROR becomes its message, silence beyond the
  * timeout an error) and adds the compute time it reports to mt->cloud_compute_ms. */
 int remote_recv_tokens(remote *r, frame_msg *msg, metrics *mt, char *err, size_t errlen);
+
+/* Losing the cloud. A mode whose remote call failed with rc asks remote_lost whether the request can go on
+ * without it: yes when r->fallback is set and rc came from the cloud or the network (it closed, stalled past
+ * the timeout, sent garbage or an ERROR), not from this machine (out of memory, bad arguments). The mode then
+ * calls remote_abandon, which records mt->fallback_at (the tokens delivered so far), adds the transport's
+ * counters to mt and drops the connection without a goodbye, and finishes with mode_device_resume (mode.h).
+ * ee mode can use the same three calls. */
+bool remote_lost(const remote *r, int rc);
+void remote_abandon(remote *r, metrics *mt);
 
 /* The device-slowdown emulation (DESIGN section 7): a device compute step began at t0_ms and just ended after
  * t ms; sleeps (slowdown - 1) * t more and returns the stretched duration as measured (about slowdown * t). */

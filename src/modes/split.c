@@ -38,7 +38,7 @@ int mode_split_run(const duet_model *m, duet_pool *pool, remote *r, const mode_r
 
     remote_begin(r);
     duet_part dev = {.n_spans = 1, .span = {{0, a}}, .embed = true};
-    int rc = DUET_ENOMEM;
+    int rc = DUET_ENOMEM, lost = 0;
     duet_kv *kv = duet_kv_init(m, &dev, rq->n_prompt + rq->max_tokens, err, errlen);
     duet_ctx *ctx = duet_ctx_init(m, rq->n_prompt < PREFILL_BATCH ? rq->n_prompt : PREFILL_BATCH, pool, err, errlen);
     float *h = malloc(sizeof(float) * (size_t)rq->n_prompt * c->dim); /* [n_prompt][dim] */
@@ -57,13 +57,16 @@ int mode_split_run(const duet_model *m, duet_pool *pool, remote *r, const mode_r
     int pos0 = 0, n = rq->n_prompt; /* the rows to upload next */
     for (int i = 0; i < rq->max_tokens; i++) {
         frame_msg msg;
-        if ((rc = ask(r, h, pos0, n, c->dim, err, errlen)) || (rc = remote_recv_tokens(r, &msg, mt, err, errlen)))
+        if ((rc = ask(r, h, pos0, n, c->dim, err, errlen)) || (rc = remote_recv_tokens(r, &msg, mt, err, errlen))) {
+            lost = remote_lost(r, rc);
             goto out;
+        }
         mt->cloud_requests++;
         const frame_tokens *tk = &msg.u.tokens;
         if (tk->n != 1 || tk->pos0 != (uint32_t)(pos0 + n - 1)) {
             rc = err_set(err, errlen, FRAME_E_VALUE, "the cloud answered %u tokens at position %u, asked 1 at %d",
                          tk->n, tk->pos0, pos0 + n - 1);
+            lost = remote_lost(r, rc);
             goto out;
         }
         int32_t id;
@@ -83,11 +86,15 @@ int mode_split_run(const duet_model *m, duet_pool *pool, remote *r, const mode_r
         mt->device_compute_ms += remote_device_step(ts, r->slowdown);
     }
     rc = DUET_OK;
-out:
-    remote_end(r, mt);
+out:;
+    const char *path = r->model_path; /* remote_abandon clears r */
+    int flags = r->load_flags;
+    if (lost) remote_abandon(r, mt);
+    else remote_end(r, mt);
     metrics_finish(mt);
     free(h);
     duet_ctx_free(ctx);
     duet_kv_free(kv);
+    if (lost) rc = mode_device_resume(path, flags, pool, rq, emit, arg, mt, err, errlen);
     return rc;
 }

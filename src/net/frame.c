@@ -152,7 +152,8 @@ static int i8_row(const float *row, uint32_t dim, int8_t *q, float *scale_out) {
 /* ---- names ---- */
 
 static const char *type_names[] = {"?",     "HELLO",  "HELLO_OK", "ERROR",  "OPEN",   "OPENED", "CLOSE",
-                                   "PROMPT", "UPLOAD", "REQUEST",  "TOKENS", "HIDDEN", "PING",   "PONG"};
+                                   "PROMPT", "UPLOAD", "REQUEST",  "TOKENS", "HIDDEN", "PING",   "PONG",
+                                   "AUTH"};
 
 const char *frame_type_name(int type) {
     return type >= 1 && type <= FRAME_TYPE_MAX ? type_names[type] : "unknown";
@@ -162,7 +163,8 @@ const char *frame_err_name(int code) {
     static const char *names[] = {"bad magic",     "bad version",     "bad type",        "bad flags",
                                   "too big",       "bad length",      "truncated",       "out of bounds",
                                   "bad encoding",  "bad value",       "out of sequence", "unknown session",
-                                  "refused",       "wrong state",     "limit reached",   "internal error"};
+                                  "refused",       "wrong state",     "limit reached",   "internal error",
+                                  "server stopping"};
     int i = FRAME_E_MAGIC - code;
     return i >= 0 && i < (int)(sizeof names / sizeof names[0]) ? names[i] : "error";
 }
@@ -243,6 +245,11 @@ int frame_payload_size(const frame_msg *m, size_t *size, char *err, size_t errle
     case FRAME_OPENED: s = FRAME_OPENED_SIZE; break;
     case FRAME_CLOSE: s = 0; break;
     case FRAME_REQUEST: s = FRAME_REQUEST_SIZE; break;
+    case FRAME_AUTH:
+        if (m->u.auth.len < 1 || m->u.auth.len > FRAME_AUTH_MAX || !m->u.auth.token)
+            return err_set(err, errlen, DUET_EINVAL, "frame: AUTH needs a token of 1..%d bytes", FRAME_AUTH_MAX);
+        s = FRAME_AUTH_FIXED + (uint64_t)m->u.auth.len;
+        break;
     case FRAME_PING:
     case FRAME_PONG: s = FRAME_PING_SIZE + (uint64_t)m->u.ping.pad; break;
     case FRAME_ERROR: {
@@ -367,6 +374,10 @@ int frame_payload_encode(const frame_msg *m, uint8_t *p, size_t size, char *err,
         p = put32(p, m->u.ping.reply_pad);
         memset(p, 0, m->u.ping.pad);
         break;
+    case FRAME_AUTH:
+        p = put32(p, m->u.auth.len);
+        memcpy(p, m->u.auth.token, m->u.auth.len);
+        break;
     case FRAME_ERROR:
         p = put32(p, (uint32_t)m->u.error.code);
         p = put32(p, m->u.error.len);
@@ -433,6 +444,9 @@ static int hello_decode(const uint8_t *p, frame_hello *h, char *err, size_t errl
     if (h->link.jitter_dist > LINK_JITTER_NORMAL)
         return err_set(err, errlen, FRAME_E_VALUE, "frame: HELLO link jitter distribution %u unknown",
                        h->link.jitter_dist);
+    char e[160];
+    if (link_check(&h->link, e, sizeof e)) /* the emulated link's bounds are the CLI's (link_parse) */
+        return err_set(err, errlen, FRAME_E_BOUNDS, "frame: HELLO %s", e);
     return 0;
 }
 
@@ -589,6 +603,16 @@ int frame_payload_decode(const frame_header *h, const uint8_t *p, const frame_li
             return err_set(err, errlen, FRAME_E_BOUNDS, "frame: %s asks for a %u-byte reply pad",
                            frame_type_name(h->type), g->reply_pad);
         return 0;
+    }
+    case FRAME_AUTH: {
+        if ((rc = want_fixed(h, FRAME_AUTH_FIXED, err, errlen))) return rc;
+        frame_auth *a = &out->u.auth;
+        a->len = get32(&p);
+        a->token = p;
+        if (a->len < 1 || a->len > FRAME_AUTH_MAX)
+            return err_set(err, errlen, FRAME_E_BOUNDS, "frame: AUTH token of %u bytes (allowed 1..%d)", a->len,
+                           FRAME_AUTH_MAX);
+        return want_len(h, FRAME_AUTH_FIXED + (size_t)a->len, err, errlen);
     }
     case FRAME_ERROR: {
         if ((rc = want_fixed(h, FRAME_ERROR_FIXED, err, errlen))) return rc;

@@ -39,8 +39,9 @@ enum frame_type {
     FRAME_HIDDEN = 11,  /* cloud -> device: hidden states */
     FRAME_PING = 12,    /* either way: echo request for RTT and bandwidth probes */
     FRAME_PONG = 13,
+    FRAME_AUTH = 14,    /* device -> cloud, before HELLO: the shared-secret token of a cloud that requires one */
 };
-#define FRAME_TYPE_MAX FRAME_PONG
+#define FRAME_TYPE_MAX FRAME_AUTH
 
 enum frame_err {
     FRAME_E_MAGIC = -100,     /* not a duet frame */
@@ -59,6 +60,7 @@ enum frame_err {
     FRAME_E_STATE = -113,     /* message not allowed now (UPLOAD before OPENED, a second HELLO, ...) */
     FRAME_E_LIMIT = -114,     /* server limit reached: sessions, positions, pending bytes */
     FRAME_E_INTERNAL = -115,  /* the peer failed to compute (engine error) */
+    FRAME_E_SHUTDOWN = -116,  /* the cloud is stopping: the session ends now */
 };
 
 enum frame_enc { FRAME_ENC_F16 = 0, FRAME_ENC_F32 = 1, FRAME_ENC_I8 = 2 }; /* F16 is the default */
@@ -147,6 +149,13 @@ typedef struct frame_ping { /* PING and PONG: 16 bytes + pad bytes (ignored cont
 #define FRAME_PING_SIZE 16
 _Static_assert(sizeof(frame_ping) == FRAME_PING_SIZE, "frame_ping has padding");
 
+typedef struct frame_auth { /* AUTH: u32 len, then len token bytes (1..FRAME_AUTH_MAX) */
+    uint32_t len;
+    const uint8_t *token;       /* [len] */
+} frame_auth;
+#define FRAME_AUTH_FIXED 4
+#define FRAME_AUTH_MAX 256
+
 /* Variable-length types: the scalar prefix of each struct mirrors the wire's fixed part (asserted below). */
 typedef struct frame_error { /* ERROR: i32 code, u32 len, then len bytes of UTF-8 text */
     int32_t code;               /* enum frame_err or enum duet_status, < 0 */
@@ -196,6 +205,7 @@ typedef struct frame_msg {
         frame_rows rows;        /* UPLOAD, HIDDEN */
         frame_request request;  /* REQUEST */
         frame_ping ping;        /* PING, PONG */
+        frame_auth auth;        /* AUTH */
     } u;                        /* CLOSE: empty */
 } frame_msg;
 

@@ -11,8 +11,6 @@
 #include "base/err.h"
 #include "duet.h"
 
-#define LINK_MAX_BPS 1e12     /* 1 Tbit/s: anything above is a typo */
-#define LINK_MAX_TIME_US 60e6 /* a minute of delay or jitter */
 
 typedef struct profile {
     const char *name;
@@ -67,7 +65,7 @@ static int parse_quantity(const char *key, const char *val, size_t len, const un
 
 static int parse_rate(const char *key, const char *val, size_t len, uint64_t *out, char *err, size_t errlen) {
     double x;
-    int rc = parse_quantity(key, val, len, rate_units, 4, LINK_MAX_BPS, &x, err, errlen);
+    int rc = parse_quantity(key, val, len, rate_units, 4, (double)LINK_MAX_BPS, &x, err, errlen);
     if (rc) return rc;
     if (x < 1)
         return err_set(err, errlen, DUET_EINVAL, "link: %s: bandwidth must be at least 1 bit/s (omit it for unlimited)",
@@ -78,7 +76,7 @@ static int parse_rate(const char *key, const char *val, size_t len, uint64_t *ou
 
 static int parse_time(const char *key, const char *val, size_t len, uint32_t *out, char *err, size_t errlen) {
     double x;
-    int rc = parse_quantity(key, val, len, time_units, 3, LINK_MAX_TIME_US, &x, err, errlen);
+    int rc = parse_quantity(key, val, len, time_units, 3, (double)LINK_MAX_TIME_US, &x, err, errlen);
     if (rc) return rc;
     *out = (uint32_t)llround(x);
     return 0;
@@ -156,6 +154,19 @@ int link_parse(const char *spec, link_params *out, char *err, size_t errlen) {
     return 0;
 }
 
+int link_check(const link_params *p, char *err, size_t errlen) {
+    const char *dir = p->up_bps > LINK_MAX_BPS ? "up" : p->down_bps > LINK_MAX_BPS ? "down" : NULL;
+    if (dir)
+        return err_set(err, errlen, DUET_EINVAL, "link: %s bandwidth %llu bit/s above the maximum %llu", dir,
+                       (unsigned long long)(dir[0] == 'u' ? p->up_bps : p->down_bps), LINK_MAX_BPS);
+    if (p->rtt_us > LINK_MAX_TIME_US || p->jitter_us > LINK_MAX_TIME_US)
+        return err_set(err, errlen, DUET_EINVAL, "link: rtt %u us / jitter %u us above the maximum %u us", p->rtt_us,
+                       p->jitter_us, LINK_MAX_TIME_US);
+    if (p->jitter_dist > LINK_JITTER_NORMAL)
+        return err_set(err, errlen, DUET_EINVAL, "link: jitter distribution %u unknown", p->jitter_dist);
+    return 0;
+}
+
 static int format_rate(char *buf, size_t cap, const char *key, uint64_t bps) {
     if (bps == 0) return 0;
     int u = 0;
@@ -221,4 +232,11 @@ double link_pipe_push(link_pipe *p, double now_ms, size_t bytes, double *done_ms
     p->last_deliver = deliver;
     if (done_ms) *done_ms = done;
     return deliver;
+}
+
+double link_worst_ms(const link_params *p, enum link_dir dir, size_t bytes) {
+    uint64_t bps = dir == LINK_UP ? p->up_bps : p->down_bps;
+    double ser = bps ? (double)bytes * 8e3 / (double)bps : 0;
+    double jitter = p->jitter_us / 1e3 * (p->jitter_dist == LINK_JITTER_NORMAL ? 4 : 1);
+    return ser + p->rtt_us / 2e3 + jitter;
 }

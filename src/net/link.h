@@ -31,10 +31,18 @@ typedef struct link_params {
 } link_params;
 _Static_assert(sizeof(link_params) == 32, "link_params travels in HELLO: no padding");
 
+#define LINK_MAX_BPS 1000000000000ull /* 1 Tbit/s: anything above is a typo */
+#define LINK_MAX_TIME_US 60000000u    /* a minute of rtt or jitter */
 int link_parse(const char *spec, link_params *out, char *err, size_t errlen);
+/* The bounds link_parse enforces, for params that arrive any other way (a HELLO): bandwidth 0 (unlimited) or
+ * 1..LINK_MAX_BPS, rtt and jitter <= LINK_MAX_TIME_US, a known jitter distribution. 0 or DUET_EINVAL. */
+int link_check(const link_params *p, char *err, size_t errlen);
 /* Writes a spec that link_parse reads back to the same params ("none" when inactive); returns its length. */
 int link_format(const link_params *p, char *buf, size_t cap);
 bool link_active(const link_params *p);
+/* The longest a frame of `bytes` can take through an idle pipe of direction dir: serialization, rtt/2 and the
+ * jitter's bound (4 standard deviations when normal). What a deadline for an answer adds for the link. */
+double link_worst_ms(const link_params *p, enum link_dir dir, size_t bytes);
 
 /* One direction of a link, owned by its sender. Times are ms on any one clock (clock_now_ms in transport). */
 typedef struct link_pipe {
