@@ -8,6 +8,7 @@
 #   make bench-cloud     one cloud serving 1..32 devices (TLS=1 or TLS=both: over TLS 1.3)
 #   make soak       SOAK_MIN minutes (10) of legitimate and hostile devices against one duet cloud process
 #   make bench-ee        CE-CoLLM's tables on stories260K -> docs/results/ee.md (+ PNG plots)
+#   make bench-pd        pd against device-only and cloud-only: docs/results/pd.md and its plots
 CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O2 -march=x86-64-v2 -mtune=native
@@ -26,7 +27,7 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-ee bench-hat clean demo
+.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-ee bench-hat bench-pd clean demo
 all: $(BUILD)/duet $(BUILD)/duet-tests
 
 $(BUILD)/%.o: %.c
@@ -84,6 +85,8 @@ bench-ee: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-ee.sh $(BUILD)
 bench-compare: $(BUILD)/duet $(BENCH_BIN)
 	sh bench/run-compare.sh $(BUILD)
+bench-pd: $(BUILD)/duet $(BENCH_BIN)
+	sh bench/run-pd.sh $(BUILD)
 
 # The README's demo: a story from the shipped model, then the three baselines under the wan profile.
 demo: $(BUILD)/duet

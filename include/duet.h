@@ -203,6 +203,10 @@ duet_sampler *duet_sampler_init(const duet_sampling *s, int vocab_size, char *er
 void duet_sampler_free(duet_sampler *s);
 /* Picks a token from logits[vocab] (which it may overwrite). */
 int duet_sample(duet_sampler *s, float *logits);
+/* Advances the generator as n calls of duet_sample would (one draw each with temperature > 0, none when
+ * greedy), without logits: a device taking over a stream that a cloud sampled from the same seed (pd mode)
+ * continues with the draw the cloud's next token would have used. */
+void duet_sampler_skip(duet_sampler *s, uint64_t n);
 int duet_argmax(const float *x, int n);
 /* probs[vocab] = the distribution duet_sample draws from at logits[vocab] (one-hot at the argmax when greedy),
  * e.g. for speculative sampling's acceptance rule. Draws nothing: the generator is left as it was. */

@@ -40,3 +40,31 @@ int cases_same_ids(const metrics *mt, const int *want, int n) {
         if (mt->ids[i] != want[i]) return 0;
     return 1;
 }
+
+transport *cases_fake_cloud_accept(transport_listener *l, frame_request *q) {
+    transport_opts o = transport_opts_default(LINK_DOWN);
+    transport *t = NULL;
+    frame_msg m;
+    if (transport_accept(l, &o, 5000, &t, NULL, 0)) return NULL;
+    if (transport_expect(t, FRAME_HELLO, &m, 5000, NULL, 0) == 0) {
+        m.type = FRAME_HELLO_OK;
+        transport_send(t, &m, NULL, 0);
+    }
+    if (transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
+        uint32_t n_ctx = m.u.open.n_ctx;
+        m = (frame_msg){.type = FRAME_OPENED, .session = 7};
+        m.u.opened.n_ctx = n_ctx;
+        transport_send(t, &m, NULL, 0);
+    }
+    while (transport_recv(t, &m, 5000, NULL, 0) == 0 && m.type != FRAME_REQUEST) {}
+    *q = m.type == FRAME_REQUEST ? m.u.request : (frame_request){0};
+    return t;
+}
+
+void cases_fake_cloud_end(transport *t, int drop) {
+    frame_msg m;
+    if (!drop)
+        while (transport_recv(t, &m, 5000, NULL, 0) == 0) {}
+    transport_flush(t, 1000, NULL, 0);
+    transport_free(t);
+}

@@ -424,6 +424,14 @@ TEST(test_modes_cli_errors) {
         {"run --mode split --calib models/stories260K-calib.gguf -m " MODEL, "--mode ee or hat only", 2},
         {"run --mode hat --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
         {"run --mode hat -n 0 -m " MODEL, "0 tokens", 0},
+        /* pd (tests/test_pd.c has the rest) */
+        {"run --help", "--pd-plan", 0},
+        {"run --mode pd --tpot 50 --max-tpot 10 -m " MODEL, "--tpot is above --max-tpot", 2},
+        {"run --mode pd --tpot 0 -m " MODEL, "--tpot", 2},
+        {"run --mode pd --pd-plan fast -m " MODEL, "not auto, never, caught-up", 2},
+        {"run --mode cloud --tpot 5 -m " MODEL, "--mode pd only", 2},
+        {"run --mode pd --max-tpot 0.001 -m " MODEL, "--max-tpot 0.0 ms cannot be met", 2},
+        {"run --mode pd --pd-plan handover=4 --cloud 127.0.0.1:1 -n 8 -m " MODEL, "the device answers alone", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st;
@@ -447,25 +455,11 @@ typedef struct fake_cloud {
 /* Speaks the handshake like a real cloud, then answers the first REQUEST wrongly. */
 static void *fake_main(void *arg) {
     fake_cloud *f = arg;
-    transport_opts o = transport_opts_default(LINK_DOWN);
-    transport *t = NULL;
-    frame_msg m;
-    if (transport_accept(f->l, &o, 5000, &t, NULL, 0)) return NULL;
-    if (transport_expect(t, FRAME_HELLO, &m, 5000, NULL, 0) == 0) {
-        m.type = FRAME_HELLO_OK;
-        transport_send(t, &m, NULL, 0);
-    }
-    uint32_t n_ctx = 0;
-    if (transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
-        n_ctx = m.u.open.n_ctx;
-        m = (frame_msg){.type = FRAME_OPENED, .session = 7};
-        m.u.opened.n_ctx = n_ctx;
-        transport_send(t, &m, NULL, 0);
-    }
-    while (transport_recv(t, &m, 5000, NULL, 0) == 0 && m.type != FRAME_REQUEST) {}
-    frame_request q = m.u.request;
+    frame_request q;
+    transport *t = cases_fake_cloud_accept(f->l, &q);
+    if (!t) return NULL;
     int32_t id = 42;
-    m = (frame_msg){.type = FRAME_TOKENS, .session = 7};
+    frame_msg m = {.type = FRAME_TOKENS, .session = 7};
     m.u.tokens = (frame_tokens){.pos0 = q.pos + 1, .n = 1, .ids = &id};
     if (f->act == FAKE_BAD_POS) transport_send(t, &m, NULL, 0);
     for (uint32_t i = 0; f->act == FAKE_EXTRA && i <= q.count; i++) transport_send(t, &m, NULL, 0);
@@ -473,10 +467,7 @@ static void *fake_main(void *arg) {
         frame_error_msg(&m, 7, FRAME_E_INTERNAL, "out of cheese");
         transport_send(t, &m, NULL, 0);
     }
-    if (f->act != FAKE_DROP) /* then wait until the device hangs up */
-        while (transport_recv(t, &m, 5000, NULL, 0) == 0) {}
-    transport_flush(t, 1000, NULL, 0);
-    transport_free(t);
+    cases_fake_cloud_end(t, f->act == FAKE_DROP);
     return NULL;
 }
 

@@ -10,9 +10,10 @@
 #include "cli/text.h"
 #include "modes/hat.h"
 #include "modes/mode.h"
+#include "modes/pdplan.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split|ee|hat -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|ee|pd|hat -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
     "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
     "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
@@ -23,6 +24,9 @@ static const char *USAGE =
     "  ee      CE-CoLLM: this machine runs layers [0,E2] with early exits after layers E1 and E2 and uploads\n"
     "          every position's hidden state in the background; only tokens no exit is confident about go\n"
     "          to the cloud, which runs (E2,L) and the head. Lossless at --threshold 1\n"
+    "  pd      P/D-Device: both hold every layer; the cloud answers first and streams the tokens, which reach\n"
+    "          the user at a steady pace; this machine runs the prompt and the streamed tokens meanwhile and\n"
+    "          takes over once it has caught up; if the cloud is unreachable or drops, it finishes alone\n"
     "  hat     U-shape: this machine runs the embedding, layers [0,A), layers [L-M,L) and the head; the cloud\n"
     "          only the middle [A,L-M). Token ids never leave this machine: h_A goes up, h_(L-M) comes down.\n"
     "          This machine drafts tokens (input layers -> adapter -> output layers -> head) and the cloud\n"
@@ -30,7 +34,7 @@ static const char *USAGE =
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud, split, ee or hat (required)\n"
+    "  --mode MODE            device, cloud, split, ee, pd or hat (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -77,10 +81,20 @@ static const char *USAGE =
     "      --chunk N|auto     hat: prompt chunk size; the chunks are pipelined (this machine computes the next\n"
     "                         while the cloud computes one); 0 = the whole prompt at once; auto (default)\n"
     "                         picks it from a cost model of prompt length, link and device/cloud speed\n"
+    "      --tpot MS          pd: release one token every MS ms (default: 1.1 x this device's measured decode\n"
+    "                         step, so its own tokens keep the pace after the hand-over)\n"
+    "      --max-tpot MS      pd: bound on any gap between tokens the user sees; auto keeps the catch-up\n"
+    "                         steps inside it, and lets the cloud make every token if this device cannot\n"
+    "      --pd-plan PLAN     pd: auto (default: pace, chunk and hand-over from the measured device speed and\n"
+    "                         link, docs/PD.md), or a comma list: never (the cloud makes every token),\n"
+    "                         handover=N (the cloud makes N, this machine the rest), caught-up (this machine\n"
+    "                         stops the cloud once the tokens it has last until it has run them, then takes\n"
+    "                         over; cloud=N: the cloud makes at most N), chunk=C (positions per catch-up\n"
+    "                         forward, default 64)\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
     "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
-    "      --seed S           random seed for sampling (default 1); the cloud samples in cloud and split mode\n"
+    "      --seed S           random seed for sampling (default 1); the cloud samples in cloud, split and pd mode\n"
     "  -t, --threads N        device compute threads (default 1; 0 = all CPUs)\n"
     "      --cloud-threads N  compute threads of the local cloud (default 1)\n"
     "      --no-bos           do not put BOS before the prompt\n"
@@ -100,9 +114,52 @@ static int usage_error(const char *msg) {
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_HAT };
-static const char *MODES[] = {"device", "cloud", "split", "ee", "hat"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD, RUN_HAT };
+static const char *MODES[] = {"device", "cloud", "split", "ee", "pd", "hat"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
+
+static double max_gap(const metrics *mt) {
+    double mx = 0;
+    for (int i = 1; i < mt->tokens; i++)
+        if (mt->t_token[i] - mt->t_token[i - 1] > mx) mx = mt->t_token[i] - mt->t_token[i - 1];
+    return mx;
+}
+
+/* pd: connects (or says the device answers alone), measures what --pd-plan auto needs and chooses the plan.
+ * 0 ok, 2 a --tpot/--max-tpot that nothing can meet, else a runtime failure; messages in err. */
+static int pd_setup(duet_model *full, duet_pool *pool, remote *r, const remote_opts *ro, double slowdown, int plan_auto,
+                    double max_tpot, pd_plan *plan, const mode_request *rq, char *err, size_t errlen) {
+    if ((plan_auto || plan->cloud_tokens > 0) &&
+        remote_open(r, full, ro, FRAME_MODE_PD, 0, rq->n_prompt + rq->max_tokens, &rq->sampling, err, errlen)) {
+        fprintf(stderr, "duet run: %s: the device answers alone\n", err);
+        remote_free(r);
+    }
+    if (!plan_auto && plan->tpot_ms > 0) return 0;
+    pd_costs costs;
+    if (pdplan_probe(full, pool, slowdown, &costs, err, errlen)) return 1;
+    if (!plan_auto) { /* an explicit plan without --tpot: the device's own pace */
+        plan->tpot_ms = 1.1 * (costs.dev_fixed_ms + costs.dev_pos_ms);
+        return 0;
+    }
+    const link_params *lp = &ro->link;
+    double net_ms = lp->rtt_us / 1e3 + (lp->up_bps ? (4.0 * rq->n_prompt + 48) * 8e3 / (double)lp->up_bps : 0);
+    if (r->t && pdplan_measure_net(r, rq->n_prompt, &net_ms, err, errlen)) return 1;
+    double down_ms = lp->down_bps ? (FRAME_HEADER_SIZE + FRAME_TOKENS_FIXED + 4) * 8e3 / (double)lp->down_bps : 0;
+    pdplan_cloud_estimate(&costs, net_ms, down_ms, slowdown, rq->n_prompt);
+    char note[512];
+    pd_forecast fc;
+    if (pdplan_auto(&costs, rq->n_prompt, rq->max_tokens, plan->tpot_ms, max_tpot, plan, &fc, note, sizeof note, err, errlen))
+        return 2;
+    if (note[0]) fprintf(stderr, "duet run: %s\n", note);
+    fprintf(stderr, "duet run: pd plan: pace %.1f ms, chunk %d, %s (device step %.1f ms + %.2f ms/position, cloud "
+                    "first token in ~%.1f ms); forecast: hand-over at token %d (%.0f ms), cloud busy %.1f ms\n",
+            plan->tpot_ms, plan->chunk,
+            !plan->cloud_tokens ? "no cloud: this device is first"
+            : plan->handover == PD_NEVER ? "the cloud makes every token" : "the cloud streams until this device has caught up",
+            costs.dev_fixed_ms + costs.dev_pos_ms, costs.dev_pos_ms, costs.cloud_ttft_ms, fc.handover_at, fc.catch_up_ms,
+            fc.cloud_busy_ms);
+    return 0;
+}
 
 static int lookup(const char *v, const char **names, int n) {
     for (int i = 0; i < n; i++)
@@ -117,7 +174,8 @@ int cmd_run(int argc, char **argv) {
     const char *ee_flag = NULL, *calib_path = NULL;
     int hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
     int hat_flag = 0; /* a hat-only flag was given */
-    float slowdown = 1;
+    float slowdown = 1, tpot = 0, max_tpot = 0;
+    const char *pd_spec = NULL;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
     ro.fallback = 1; /* the device has the model file: it can always finish alone */
@@ -145,7 +203,7 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 5)) < 0) return usage_error("--mode must be device, cloud, split, ee or hat");
+                if ((mode = lookup(v, MODES, 6)) < 0) return usage_error("--mode must be device, cloud, split, ee, pd or hat");
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
             } else if (!strcmp(a, "--input-layers")) {
@@ -197,6 +255,12 @@ int cmd_run(int argc, char **argv) {
             } else if (!strcmp(a, "--reconnect-ms")) {
                 bad = args_int("run", a, v, 0, 3600000, &eo.reconnect_ms);
                 ee_flag = a;
+            } else if (!strcmp(a, "--tpot")) {
+                bad = args_float("run", a, v, 0.001, 1e6, &tpot);
+            } else if (!strcmp(a, "--max-tpot")) {
+                bad = args_float("run", a, v, 0.001, 1e6, &max_tpot);
+            } else if (!strcmp(a, "--pd-plan")) {
+                pd_spec = v;
             } else if (!strcmp(a, "--cloud-threads")) {
                 bad = args_int("run", a, v, 1, 256, &ro.cloud_threads);
             } else {
@@ -210,7 +274,7 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split|ee|hat is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|ee|pd|hat is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
     if (ee_flag && mode != RUN_EE) {
@@ -220,6 +284,13 @@ int cmd_run(int argc, char **argv) {
     if (hat_flag && mode != RUN_HAT)
         return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
     if (calib_path && mode != RUN_EE && mode != RUN_HAT) return usage_error("--calib applies to --mode ee or hat only");
+    if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
+        return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
+    if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
+        return usage_error("--tpot is above --max-tpot: no pace can meet both (make --tpot <= --max-tpot)");
+    pd_plan plan = {tpot, 64, PD_CAUGHT_UP, g.n_tokens};
+    int plan_auto = 1;
+    if (pd_spec && pdplan_parse(pd_spec, &plan, &plan_auto, err, sizeof err)) return usage_error(err);
     if (link_parse(link_spec, &ro.link, err, sizeof err)) {
         fprintf(stderr, "duet run: --link: %s\n", err);
         return 2;
@@ -287,7 +358,7 @@ int cmd_run(int argc, char **argv) {
     int n_prompt;
     if (cli_tokenize_prompt(tok, prompt, bos, &prompt_ids, &n_prompt, err, sizeof err)) goto fail;
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
-    if ((mode == RUN_DEVICE || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
+    if ((mode == RUN_DEVICE || mode == RUN_PD || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
     if (mode == RUN_SPLIT) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
@@ -330,9 +401,17 @@ int cmd_run(int argc, char **argv) {
             hat_probe(dev, pool, &r, &ho, &hc, err, sizeof err))
             goto fail;
     }
-    if (mode != RUN_DEVICE && mode != RUN_EE && mode != RUN_HAT && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+    if (mode != RUN_DEVICE && mode != RUN_EE && mode != RUN_PD && mode != RUN_HAT && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
                                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
+    char note[512] = "";
+    int pd_status = mode == RUN_PD ? pd_setup(full, pool, &r, &ro, slowdown, plan_auto, max_tpot, &plan, &rq, err, sizeof err) : 0;
+    if (pd_status == 2) {
+        fprintf(stderr, "duet run: %s\n", err);
+        status = 2;
+        goto out;
+    }
+    if (pd_status) goto fail;
 
     cli_text o = {tok, json ? stderr : stdout, false};
     fputs(prompt, o.f);
@@ -340,15 +419,18 @@ int cmd_run(int argc, char **argv) {
     int rc = mode == RUN_DEVICE  ? mode_device_run_slowed(full, pool, slowdown, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_CLOUD ? mode_cloud_run(&r, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_EE    ? mode_ee_run(dev, pool, &eo, &rq, cli_text_emit, &o, &mt, err, sizeof err)
+             : mode == RUN_PD    ? mode_pd_run(full, pool, r.t ? &r : NULL, &plan, slowdown, &rq, cli_text_emit, &o, &mt,
+                                               note, sizeof note, err, sizeof err)
              : mode == RUN_HAT   ? mode_hat_run(dev, pool, &r, &ho, &hc, &rq, cli_text_emit, &o, &mt, err, sizeof err)
                                  : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
     fflush(o.f);
+    if (note[0]) fprintf(stderr, "duet run: %s\n", note);
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
 
     char where[192] = "";
-    if (mode == RUN_CLOUD) snprintf(where, sizeof where, " over link %.64s", link_spec);
+    if (mode == RUN_CLOUD || mode == RUN_PD) snprintf(where, sizeof where, " over link %.64s", link_spec);
     if (mode == RUN_SPLIT) snprintf(where, sizeof where, " at layer %d over link %.64s", split, link_spec);
     if (mode == RUN_EE)
         snprintf(where, sizeof where, " with exits %d,%d at threshold %g%s over link %.64s", eo.e1, eo.e2, eo.threshold,
@@ -367,6 +449,11 @@ int cmd_run(int argc, char **argv) {
                 mt.tokens ? (double)mt.cloud_requests / mt.tokens : 0);
         if (mt.fallback_at >= 0) fprintf(stderr, "; standalone from token %d", mt.fallback_at);
     }
+    if (mode == RUN_PD)
+        fprintf(stderr, "; cloud made %llu tokens, hand-over at %d%s, tpot mean %.1f max %.1f ms (pace %.1f)",
+                (unsigned long long)mt.cloud_tokens, mt.handover_at, mt.fallback_at >= 0 ? " (the cloud was lost)" : "",
+                mt.tokens > 1 ? (mt.t_token[mt.tokens - 1] - mt.t_token[0]) / (mt.tokens - 1) : 0, max_gap(&mt),
+                mt.pace_ms);
     if (mode == RUN_HAT && mt.rounds)
         fprintf(stderr, "; %llu rounds, %.2f drafted and %.2f accepted per round", (unsigned long long)mt.rounds,
                 (double)mt.drafted / mt.rounds, (double)mt.accepted / mt.rounds);

@@ -118,3 +118,8 @@ void duet_sample_probs(duet_sampler *s, const float *logits, float *probs) {
     int n = candidates(s, logits, &sum);
     for (int i = 0; i < n; i++) probs[s->c[i].id] = (float)(s->c[i].p / sum);
 }
+
+void duet_sampler_skip(duet_sampler *s, uint64_t n) {
+    if (s->cfg.temperature <= 0) return; /* greedy draws nothing */
+    for (uint64_t i = 0; i < n; i++) next_uniform(s);
+}

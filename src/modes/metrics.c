@@ -12,6 +12,7 @@ void metrics_start(metrics *m, const char *mode) {
     m->mode = mode;
     m->fallback_at = -1;
     m->t_start = clock_now_ms();
+    m->handover_at = -1;
 }
 
 void metrics_free(metrics *m) {
@@ -115,6 +116,8 @@ void metrics_print_json(const metrics *m, FILE *f) {
                     (unsigned long long)m->exit_tokens[i]);
         fprintf(f, "]");
     }
+    if (m->has_pd)
+        fprintf(f, ",\"handover_at\":%d,\"pace_ms\":%.3f", m->handover_at, m->pace_ms);
     if (m->has_reference)
         fprintf(f, ",\"fidelity\":{\"exact_match_rate\":%.4f,\"rouge_l_f1\":%.4f}", m->exact_match_rate,
                 m->rouge_l_f1);

@@ -26,6 +26,9 @@ typedef struct metrics {
     uint64_t exit_tokens[2];  /* ee: tokens emitted at each exit (the rest came from the cloud) */
     uint64_t reconnects;      /* times the device reconnected to a cloud after losing one */
     int fallback_at;          /* index of the first token produced without the cloud after losing it; -1: never */
+    int has_pd;               /* pd mode: the fields below go into the JSON */
+    int handover_at;          /* pd: output index of the first token the device made itself; -1: none */
+    double pace_ms;           /* pd: the speed controller's target time per output token */
     int has_reference;        /* fidelity computed against a device-only run */
     double exact_match_rate, rouge_l_f1;
 } metrics;
