@@ -28,7 +28,7 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-ee bench-pd clean demo
+.PHONY: all test asan ubsan tsan fuzz bench bench-cloud bench-compare bench-ee bench-hat bench-pd clean demo
 all: $(BUILD)/duet $(BUILD)/duet-tests
 
 $(BUILD)/%.o: %.c
@@ -101,6 +101,10 @@ clean:
 	rm -rf build build-asan build-ubsan build-tsan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
+
+# HAT against the baselines (decode on stories260K, prefill chunking on the mid shape): docs/results/hat.md + PNGs.
+bench-hat: $(BUILD)/duet
+	sh bench/run-hat.sh $(BUILD)
 
 # make soak: SOAK_MIN minutes (default 10) of legitimate and hostile devices against one `duet cloud` process
 # on loopback (bench/soak.c): exact outputs, refusals by reason, RSS/threads/fds back to idle, SIGTERM <= 2 s.

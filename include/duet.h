@@ -208,6 +208,9 @@ int duet_sample(duet_sampler *s, float *logits);
  * continues with the draw the cloud's next token would have used. */
 void duet_sampler_skip(duet_sampler *s, uint64_t n);
 int duet_argmax(const float *x, int n);
+/* probs[vocab] = the distribution duet_sample draws from at logits[vocab] (one-hot at the argmax when greedy),
+ * e.g. for speculative sampling's acceptance rule. Draws nothing: the generator is left as it was. */
+void duet_sample_probs(duet_sampler *s, const float *logits, float *probs);
 
 #ifdef __cplusplus
 }

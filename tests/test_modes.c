@@ -414,6 +414,16 @@ TEST(test_modes_cli_errors) {
         {"run --mode device -m /nonexistent.gguf", "nonexistent", 1},
         {"run --mode cloud -n 0 -m " MODEL, "0 tokens", 0}, /* nothing to ask the cloud */
         {"run --mode split -n 0 -m " MODEL, "0 tokens", 0},
+        {"run --help", "--output-layers", 0}, /* hat */
+        {"run --mode hat --input-layers 2 --output-layers 3 -m " MODEL, "leave no layer for the cloud", 2},
+        {"run --mode hat --input-layers 0 -m " MODEL, "A >= 1", 2},
+        {"run --mode split --draft 2 -m " MODEL, "--mode hat only", 2},
+        {"run --mode hat --draft many -m " MODEL, "--draft", 2},
+        {"run --mode hat --chunk -3 -m " MODEL, "--chunk", 2},
+        {"run --mode hat --input-layers 2 --output-layers 2 --calib /nonexistent.gguf -m " MODEL, "nonexistent", 1},
+        {"run --mode split --calib models/stories260K-calib.gguf -m " MODEL, "--mode ee or hat only", 2},
+        {"run --mode hat --cloud 127.0.0.1:1 -m " MODEL, "cannot reach the cloud", 1},
+        {"run --mode hat -n 0 -m " MODEL, "0 tokens", 0},
         /* pd (tests/test_pd.c has the rest) */
         {"run --help", "--pd-plan", 0},
         {"run --mode pd --tpot 50 --max-tpot 10 -m " MODEL, "--tpot is above --max-tpot", 2},

@@ -4,15 +4,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/text.h"
-#include "base/err.h"
+#include "modes/hat.h"
 #include "modes/mode.h"
 #include "modes/pdplan.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split|ee|pd -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|ee|pd|hat -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
     "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
     "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
@@ -26,10 +27,14 @@ static const char *USAGE =
     "  pd      P/D-Device: both hold every layer; the cloud answers first and streams the tokens, which reach\n"
     "          the user at a steady pace; this machine runs the prompt and the streamed tokens meanwhile and\n"
     "          takes over once it has caught up; if the cloud is unreachable or drops, it finishes alone\n"
+    "  hat     U-shape: this machine runs the embedding, layers [0,A), layers [L-M,L) and the head; the cloud\n"
+    "          only the middle [A,L-M). Token ids never leave this machine: h_A goes up, h_(L-M) comes down.\n"
+    "          This machine drafts tokens (input layers -> adapter -> output layers -> head) and the cloud\n"
+    "          verifies a whole draft in one round trip (docs/HAT.md)\n"
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud, split, ee or pd (required)\n"
+    "  --mode MODE            device, cloud, split, ee, pd or hat (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -52,19 +57,30 @@ static const char *USAGE =
     "                         overrides like up=20mbit,down=50mbit,rtt=40ms,jitter=5ms (after a profile too)\n"
     "      --device-slowdown X  emulate a device X times slower: after each device compute step that took\n"
     "                         t ms, sleep (X-1)*t ms (default 1: none)\n"
-    "      --hidden-enc ENC   split and ee: hidden states travel as fp16 (default), fp32 or int8\n"
+    "      --hidden-enc ENC   split, ee and hat: hidden states travel as fp16 (default), fp32 or int8\n"
     "      --exits E1,E2      ee: early exits after layers E1 < E2, 0 <= E1 < E2 <= L-2; the device holds\n"
     "                         [0,E2], the cloud (E2,L) (default L/2-1 and 3L/4-1, e.g. 1,2 for 5 layers)\n"
     "      --threshold T      ee: an exit emits its token when its top softmax probability is >= T, in\n"
     "                         [0,1]; 1 never exits, so the output equals device-only (default 0.8)\n"
     "      --calib FILE       ee: exit translators from `duet calibrate` (maps (E+1):L of this model),\n"
-    "                         e.g. models/stories260K-calib.gguf; default: the head reads the exit as is\n"
+    "                         e.g. models/stories260K-calib.gguf; default: the head reads the exit as is.\n"
+    "                         hat: the adapter, map A:(L-M) of such a file; default: identity (h_A taken for\n"
+    "                         h_(L-M))\n"
     "      --standalone       ee: no cloud at all; the E2 exit always emits\n"
     "      --reconnect-ms MS  ee: after losing the cloud (closed, silent past --cloud-timeout, or answering\n"
     "                         garbage), the E2 exit emits and the device tries again after MS, doubling up\n"
     "                         to 30 s. 0: stay standalone (default 1000). ee ignores --fallback\n"
     "      --no-background-upload  ee: send the hidden states with each cloud request instead of as soon as\n"
     "                         they exist (the paper's ablation)\n"
+    "      --input-layers A   hat: layers [0,A) run here before the cloud (default 1; L/4 from 8 layers)\n"
+    "      --output-layers M  hat: layers [L-M,L) run here after the cloud (default as A); A + M < L\n"
+    "      --draft K|auto     hat: tokens drafted per round; 0 = U-shape without speculation (one round trip\n"
+    "                         per token); auto (default) picks k each round for the most expected tokens/s\n"
+    "                         from the measured acceptance, round trip and device speed\n"
+    "      --draft-max K      hat: the largest k --draft auto may pick (default 8)\n"
+    "      --chunk N|auto     hat: prompt chunk size; the chunks are pipelined (this machine computes the next\n"
+    "                         while the cloud computes one); 0 = the whole prompt at once; auto (default)\n"
+    "                         picks it from a cost model of prompt length, link and device/cloud speed\n"
     "      --tpot MS          pd: release one token every MS ms (default: 1.1 x this device's measured decode\n"
     "                         step, so its own tokens keep the pace after the hand-over)\n"
     "      --max-tpot MS      pd: bound on any gap between tokens the user sees; auto keeps the catch-up\n"
@@ -98,8 +114,8 @@ static int usage_error(const char *msg) {
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD };
-static const char *MODES[] = {"device", "cloud", "split", "ee", "pd"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD, RUN_HAT };
+static const char *MODES[] = {"device", "cloud", "split", "ee", "pd", "hat"}; /* by RUN_* */
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static double max_gap(const metrics *mt) {
@@ -156,6 +172,8 @@ int cmd_run(int argc, char **argv) {
     int mode = -1, split = -1, compare = 0;
     ee_opts eo = ee_opts_default();
     const char *ee_flag = NULL, *calib_path = NULL;
+    int hat_a = -1, hat_m = -1, draft = HAT_AUTO, draft_max = 8, chunk = HAT_AUTO;
+    int hat_flag = 0; /* a hat-only flag was given */
     float slowdown = 1, tpot = 0, max_tpot = 0;
     const char *pd_spec = NULL;
     args_gen g = args_gen_default();
@@ -185,9 +203,26 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 5)) < 0) return usage_error("--mode must be device, cloud, split, ee or pd");
+                if ((mode = lookup(v, MODES, 6)) < 0) return usage_error("--mode must be device, cloud, split, ee, pd or hat");
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
+            } else if (!strcmp(a, "--input-layers")) {
+                bad = args_int("run", a, v, 0, 1 << 20, &hat_a);
+                hat_flag = 1;
+            } else if (!strcmp(a, "--output-layers")) {
+                bad = args_int("run", a, v, 0, 1 << 20, &hat_m);
+                hat_flag = 1;
+            } else if (!strcmp(a, "--draft")) {
+                if (strcmp(v, "auto")) bad = args_int("run", a, v, 0, 64, &draft);
+                else draft = HAT_AUTO;
+                hat_flag = 1;
+            } else if (!strcmp(a, "--draft-max")) {
+                bad = args_int("run", a, v, 0, 64, &draft_max);
+                hat_flag = 1;
+            } else if (!strcmp(a, "--chunk")) {
+                if (strcmp(v, "auto")) bad = args_int("run", a, v, 0, 1 << 20, &chunk);
+                else chunk = HAT_AUTO;
+                hat_flag = 1;
             } else if (!strcmp(a, "--cloud")) {
                 ro.cloud = v;
             } else if (!strcmp(a, "--tls-ca")) {
@@ -215,9 +250,8 @@ int cmd_run(int argc, char **argv) {
             } else if (!strcmp(a, "--threshold")) {
                 bad = args_float("run", a, v, 0, 1, &eo.threshold);
                 ee_flag = a;
-            } else if (!strcmp(a, "--calib")) {
+            } else if (!strcmp(a, "--calib")) { /* ee or hat */
                 calib_path = v;
-                ee_flag = a;
             } else if (!strcmp(a, "--reconnect-ms")) {
                 bad = args_int("run", a, v, 0, 3600000, &eo.reconnect_ms);
                 ee_flag = a;
@@ -240,13 +274,16 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split|ee|pd is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|ee|pd|hat is required");
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
     if (ee_flag && mode != RUN_EE) {
         fprintf(stderr, "duet run: %s applies to --mode ee only (see duet run --help)\n", ee_flag);
         return 2;
     }
+    if (hat_flag && mode != RUN_HAT)
+        return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
+    if (calib_path && mode != RUN_EE && mode != RUN_HAT) return usage_error("--calib applies to --mode ee or hat only");
     if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
         return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
     if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
@@ -299,6 +336,23 @@ int cmd_run(int argc, char **argv) {
         status = 2;
         goto out;
     }
+    hat_opts ho = hat_opts_default(c->n_layers);
+    hat_costs hc = {0};
+    if (hat_a >= 0) ho.input_layers = hat_a;
+    if (hat_m >= 0) ho.output_layers = hat_m;
+    else if (hat_a >= 0) ho.output_layers = hat_a;
+    ho.draft = draft;
+    ho.draft_max = draft_max;
+    ho.chunk = chunk;
+    int hat_b = c->n_layers - ho.output_layers;
+    if (mode == RUN_HAT && (ho.input_layers < 1 || ho.output_layers < 1 || ho.input_layers + ho.output_layers >= c->n_layers)) {
+        fprintf(stderr,
+                "duet run: --input-layers %d --output-layers %d leave no layer for the cloud: this model has %d layers, "
+                "so A >= 1, M >= 1 and A + M <= %d\n",
+                ho.input_layers, ho.output_layers, c->n_layers, c->n_layers - 1);
+        status = 2;
+        goto out;
+    }
     const duet_tokenizer *tok = duet_model_tokenizer(meta, err, sizeof err);
     if (!tok || !(pool = duet_pool_init(threads, err, sizeof err))) goto fail;
     int n_prompt;
@@ -332,7 +386,22 @@ int cmd_run(int argc, char **argv) {
         eo.remote = ro;
         eo.log = log_warning;
     }
-    if (mode != RUN_DEVICE && mode != RUN_EE && mode != RUN_PD && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
+    if (mode == RUN_HAT) {
+        duet_part part = {.n_spans = 2, .span = {{0, ho.input_layers}, {hat_b, c->n_layers}}, .embed = true, .head = true};
+        if (!(dev = duet_model_load(model, &part, g.load_flags, err, sizeof err))) goto fail;
+        if (calib_path && !(cal = calib_load(calib_path, err, sizeof err))) goto fail;
+        ho.calib = cal;
+        if (hat_check(dev, &ho, err, sizeof err)) {
+            if (calib_path) err_prefix(err, sizeof err, "--calib %s", calib_path);
+            goto fail;
+        }
+        /* the last token generated never runs through the cloud: a prompt may fill the model's context */
+        int hat_ctx = n_prompt + (n_tokens > 0 ? n_tokens - 1 : 0);
+        if (remote_open_range(&r, dev, &ro, FRAME_MODE_HAT, ho.input_layers, hat_b, hat_ctx, &s, err, sizeof err) ||
+            hat_probe(dev, pool, &r, &ho, &hc, err, sizeof err))
+            goto fail;
+    }
+    if (mode != RUN_DEVICE && mode != RUN_EE && mode != RUN_PD && mode != RUN_HAT && remote_open(&r, dev ? dev : meta, &ro, mode == RUN_CLOUD ? FRAME_MODE_CLOUD : FRAME_MODE_SPLIT,
                                           mode == RUN_CLOUD ? 0 : split, n_prompt + n_tokens, &s, err, sizeof err))
         goto fail;
     char note[512] = "";
@@ -352,6 +421,7 @@ int cmd_run(int argc, char **argv) {
              : mode == RUN_EE    ? mode_ee_run(dev, pool, &eo, &rq, cli_text_emit, &o, &mt, err, sizeof err)
              : mode == RUN_PD    ? mode_pd_run(full, pool, r.t ? &r : NULL, &plan, slowdown, &rq, cli_text_emit, &o, &mt,
                                                note, sizeof note, err, sizeof err)
+             : mode == RUN_HAT   ? mode_hat_run(dev, pool, &r, &ho, &hc, &rq, cli_text_emit, &o, &mt, err, sizeof err)
                                  : mode_split_run(dev, pool, &r, &rq, cli_text_emit, &o, &mt, err, sizeof err);
     fputc('\n', o.f);
     fflush(o.f);
@@ -365,6 +435,9 @@ int cmd_run(int argc, char **argv) {
     if (mode == RUN_EE)
         snprintf(where, sizeof where, " with exits %d,%d at threshold %g%s over link %.64s", eo.e1, eo.e2, eo.threshold,
                  cal ? " (calibrated)" : "", eo.standalone ? "none (standalone)" : link_spec);
+    if (mode == RUN_HAT)
+        snprintf(where, sizeof where, " with cloud layers [%d,%d)%s over link %.64s", ho.input_layers, hat_b,
+                 cal ? ", calibrated adapter," : "", link_spec);
     fprintf(stderr, "%s%s: %d tokens, ttft %.1f ms, %.1f tok/s; up %llu B, down %llu B, %llu round trips; "
                     "device %.1f ms, cloud %.1f ms, waiting %.1f ms",
             MODES[mode], where, mt.tokens, mt.tokens ? mt.t_token[0] : 0, mt.total_ms > 0 ? mt.tokens * 1e3 / mt.total_ms : 0,
@@ -381,6 +454,9 @@ int cmd_run(int argc, char **argv) {
                 (unsigned long long)mt.cloud_tokens, mt.handover_at, mt.fallback_at >= 0 ? " (the cloud was lost)" : "",
                 mt.tokens > 1 ? (mt.t_token[mt.tokens - 1] - mt.t_token[0]) / (mt.tokens - 1) : 0, max_gap(&mt),
                 mt.pace_ms);
+    if (mode == RUN_HAT && mt.rounds)
+        fprintf(stderr, "; %llu rounds, %.2f drafted and %.2f accepted per round", (unsigned long long)mt.rounds,
+                (double)mt.drafted / mt.rounds, (double)mt.accepted / mt.rounds);
     if (compare) fprintf(stderr, "; vs device-only: exact %.4f, ROUGE-L F1 %.4f", mt.exact_match_rate, mt.rouge_l_f1);
     fputc('\n', stderr);
     if (json) metrics_print_json(&mt, stdout);

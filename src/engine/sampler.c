@@ -65,9 +65,10 @@ static int by_prob_desc(const void *a, const void *b) {
     return x->id - y->id;
 }
 
-int duet_sample(duet_sampler *s, float *logits) {
+/* Leaves the candidates duet_sample draws from in s->c[0..n) with unnormalized weights summing to *sum
+ * (top-k, then softmax at the temperature, then top-p); returns n. Not for greedy. */
+static int candidates(duet_sampler *s, const float *logits, double *sum_out) {
     const duet_sampling *cfg = &s->cfg;
-    if (cfg->temperature <= 0) return duet_argmax(logits, s->vocab);
     int n = s->vocab;
     for (int i = 0; i < n; i++) s->c[i] = (cand){logits[i], i};
     /* A full sort costs ~1 ms on a 32000 vocabulary against tens of ms per token: simplicity wins. */
@@ -91,12 +92,31 @@ int duet_sample(duet_sampler *s, float *logits) {
         sum = 0;
         for (int i = 0; i < n; i++) sum += s->c[i].p;
     }
+    *sum_out = sum;
+    return n;
+}
+
+int duet_sample(duet_sampler *s, float *logits) {
+    if (s->cfg.temperature <= 0) return duet_argmax(logits, s->vocab);
+    double sum;
+    int n = candidates(s, logits, &sum);
     double r = next_uniform(s) * sum, acc = 0;
     for (int i = 0; i < n; i++) {
         acc += s->c[i].p;
         if (r < acc) return s->c[i].id;
     }
     return s->c[n - 1].id;
+}
+
+void duet_sample_probs(duet_sampler *s, const float *logits, float *probs) {
+    for (int i = 0; i < s->vocab; i++) probs[i] = 0;
+    if (s->cfg.temperature <= 0) {
+        probs[duet_argmax(logits, s->vocab)] = 1;
+        return;
+    }
+    double sum;
+    int n = candidates(s, logits, &sum);
+    for (int i = 0; i < n; i++) probs[s->c[i].id] = (float)(s->c[i].p / sum);
 }
 
 void duet_sampler_skip(duet_sampler *s, uint64_t n) {

@@ -104,6 +104,10 @@ void metrics_print_json(const metrics *m, FILE *f) {
             m->rounds ? (double)m->accepted / m->rounds : 0,
             m->drafted ? (double)m->accepted / m->drafted : 0, (unsigned long long)m->cloud_tokens);
     if (m->fallback_at >= 0) fprintf(f, ",\"fallback_at\":%d", m->fallback_at);
+    if (m->prefill_chunk > 0) fprintf(f, ",\"prefill_chunk\":%d", m->prefill_chunk);
+    if (m->rounds) /* speculative modes: rounds of draft + verification, mean draft length used */
+        fprintf(f, ",\"rounds\":%llu,\"draft_len_mean\":%.3f", (unsigned long long)m->rounds,
+                (double)m->drafted / m->rounds);
     if (m->reconnects) fprintf(f, ",\"reconnects\":%llu", (unsigned long long)m->reconnects);
     if (m->n_exit_points) {
         fprintf(f, ",\"exits\":[");

@@ -20,6 +20,7 @@ typedef struct metrics {
     double device_compute_ms, cloud_compute_ms, comm_wait_ms;
     uint64_t bytes_up, bytes_down, round_trips, cloud_requests, cloud_tokens;
     uint64_t drafted, accepted, rounds; /* speculative modes */
+    int prefill_chunk;        /* hat: prompt chunk size used (0: not chunked by a mode that could) */
     int n_exit_points;        /* ee: exits on the device */
     int exit_layer[2];        /* ee: the layer each exit follows */
     uint64_t exit_tokens[2];  /* ee: tokens emitted at each exit (the rest came from the cloud) */

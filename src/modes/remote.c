@@ -72,11 +72,24 @@ static int reply_ms(remote *r, size_t reply_bytes) {
 
 int remote_open(remote *r, duet_model *m, const remote_opts *o, int mode, int layer_a, int n_ctx,
                 const duet_sampling *s, char *err, size_t errlen) {
+    int L = duet_model_config(m)->n_layers;
+    if (layer_a < 0 || layer_a >= L) {
+        memset(r, 0, sizeof *r);
+        return err_set(err, errlen, DUET_EINVAL, "split point %d is outside 0..%d", layer_a, L - 1);
+    }
+    return remote_open_range(r, m, o, mode, layer_a, L, n_ctx, s, err, errlen);
+}
+
+int remote_open_range(remote *r, duet_model *m, const remote_opts *o, int mode, int layer_a, int layer_b, int n_ctx,
+                      const duet_sampling *s, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
     const duet_config *c = duet_model_config(m);
-    if (layer_a < 0 || layer_a >= c->n_layers)
-        return err_set(err, errlen, DUET_EINVAL, "split point %d is outside 0..%d", layer_a, c->n_layers - 1);
+    if (layer_a < 0 || layer_b <= layer_a || layer_b > c->n_layers)
+        return err_set(err, errlen, DUET_EINVAL, "the cloud's layers [%d,%d) are not a non-empty range of 0..%d",
+                       layer_a, layer_b, c->n_layers);
+    int head = layer_b == c->n_layers; /* a middle part ends before the head and hands hidden states back */
     r->layer_a = layer_a;
+    r->layer_b = layer_b;
     r->enc = o->enc;
     r->slowdown = o->device_slowdown;
     r->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
@@ -85,7 +98,7 @@ int remote_open(remote *r, duet_model *m, const remote_opts *o, int mode, int la
     r->model_path = o->model_path;
     r->load_flags = o->load_flags;
 
-    duet_part cloud_part = {.n_spans = 1, .span = {{layer_a, c->n_layers}}, .embed = layer_a == 0, .head = true};
+    duet_part cloud_part = {.n_spans = 1, .span = {{layer_a, layer_b}}, .embed = layer_a == 0, .head = head};
     char host[256];
     int port, rc, tls = 0;
     const char *where = o->cloud;
@@ -114,9 +127,9 @@ int remote_open(remote *r, duet_model *m, const remote_opts *o, int mode, int la
         .link = o->link,
         .dim = (uint32_t)c->dim,
         .layer_a = (uint32_t)layer_a,
-        .layer_b = (uint32_t)c->n_layers,
+        .layer_b = (uint32_t)layer_b,
         .version = FRAME_VERSION,
-        .part = (uint8_t)(FRAME_PART_HEAD | (layer_a == 0 ? FRAME_PART_EMBED : 0)),
+        .part = (uint8_t)((head ? FRAME_PART_HEAD : 0) | (layer_a == 0 ? FRAME_PART_EMBED : 0)),
         .encodings = (uint8_t)(1u << o->enc),
     };
     if (o->token) { /* a cloud that requires a token reads AUTH before anything else */
@@ -138,6 +151,7 @@ int remote_open(remote *r, duet_model *m, const remote_opts *o, int mode, int la
     }
     r->session = msg.session;
     r->opened = 1;
+    r->n_ctx = (int)msg.u.opened.n_ctx;
     if (msg.u.opened.n_ctx < (uint32_t)n_ctx)
         return err_set(err, errlen, FRAME_E_LIMIT, "the cloud at %s grants %u positions, the request needs %d", where,
                        msg.u.opened.n_ctx, n_ctx);

@@ -45,7 +45,8 @@ typedef struct remote {
     duet_model *local_model;   /* the local cloud's part of the model */
     uint32_t session;
     int opened;                /* OPENED arrived: CLOSE is owed */
-    int layer_a;               /* the cloud holds layers [layer_a, L) */
+    int n_ctx;                 /* positions the session was granted */
+    int layer_a, layer_b;      /* the cloud holds layers [layer_a, layer_b), the head too when layer_b is L */
     int enc;
     double slowdown;
     int timeout_ms;
@@ -67,6 +68,10 @@ int remote_parse_addr(const char *spec, char *host, size_t cap, int *port, char 
  * m is the device's model (any part of the same file): its fingerprint and dim go into HELLO. */
 int remote_open(remote *r, duet_model *m, const remote_opts *o, int mode, int layer_a, int n_ctx,
                 const duet_sampling *s, char *err, size_t errlen);
+/* The same for a cloud holding layers [layer_a, layer_b) (0 <= layer_a < layer_b <= L): the head only when
+ * layer_b is L, the embedding only when layer_a is 0. HAT's middle part is [A, L-M): neither. */
+int remote_open_range(remote *r, duet_model *m, const remote_opts *o, int mode, int layer_a, int layer_b, int n_ctx,
+                      const duet_sampling *s, char *err, size_t errlen);
 /* Ends the session (CLOSE, answered by CLOSE), then remote_free. */
 int remote_close(remote *r, char *err, size_t errlen);
 /* Drops the connection without a goodbye (after a failure) and stops the local cloud; no-op when zeroed. */
