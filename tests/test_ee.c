@@ -48,6 +48,26 @@ static duet_model *device_part(int e2, char *err, size_t errlen) {
     return duet_model_load(CASES_MODEL, &p, 0, err, errlen);
 }
 
+/* What most tests here need: one thread, the shipped translators, and the device's part for exits up to e2. */
+typedef struct fixture {
+    duet_pool *pool;
+    calib *cal;
+    duet_model *m;
+} fixture;
+
+static int fixture_init(fixture *f, int e2, char *err, size_t errlen) {
+    f->pool = duet_pool_init(1, err, errlen);
+    f->cal = f->pool ? calib_load(CALIB, err, errlen) : NULL;
+    f->m = f->cal ? device_part(e2, err, errlen) : NULL;
+    return f->m ? 0 : -1;
+}
+
+static void fixture_free(fixture *f) {
+    duet_model_free(f->m);
+    calib_free(f->cal);
+    duet_pool_free(f->pool);
+}
+
 TEST(test_ee_threshold_one_equals_device_only) {
     char err[512];
     ref_case c[CASES_N];
@@ -85,10 +105,11 @@ TEST(test_ee_some_but_not_all_tokens_to_the_cloud) {
     char err[512];
     ref_case c[CASES_N];
     REQUIRE(cases_load(c, CASES_N) == CASES_N);
-    duet_pool *pool = duet_pool_init(1, err, sizeof err);
-    calib *cal = calib_load(CALIB, err, sizeof err);
-    duet_model *m = device_part(3, err, sizeof err);
-    REQUIRE_MSG(pool && cal && m, "%s", err);
+    fixture fx;
+    REQUIRE_MSG(!fixture_init(&fx, 3, err, sizeof err), "%s", err);
+    duet_pool *pool = fx.pool;
+    calib *cal = fx.cal;
+    duet_model *m = fx.m;
     uint64_t tokens = 0, requests = 0, exits = 0, round_trips = 0;
     for (int k = 0; k < CASES_N; k++) {
         mode_request rq = cases_request(&c[k], 48);
@@ -108,9 +129,7 @@ TEST(test_ee_some_but_not_all_tokens_to_the_cloud) {
               (unsigned long long)tokens);
     CHECK(exits > 0);
     CHECK_EQ_INT(round_trips, requests); /* uploads never wait for an answer */
-    duet_model_free(m);
-    calib_free(cal);
-    duet_pool_free(pool);
+    fixture_free(&fx);
 }
 
 /* A token that exits at E1 still gets layers (E1,E2] later: after a run with many E1 exits, the device's KV
@@ -119,10 +138,11 @@ TEST(test_ee_device_kv_stays_complete) {
     char err[512];
     ref_case c[1];
     REQUIRE(cases_load(c, 1) == 1);
-    duet_pool *pool = duet_pool_init(1, err, sizeof err);
-    calib *cal = calib_load(CALIB, err, sizeof err);
-    duet_model *m = device_part(3, err, sizeof err);
-    REQUIRE_MSG(pool && cal && m, "%s", err);
+    fixture fx;
+    REQUIRE_MSG(!fixture_init(&fx, 3, err, sizeof err), "%s", err);
+    duet_pool *pool = fx.pool;
+    calib *cal = fx.cal;
+    duet_model *m = fx.m;
     const duet_config *cfg = duet_model_config(m);
     int n = 40, n_ctx = c[0].n_prompt + n;
     duet_part dev = {.n_spans = 1, .span = {{0, 4}}};
@@ -156,9 +176,7 @@ TEST(test_ee_device_kv_stays_complete) {
     duet_ctx_free(ctx);
     duet_kv_free(kv);
     duet_kv_free(ref);
-    duet_model_free(m);
-    calib_free(cal);
-    duet_pool_free(pool);
+    fixture_free(&fx);
 }
 
 /* Standalone: the E2 exit always emits, so at threshold 1 the output is greedy decoding of the truncated
@@ -198,10 +216,11 @@ TEST(test_ee_standalone_and_unreachable_cloud) {
     char err[512];
     ref_case c[1];
     REQUIRE(cases_load(c, 1) == 1);
-    duet_pool *pool = duet_pool_init(1, err, sizeof err);
-    calib *cal = calib_load(CALIB, err, sizeof err);
-    duet_model *m = device_part(3, err, sizeof err);
-    REQUIRE_MSG(pool && cal && m, "%s", err);
+    fixture fx;
+    REQUIRE_MSG(!fixture_init(&fx, 3, err, sizeof err), "%s", err);
+    duet_pool *pool = fx.pool;
+    calib *cal = fx.cal;
+    duet_model *m = fx.m;
     int want[32];
     truncated_greedy(&c[0], 3, cal, 32, want);
     mode_request rq = cases_request(&c[0], 32);
@@ -235,9 +254,7 @@ TEST(test_ee_standalone_and_unreachable_cloud) {
     CHECK_EQ_INT(mt.fallback_at, 0);
     CHECK_MSG(strstr(lb.text, "lost the cloud") && strstr(lb.text, addr), "log: %s", lb.text);
     metrics_free(&mt);
-    duet_model_free(m);
-    calib_free(cal);
-    duet_pool_free(pool);
+    fixture_free(&fx);
 }
 
 /* A cloud that answers the wrong position: the device says so and carries on standalone. */
@@ -247,28 +264,14 @@ typedef struct liar {
 
 static void *liar_main(void *arg) {
     liar *f = arg;
-    transport_opts o = transport_opts_default(LINK_DOWN);
-    transport *t = NULL;
-    frame_msg m;
-    if (transport_accept(f->l, &o, 5000, &t, NULL, 0)) return NULL;
-    if (transport_expect(t, FRAME_HELLO, &m, 5000, NULL, 0) == 0) {
-        m.type = FRAME_HELLO_OK;
-        transport_send(t, &m, NULL, 0);
-    }
-    if (transport_expect(t, FRAME_OPEN, &m, 5000, NULL, 0) == 0) {
-        uint32_t n_ctx = m.u.open.n_ctx;
-        m = (frame_msg){.type = FRAME_OPENED, .session = 9};
-        m.u.opened.n_ctx = n_ctx;
-        transport_send(t, &m, NULL, 0);
-    }
-    while (transport_recv(t, &m, 5000, NULL, 0) == 0 && m.type != FRAME_REQUEST) {}
+    frame_request q;
+    transport *t = cases_fake_cloud_accept(f->l, &q);
+    if (!t) return NULL;
     int32_t id = 7;
-    uint32_t pos = m.u.request.pos + 3;
-    m = (frame_msg){.type = FRAME_TOKENS, .session = 9};
-    m.u.tokens = (frame_tokens){.pos0 = pos, .n = 1, .ids = &id};
+    frame_msg m = {.type = FRAME_TOKENS, .session = 7};
+    m.u.tokens = (frame_tokens){.pos0 = q.pos + 3, .n = 1, .ids = &id};
     transport_send(t, &m, NULL, 0);
-    while (transport_recv(t, &m, 5000, NULL, 0) == 0) {}
-    transport_free(t);
+    cases_fake_cloud_end(t, 0);
     return NULL;
 }
 
@@ -276,10 +279,11 @@ TEST(test_ee_cloud_answering_the_wrong_position) {
     char err[512];
     ref_case c[1];
     REQUIRE(cases_load(c, 1) == 1);
-    duet_pool *pool = duet_pool_init(1, err, sizeof err);
-    calib *cal = calib_load(CALIB, err, sizeof err);
-    duet_model *m = device_part(3, err, sizeof err);
-    REQUIRE_MSG(pool && cal && m, "%s", err);
+    fixture fx;
+    REQUIRE_MSG(!fixture_init(&fx, 3, err, sizeof err), "%s", err);
+    duet_pool *pool = fx.pool;
+    calib *cal = fx.cal;
+    duet_model *m = fx.m;
     int want[16];
     truncated_greedy(&c[0], 3, cal, 16, want);
     liar f = {transport_listen("127.0.0.1", 0, err, sizeof err)};
@@ -304,9 +308,7 @@ TEST(test_ee_cloud_answering_the_wrong_position) {
     metrics_free(&mt);
     pthread_join(th, NULL);
     transport_listener_free(f.l);
-    duet_model_free(m);
-    calib_free(cal);
-    duet_pool_free(pool);
+    fixture_free(&fx);
 }
 
 /* ---- a real cloud process, killed and restarted -------------------------------------------------------- */
@@ -382,10 +384,11 @@ TEST(test_ee_cloud_killed_and_restarted) {
     char err[512];
     ref_case c[1];
     REQUIRE(cases_load(c, 1) == 1);
-    duet_pool *pool = duet_pool_init(1, err, sizeof err);
-    calib *cal = calib_load(CALIB, err, sizeof err);
-    duet_model *m = device_part(2, err, sizeof err);
-    REQUIRE_MSG(pool && cal && m, "%s", err);
+    fixture fx;
+    REQUIRE_MSG(!fixture_init(&fx, 2, err, sizeof err), "%s", err);
+    duet_pool *pool = fx.pool;
+    calib *cal = fx.cal;
+    duet_model *m = fx.m;
     int n = c[0].n_out;
     chaos ch = {.port = free_port(), .kill_at = 10, .restart_at = 10, .sig = SIGKILL};
     REQUIRE(ch.port > 0);
@@ -449,9 +452,7 @@ TEST(test_ee_cloud_killed_and_restarted) {
         kill(ch.pid, SIGCONT);
         kill_cloud(ch.pid);
     }
-    duet_model_free(m);
-    calib_free(cal);
-    duet_pool_free(pool);
+    fixture_free(&fx);
 }
 
 TEST(test_ee_cli_and_bad_input) {
@@ -527,10 +528,11 @@ TEST(test_ee_sampling_is_seeded) {
     char err[512];
     ref_case c[1];
     REQUIRE(cases_load(c, 1) == 1);
-    duet_pool *pool = duet_pool_init(1, err, sizeof err);
-    calib *cal = calib_load(CALIB, err, sizeof err);
-    duet_model *m = device_part(3, err, sizeof err);
-    REQUIRE_MSG(pool && cal && m, "%s", err);
+    fixture fx;
+    REQUIRE_MSG(!fixture_init(&fx, 3, err, sizeof err), "%s", err);
+    duet_pool *pool = fx.pool;
+    calib *cal = fx.cal;
+    duet_model *m = fx.m;
     int out[3][40];
     uint64_t seeds[3] = {5, 5, 6}, from_exits = 0, from_cloud = 0;
     for (int r = 0; r < 3; r++) {
@@ -550,7 +552,5 @@ TEST(test_ee_sampling_is_seeded) {
     CHECK(!memcmp(out[0], out[1], sizeof out[0]));
     CHECK(memcmp(out[0], out[2], sizeof out[0]));
     CHECK(from_exits > 0 && from_cloud > 0); /* both kinds of head were sampled */
-    duet_model_free(m);
-    calib_free(cal);
-    duet_pool_free(pool);
+    fixture_free(&fx);
 }
