@@ -163,11 +163,7 @@ int cmd_cloud(int argc, char **argv) {
      * large buffer came from the heap and the idle footprint crept up (make soak: 7 MB to 29 MB in 10 min). */
     mallopt(M_MMAP_THRESHOLD, TRANSPORT_SMALL);
     if (!(s = server_init(m, &o, err, sizeof err))) goto fail;
-    printf("duet cloud: serving %s layers %d:%d on %s%s:%d (fingerprint %016llx)%s\n", model, a, b, o.tls ? "tls://" : "",
-           o.host ? o.host : "*", server_port(s), (unsigned long long)duet_model_fingerprint(m),
-           token_len ? ", token required" : "");
-    fflush(stdout);
-
+    /* The handlers go in before "serving" is printed: whoever waits for that line may signal at once. */
     g_server = s;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -175,6 +171,11 @@ int cmd_cloud(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    printf("duet cloud: serving %s layers %d:%d on %s%s:%d (fingerprint %016llx)%s\n", model, a, b, o.tls ? "tls://" : "",
+           o.host ? o.host : "*", server_port(s), (unsigned long long)duet_model_fingerprint(m),
+           token_len ? ", token required" : "");
+    fflush(stdout);
+
     int rc = server_run(s);
     server_stats st;
     server_stats_get(s, &st);
