@@ -81,30 +81,33 @@ typedef struct conn {
     size_t n_out, off;
     uint8_t resp[1 << 17]; /* [n_resp] the server's answers not yet parsed */
     size_t n_resp;
+    size_t skip;           /* bytes of a too-large frame still to drop */
     uint32_t sid;          /* from OPENED */
     int answered;          /* an OPENED or ERROR was parsed since the last OPEN */
     int eof;
 } conn;
 
-/* Reads what the server sent, parsing whole frames to learn the session id. */
-static void drain(conn *c) {
-    for (;;) {
-        if (c->n_resp == sizeof c->resp) c->n_resp = 0; /* a large PONG: its bytes are not interesting */
-        ssize_t r = recv(c->fd, c->resp + c->n_resp, sizeof c->resp - c->n_resp, MSG_DONTWAIT);
-        if (r == 0) c->eof = 1;
-        if (r <= 0) break;
-        c->n_resp += (size_t)r;
-    }
+/* Parses the whole frames at the front of c->resp. A frame too big to hold (a large PONG: its bytes are not
+ * interesting) is skipped byte for byte as it arrives, so parsing stays aligned on frame boundaries. */
+static void parse(conn *c) {
     frame_limits lim = frame_limits_default();
-    while (c->n_resp >= FRAME_HEADER_SIZE) {
+    for (;;) {
+        if (c->skip) {
+            size_t k = c->skip < c->n_resp ? c->skip : c->n_resp;
+            memmove(c->resp, c->resp + k, c->n_resp - k);
+            c->n_resp -= k;
+            c->skip -= k;
+            if (c->skip) return;
+        }
+        if (c->n_resp < FRAME_HEADER_SIZE) return;
         frame_header h;
         if (frame_header_decode(c->resp, c->n_resp, &lim, &h, NULL, 0)) abort(); /* the server sends valid frames */
         size_t whole = FRAME_HEADER_SIZE + (size_t)h.len;
-        if (whole > sizeof c->resp) { /* too big to keep: skip it by dropping what is here */
-            c->n_resp = 0;
-            break;
+        if (whole > sizeof c->resp) {
+            c->skip = whole;
+            continue;
         }
-        if (c->n_resp < whole) break;
+        if (c->n_resp < whole) return;
         frame_msg m;
         if (frame_payload_decode(&h, c->resp + FRAME_HEADER_SIZE, &lim, &m, NULL, 0)) abort();
         if (m.type == FRAME_OPENED) c->sid = m.session;
@@ -114,6 +117,17 @@ static void drain(conn *c) {
                     m.type == FRAME_ERROR ? (int)m.u.error.len : 0, m.type == FRAME_ERROR ? m.u.error.text : "");
         memmove(c->resp, c->resp + whole, c->n_resp - whole);
         c->n_resp -= whole;
+    }
+}
+
+/* Reads what the server sent, parsing as it arrives (to learn the session id). */
+static void drain(conn *c) {
+    for (;;) {
+        ssize_t r = recv(c->fd, c->resp + c->n_resp, sizeof c->resp - c->n_resp, MSG_DONTWAIT);
+        if (r == 0) c->eof = 1;
+        if (r <= 0) break;
+        c->n_resp += (size_t)r;
+        parse(c);
     }
 }
 
