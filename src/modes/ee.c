@@ -98,13 +98,17 @@ static int upload_pending(ee_state *s, char *err, size_t errlen) {
     return DUET_OK;
 }
 
-/* The cloud is gone (or useless): count what its transport saw, drop it, and plan the next attempt. */
+/* Counts what the cloud's transport saw and drops the connection. */
+static void drop_cloud(ee_state *s) {
+    if (!s->connected) return;
+    remote_end(&s->r, s->mt);
+    remote_free(&s->r);
+    s->connected = false;
+}
+
+/* The cloud is gone (or useless): drop it and plan the next attempt. */
 static void lose_cloud(ee_state *s, const char *why, int token_index) {
-    if (s->connected) {
-        remote_end(&s->r, s->mt);
-        remote_free(&s->r);
-        s->connected = false;
-    }
+    drop_cloud(s);
     if (s->mt->fallback_at < 0) s->mt->fallback_at = token_index;
     ee_log(s, "lost the cloud (%s): going on standalone from the E2 exit", why);
     if (s->o->reconnect_ms > 0) {
@@ -127,11 +131,7 @@ static int connect_cloud(ee_state *s, char *err, size_t errlen) {
     s->connected = true;
     s->n_sent = 0;
     if (!s->o->background_upload) return DUET_OK;
-    if ((rc = upload_pending(s, err, errlen))) {
-        remote_end(&s->r, s->mt);
-        remote_free(&s->r);
-        s->connected = false;
-    }
+    if ((rc = upload_pending(s, err, errlen))) drop_cloud(s);
     return rc;
 }
 
@@ -226,9 +226,7 @@ static int ee_step(ee_state *s, const int *ids, int n, int pos, int token_index,
     int last = s->n_kept - 1, got = ask_cloud(s, last, id, why, sizeof why);
     if (got == 1 && o->reconnect_ms > 0) {
         /* Closed or reset: a restarted cloud may already be listening, so try once at once. */
-        remote_end(&s->r, s->mt);
-        remote_free(&s->r);
-        s->connected = false;
+        drop_cloud(s);
         char why2[256];
         if (!connect_cloud(s, why2, sizeof why2)) {
             s->mt->reconnects++;
@@ -236,8 +234,9 @@ static int ee_step(ee_state *s, const int *ids, int n, int pos, int token_index,
             got = ask_cloud(s, last, id, why, sizeof why);
         }
     }
-    if (!got) s->mt->cloud_requests++; /* answered ones: a request lost with its cloud is answered by the E2 exit */
-    if (got) {
+    if (!got) {
+        s->mt->cloud_requests++; /* answered ones: a request lost with its cloud is answered by the E2 exit */
+    } else {
         lose_cloud(s, why, token_index);
         s->mt->exit_tokens[1]++;
         *id = duet_sample(s->smp, s->logits); /* the E2 exit's logits are still in s->logits */
