@@ -8,18 +8,31 @@
 static const char *const OBJECTIVES[] = {"latency", "cloud-cost", "privacy"};
 static const char *const RATES[] = {"none", "prior", "measured"};
 
-/* Opens a short session on a cloud holding only the last layer (cheap for a local cloud) and measures the
- * link over it. */
-static int measure_net(duet_model *m, const auto_opts *o, probe_net *net, char *err, size_t errlen) {
-    int L = duet_model_config(m)->n_layers;
+/* Opens a short split session on a cloud holding only the last layer and the head (cheap for a local
+ * cloud), measures the link over it and asks the cloud for its compute on 1 and 32 rows. Every layer is
+ * taken to cost what the last one does (a llama's layers have one shape); the one-row time is split between
+ * the layer's fixed part and the head in the device's proportions. */
+static int measure_cloud(duet_model *m, const auto_opts *o, const probe_compute *dev, probe_net *net,
+                         probe_compute *cloud, char *err, size_t errlen) {
+    const duet_config *cf = duet_model_config(m);
+    int L = cf->n_layers;
+    if (L < 2) return err_set(err, errlen, DUET_EUNSUPPORTED, "a one-layer model has no split to probe");
     duet_sampling greedy = {.temperature = 0, .top_p = 1};
     remote r;
-    int rc = remote_open(&r, m, &o->remote, L > 1 ? FRAME_MODE_SPLIT : FRAME_MODE_CLOUD, L > 1 ? L - 1 : 0, 2,
-                         &greedy, err, errlen);
+    double one, batch;
+    int rc = remote_open(&r, m, &o->remote, FRAME_MODE_SPLIT, L - 1, PROBE_BATCH, &greedy, err, errlen);
     if (!rc) rc = probe_link(&r, net, err, errlen);
+    if (!rc) rc = probe_cloud(&r, cf->dim, &one, &batch, err, errlen);
     if (!rc) rc = remote_close(&r, err, errlen);
     remote_free(&r);
-    return rc;
+    if (rc) return rc;
+    double pos = (batch - one) / (PROBE_BATCH - 1);
+    if (pos < 0) pos = batch / PROBE_BATCH;
+    /* one = call + fixed + pos + head: the fixed parts in the device's proportions */
+    double rest = one - pos > 0 ? one - pos : 0, sum = dev->call_ms + dev->layer_fixed_ms + dev->head_ms;
+    double f = sum > 0 ? dev->layer_fixed_ms / sum : 1, hd = sum > 0 ? dev->head_ms / sum : 0, c = sum > 0 ? dev->call_ms / sum : 0;
+    *cloud = (probe_compute){L, rest * f, pos, rest * hd, rest * c};
+    return DUET_OK;
 }
 
 int auto_decide(duet_model *m, duet_pool *pool, const auto_opts *o, int n_prompt, int n_tokens, auto_decision *d,
@@ -29,25 +42,30 @@ int auto_decide(duet_model *m, duet_pool *pool, const auto_opts *o, int n_prompt
     cost_inputs *in = &d->in;
     int rc = probe_device(m, pool, o->slowdown, &in->dev, err, errlen);
     if (rc) return rc;
-    /* the cloud: this machine at full speed (exact when the cloud is local and the device emulated), as
-     * corrected by earlier requests' measured cloud compute */
-    double s = o->slowdown > 1 ? o->slowdown : 1, k = o->state ? o->state->cloud.scale : 1;
-    in->cloud = in->dev;
-    in->cloud.layer_fixed_ms *= k / s;
-    in->cloud.layer_pos_ms *= k / s;
-    in->cloud.head_ms *= k / s;
     in->row_bytes = o->remote.enc == FRAME_ENC_F32 ? 4.0 * cf->dim : o->remote.enc == FRAME_ENC_I8 ? cf->dim + 4.0 : 2.0 * cf->dim;
     in->n_prompt = n_prompt;
     in->n_tokens = n_tokens;
     d->have_cloud = 1;
-    if (o->nominal_net) {
+    if (!o->nominal_net && measure_cloud(m, o, &in->dev, &in->net, &in->cloud, d->cloud_err, sizeof d->cloud_err))
+        d->have_cloud = 0; /* the predictions are still shown, from the nominal figures */
+    else
+        d->net_measured = !o->nominal_net;
+    if (!d->net_measured) {
+        /* this machine at full speed: exact when the cloud is local and the device's slowdown emulated */
+        double s = o->slowdown > 1 ? o->slowdown : 1;
         probe_link_nominal(&o->remote.link, &in->net);
-    } else if (measure_net(m, o, &in->net, d->cloud_err, sizeof d->cloud_err)) {
-        d->have_cloud = 0;
-        probe_link_nominal(&o->remote.link, &in->net); /* predictions still shown, for what they are worth */
-    } else {
-        d->net_measured = 1;
+        in->cloud = in->dev;
+        in->cloud.layer_fixed_ms /= s;
+        in->cloud.layer_pos_ms /= s;
+        in->cloud.head_ms /= s;
+        in->cloud.call_ms /= s;
     }
+    /* corrected by what earlier requests measured against their predictions */
+    double k = o->state ? o->state->cloud.scale : 1;
+    in->cloud.layer_fixed_ms *= k;
+    in->cloud.layer_pos_ms *= k;
+    in->cloud.head_ms *= k;
+    in->cloud.call_ms *= k;
     d->n = cost_candidates(in, o->state, o->calibrated, d->cand, COST_MAX_CANDS);
     d->chosen = cost_pick(d->cand, d->n, o->objective, o->budget, o->allow_lossy, d->have_cloud);
     return DUET_OK;
@@ -81,12 +99,14 @@ void auto_print_json(const auto_decision *d, const auto_opts *o, const char *lin
         put_str(f, d->cloud_err);
     }
     fprintf(f, ",\"probe\":{\"source\":\"%s\",\"rtt_ms\":%.4f,\"up_mbps\":%.3f,\"down_mbps\":%.3f,"
-               "\"device_layer_fixed_ms\":%.5f,\"device_layer_pos_ms\":%.5f,\"device_head_ms\":%.5f,"
-               "\"cloud_layer_fixed_ms\":%.5f,\"cloud_layer_pos_ms\":%.5f,\"cloud_head_ms\":%.5f,\"cloud_source\":\"%s\"}",
+               "\"device_layer_fixed_ms\":%.5f,\"device_layer_pos_ms\":%.5f,\"device_head_ms\":%.5f,\"device_call_ms\":%.5f,"
+               "\"cloud_layer_fixed_ms\":%.5f,\"cloud_layer_pos_ms\":%.5f,\"cloud_head_ms\":%.5f,\"cloud_call_ms\":%.5f,"
+               "\"cloud_source\":\"%s\","
+               "\"cloud_scale\":%.4f}",
             d->net_measured ? "measured" : "nominal", in->net.rtt_ms, mbps(in->net.up_ms_per_byte),
             mbps(in->net.down_ms_per_byte), in->dev.layer_fixed_ms, in->dev.layer_pos_ms, in->dev.head_ms,
-            in->cloud.layer_fixed_ms, in->cloud.layer_pos_ms, in->cloud.head_ms,
-            o->state && o->state->cloud.samples ? "learned" : "estimate");
+            in->dev.call_ms, in->cloud.layer_fixed_ms, in->cloud.layer_pos_ms, in->cloud.head_ms, in->cloud.call_ms,
+            d->net_measured ? "measured" : "estimate", o->state ? o->state->cloud.scale : 1.0);
     fputs(",\"candidates\":[", f);
     for (int i = 0; i < d->n; i++) {
         const cost_cand *c = &d->cand[i];

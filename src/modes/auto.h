@@ -1,7 +1,8 @@
-/* auto.h: `duet run --mode auto` (docs/AUTO.md). auto_decide probes (the link over a probe session with
- * padded PINGs, or the link's nominal figures; this device's layers), estimates the cloud (this machine's
- * unslowed speed, corrected by what earlier requests measured), reads the per-model state, predicts every
- * candidate with cost.h and picks one for the objective. The caller runs the pick like any fixed mode, then
+/* auto.h: `duet run --mode auto` (docs/AUTO.md). auto_decide probes this device's layers and, over a short
+ * probe session, the link (padded PINGs) and the cloud's layers (the compute time it reports for 1 and 32
+ * rows); with nominal_net there is no session: the link's figures are taken as they are and the cloud is
+ * estimated as this machine at full speed. The cloud's figures are corrected by what earlier requests
+ * measured (the state), then every candidate is predicted with cost.h and one picked for the objective. The caller runs the pick like any fixed mode, then
  * auto_learn records what the run measured and autostate_save keeps it.
  *
  * Ownership: an auto_decision is the caller's (large) struct; nothing to free. */
@@ -26,7 +27,7 @@ typedef struct auto_opts {
 
 typedef struct auto_decision {
     cost_inputs in;
-    int net_measured;        /* the link was measured (else nominal) */
+    int net_measured;        /* the link and the cloud were measured (else nominal and estimated) */
     int have_cloud;          /* the probe session opened (always 1 with nominal_net) */
     char cloud_err[256];     /* why not */
     cost_cand cand[COST_MAX_CANDS];

@@ -15,7 +15,10 @@
 
 const char *const cost_mode_name[] = {"device", "cloud", "split", "ee", "pd", "hat"};
 
-static double lay(const probe_compute *x, int l, double c) { return l * (x->layer_fixed_ms + c * x->layer_pos_ms); }
+/* l layers in one forward call over c positions */
+static double lay(const probe_compute *x, int l, double c) {
+    return x->call_ms + l * (x->layer_fixed_ms + c * x->layer_pos_ms);
+}
 static double up(const cost_inputs *in, double b) { return b * in->net.up_ms_per_byte; }
 static double down(const cost_inputs *in, double b) { return b * in->net.down_ms_per_byte; }
 static double tok_frame(int n) { return FRAME_HEADER_SIZE + FRAME_TOKENS_FIXED + 4.0 * n; }
@@ -65,7 +68,7 @@ static void predict_ee(const cost_inputs *in, cost_cand *c) {
     double dev_step = lay(d, c->e1 + 1, 1) + d->head_ms + (1 - r1) * (lay(d, c->e2 - c->e1, 1) + d->head_ms);
     c->tbt_ms = dev_step + (q > 0 ? q * (ask1 + lay(x, Lc, 1 / q) + x->head_ms) : 0);
     if (q > 0) c->tbt_ms = fmax(c->tbt_ms, up(in, rows_frame(in, 1))); /* the uplink carries a row a token */
-    c->cloud_ms = q > 0 ? q * N * (Lc * x->layer_fixed_ms + x->head_ms) + (P + N - 1) * Lc * x->layer_pos_ms : 0;
+    c->cloud_ms = q > 0 ? q * N * (x->call_ms + Lc * x->layer_fixed_ms + x->head_ms) + (P + N - 1) * Lc * x->layer_pos_ms : 0;
     c->bytes_up = rows_frame(in, P) + (N - 1) * rows_frame(in, 1) + q * N * REQ_FRAME;
     c->bytes_down = q * N * tok_frame(1);
 }
@@ -79,17 +82,17 @@ static void predict_hat(const cost_inputs *in, cost_cand *c) {
     spec_round_costs rc = {
         .draft_ms = lay(d, A, 1) + lay(d, M, 1) + d->head_ms,
         .in_ms = lay(d, A, 1),
-        .ver0_ms = M * d->layer_fixed_ms,
+        .ver0_ms = d->call_ms + M * d->layer_fixed_ms,
         .ver1_ms = M * d->layer_pos_ms + d->head_ms,
         .wait0_ms = in->net.rtt_ms + up(in, rows_frame(in, 0) + REQ_FRAME) + down(in, rows_frame(in, 0)) +
-                    mid * x->layer_fixed_ms,
+                    x->call_ms + mid * x->layer_fixed_ms,
         .wait1_ms = up(in, in->row_bytes) + down(in, in->row_bytes) + mid * x->layer_pos_ms,
     };
     spec_prefill_costs pc = {
-        .in0_ms = A * d->layer_fixed_ms, .in1_ms = A * d->layer_pos_ms,
-        .out0_ms = M * d->layer_fixed_ms, .out1_ms = M * d->layer_pos_ms,
+        .in0_ms = d->call_ms + A * d->layer_fixed_ms, .in1_ms = A * d->layer_pos_ms,
+        .out0_ms = d->call_ms + M * d->layer_fixed_ms, .out1_ms = M * d->layer_pos_ms,
         .head_ms = d->head_ms,
-        .cloud0_ms = mid * x->layer_fixed_ms, .cloud1_ms = mid * x->layer_pos_ms,
+        .cloud0_ms = x->call_ms + mid * x->layer_fixed_ms, .cloud1_ms = mid * x->layer_pos_ms,
         .up_row_ms = up(in, in->row_bytes), .down_row_ms = down(in, in->row_bytes),
         .rtt_ms = in->net.rtt_ms + up(in, rows_frame(in, 0) + REQ_FRAME) + down(in, rows_frame(in, 0)),
     };
@@ -112,7 +115,7 @@ static int predict_pd(const cost_inputs *in, cost_cand *c, char *err, size_t err
     pdplan_from_probe(&in->dev, &pc);
     double sent = FRAME_HEADER_SIZE + FRAME_TOKENS_FIXED + 4.0 * P + REQ_FRAME;
     pdplan_cloud_costs(&pc, in->net.rtt_ms + up(in, sent), down(in, tok_frame(1)),
-                       L * in->cloud.layer_fixed_ms + in->cloud.head_ms, L * in->cloud.layer_pos_ms, P);
+                       in->cloud.call_ms + L * in->cloud.layer_fixed_ms + in->cloud.head_ms, L * in->cloud.layer_pos_ms, P);
     pd_forecast fc;
     char note[256];
     int rc = pdplan_auto(&pc, P, N, 0, 0, &c->plan, &fc, note, sizeof note, err, errlen);

@@ -27,7 +27,7 @@ int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs
 }
 
 void pdplan_from_probe(const probe_compute *dev, pd_costs *c) {
-    c->dev_fixed_ms = dev->n_layers * dev->layer_fixed_ms + dev->head_ms;
+    c->dev_fixed_ms = dev->call_ms + dev->n_layers * dev->layer_fixed_ms + dev->head_ms;
     c->dev_pos_ms = dev->n_layers * dev->layer_pos_ms;
     c->n_layers = dev->n_layers;
 }

@@ -27,7 +27,8 @@ typedef struct pd_forecast {
 
 /* probe_device (probe.h), then pdplan_from_probe: fills dev_fixed_ms, dev_pos_ms and n_layers. */
 int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs *c, char *err, size_t errlen);
-/* The device's side of c from a per-layer probe: every layer and the head on one row are the fixed part. */
+/* The device's side of c from a per-layer probe: the call, every layer and the head on one row are the fixed
+ * part. */
 void pdplan_from_probe(const probe_compute *dev, pd_costs *c);
 
 /* The cloud's side of c: net_ms is the measured time to send the prompt and get an answer (a PING padded to

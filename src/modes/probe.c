@@ -4,12 +4,13 @@
 #include "modes/probe.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/clock.h"
 #include "base/err.h"
 #include "base/stats.h"
 
-#define PROBE_N 32
+#define PROBE_N PROBE_BATCH
 #define PROBE_REPS 5
 #define RTT_REPS 3
 #define BW_REPS 2
@@ -45,9 +46,10 @@ int probe_link(remote *r, probe_net *out, char *err, size_t errlen) {
         down = i == 0 || d < down ? d : down;
     }
     out->rtt_ms = rtt;
-    /* a pad faster than the noise of the RTT reads as unlimited, never as negative */
-    out->up_ms_per_byte = up > rtt ? (up - rtt) / PROBE_PAD_BYTES : 0;
-    out->down_ms_per_byte = down > rtt ? (down - rtt) / PROBE_PAD_BYTES : 0;
+    /* the best padded PING less the best empty one (a median would subtract noise); a pad faster than that
+     * noise reads as unlimited, never as negative */
+    out->up_ms_per_byte = up > t[0] ? (up - t[0]) / PROBE_PAD_BYTES : 0;
+    out->down_ms_per_byte = down > t[0] ? (down - t[0]) / PROBE_PAD_BYTES : 0;
     return DUET_OK;
 }
 
@@ -55,6 +57,39 @@ void probe_link_nominal(const link_params *lp, probe_net *out) {
     out->rtt_ms = lp->rtt_us / 1e3;
     out->up_ms_per_byte = lp->up_bps ? 8e3 / (double)lp->up_bps : 0;
     out->down_ms_per_byte = lp->down_bps ? 8e3 / (double)lp->down_bps : 0;
+}
+
+int probe_cloud(remote *r, int dim, double *one_ms, double *batch_ms, char *err, size_t errlen) {
+    float *h = calloc((size_t)PROBE_BATCH * (size_t)dim, sizeof(float)); /* [PROBE_BATCH][dim] zero rows */
+    if (!h) return err_set(err, errlen, DUET_ENOMEM, "out of memory");
+    if (r->n_ctx < PROBE_BATCH) {
+        free(h);
+        return err_set(err, errlen, DUET_EINVAL, "the probe session has %d positions, needs %d", r->n_ctx, PROBE_BATCH);
+    }
+    double best[2] = {1e30, 1e30};
+    int rc = 0;
+    metrics scratch; /* remote_recv_tokens adds the answer's compute_us here */
+    metrics_start(&scratch, "probe");
+    for (int rep = 0; rep < 3 && !rc; rep++)
+        for (int b = 0; b < 2 && !rc; b++) {
+            int n = b ? PROBE_BATCH : 1;
+            frame_msg m = {.type = FRAME_UPLOAD, .session = r->session};
+            m.u.rows = (frame_rows){.pos0 = 0, .n = (uint32_t)n, .dim = (uint32_t)dim, .enc = (uint32_t)r->enc, .x = h};
+            if ((rc = transport_send(r->t, &m, err, errlen))) break;
+            m = (frame_msg){.type = FRAME_REQUEST, .session = r->session};
+            m.u.request = (frame_request){.pos = (uint32_t)(n - 1), .count = 1, .kv_keep = FRAME_KEEP_ALL,
+                                          .want = FRAME_WANT_TOKENS};
+            if ((rc = transport_send(r->t, &m, err, errlen))) break;
+            scratch.cloud_compute_ms = 0;
+            if ((rc = remote_recv_tokens(r, &m, &scratch, err, errlen))) break;
+            if (scratch.cloud_compute_ms < best[b]) best[b] = scratch.cloud_compute_ms;
+        }
+    metrics_free(&scratch);
+    free(h);
+    if (rc) return rc;
+    *one_ms = best[0];
+    *batch_ms = best[1];
+    return DUET_OK;
 }
 
 int probe_device(const duet_model *m, duet_pool *pool, double slowdown, probe_compute *out, char *err,
@@ -68,7 +103,7 @@ int probe_device(const duet_model *m, duet_pool *pool, double slowdown, probe_co
     float *logits = malloc(sizeof(float) * (size_t)cf->vocab_size);
     int ids[PROBE_N];
     for (int i = 0; i < PROBE_N; i++) ids[i] = 1 + i % (cf->vocab_size - 1);
-    double t1[PROBE_REPS], tn[PROBE_REPS], th[PROBE_REPS];
+    double t1[PROBE_REPS], tn[PROBE_REPS], th[PROBE_REPS], tl[PROBE_REPS];
     if (!kv || !ctx) goto out;
     if (!h || !logits) {
         err_set(err, errlen, DUET_ENOMEM, "out of memory");
@@ -89,20 +124,31 @@ int probe_device(const duet_model *m, duet_pool *pool, double slowdown, probe_co
         double t0 = clock_now_ms();
         if ((rc = duet_head(ctx, h, 1, logits, err, errlen))) goto out;
         if (rep >= 0) th[rep] = clock_now_ms() - t0;
+        duet_kv_truncate(kv, 0);
+        t0 = clock_now_ms();
+        if ((rc = duet_forward(ctx, kv, 0, 1, h, 1, 0, err, errlen))) goto out;
+        if (rep >= 0) tl[rep] = clock_now_ms() - t0;
     }
     stats_sort(t1, PROBE_REPS);
     stats_sort(tn, PROBE_REPS);
     stats_sort(th, PROBE_REPS);
-    double s = slowdown > 1 ? slowdown : 1, m1 = t1[PROBE_REPS / 2], mn = tn[PROBE_REPS / 2], head = th[PROBE_REPS / 2];
-    double pos = (mn - m1) / (PROBE_N - 1);
+    stats_sort(tl, PROBE_REPS);
+    int L = cf->n_layers;
+    double s = slowdown > 1 ? slowdown : 1, m1 = t1[PROBE_REPS / 2], mn = tn[PROBE_REPS / 2], head = th[PROBE_REPS / 2],
+           one = tl[PROBE_REPS / 2];
+    double pos = (mn - m1) / (PROBE_N - 1); /* every layer's, per position */
     if (pos < 0) pos = mn / PROBE_N;
-    double fixed = m1 - pos - head; /* every layer's fixed part; the embedding's lookup is in the noise */
-    if (fixed < 0) fixed = 0;
     if (head > m1 - pos) head = m1 - pos > 0 ? m1 - pos : 0;
-    out->n_layers = cf->n_layers;
-    out->layer_fixed_ms = fixed / cf->n_layers * s;
-    out->layer_pos_ms = pos / cf->n_layers * s;
+    /* m1 = call + L * layer + head and one = call + layer, a layer over 1 position being fixed + pos / L */
+    double layer = L > 1 ? (m1 - head - one) / (L - 1) : m1 - head;
+    if (layer < pos / L) layer = L > 1 ? (m1 - head) / L : m1 - head;
+    double call = m1 - head - L * layer;
+    if (call < 0) call = 0;
+    out->n_layers = L;
+    out->layer_fixed_ms = (layer - pos / L) * s;
+    out->layer_pos_ms = pos / L * s;
     out->head_ms = head * s;
+    out->call_ms = call * s;
     rc = DUET_OK;
 out:
     free(h);
