@@ -334,7 +334,7 @@ int cmd_run(int argc, char **argv) {
     if (hat_flag && mode != RUN_HAT)
         return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
     if (calib_path && mode != RUN_EE && mode != RUN_HAT && mode != RUN_AUTO)
-        return usage_error("--calib applies to --mode ee, hat or auto only");
+        return usage_error("--calib applies to --mode ee or hat only (or auto, which passes it to them)");
     if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
         return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
     if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
