@@ -137,6 +137,10 @@ static int usage_error(const char *msg) {
 enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD, RUN_HAT, RUN_AUTO };
 static const char *MODES[] = {"device", "cloud", "split", "ee", "pd", "hat", "auto"}; /* by RUN_*, = enum cost_mode */
 static const char *OBJECTIVES[] = {"latency", "cloud-cost", "privacy"}; /* enum cost_objective order */
+_Static_assert((int)RUN_DEVICE == (int)COST_DEVICE && (int)RUN_CLOUD == (int)COST_CLOUD &&
+                   (int)RUN_SPLIT == (int)COST_SPLIT && (int)RUN_EE == (int)COST_EE && (int)RUN_PD == (int)COST_PD &&
+                   (int)RUN_HAT == (int)COST_HAT,
+               "auto's pick is run as the RUN_* mode of the same number");
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static double max_gap(const metrics *mt) {
