@@ -8,12 +8,13 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/text.h"
+#include "modes/auto.h"
 #include "modes/hat.h"
 #include "modes/mode.h"
 #include "modes/pdplan.h"
 
 static const char *USAGE =
-    "usage: duet run --mode device|cloud|split|ee|pd|hat -m MODEL [-p TEXT] [-n N] [options]\n"
+    "usage: duet run --mode device|cloud|split|ee|pd|hat|auto -m MODEL [-p TEXT] [-n N] [options]\n"
     "\n"
     "Answers one request in a baseline mode, streaming the text as it is made, then prints a summary line\n"
     "(and with --json the metrics of DESIGN section 6). Greedy outputs of the three modes are identical.\n"
@@ -31,10 +32,14 @@ static const char *USAGE =
     "          only the middle [A,L-M). Token ids never leave this machine: h_A goes up, h_(L-M) comes down.\n"
     "          This machine drafts tokens (input layers -> adapter -> output layers -> head) and the cloud\n"
     "          verifies a whole draft in one round trip (docs/HAT.md)\n"
+    "  auto    probes the link (padded PINGs) and this device's layers, predicts the time to the first token,\n"
+    "          the time between tokens and the cloud's compute of every mode and setting above (cost model in\n"
+    "          docs/AUTO.md, fed by the exit and acceptance rates of earlier requests in --state), picks the best\n"
+    "          for --objective and runs it; only lossless settings, so greedy output equals device-only\n"
     "Connecting and opening the session come before the request; the metrics cover the request, from its\n"
     "prompt to its last token. Bytes and round trips are the transport's counts (frame headers included).\n"
     "\n"
-    "  --mode MODE            device, cloud, split, ee, pd or hat (required)\n"
+    "  --mode MODE            device, cloud, split, ee, pd, hat or auto (required)\n"
     "  -m, --model PATH       GGUF model (e.g. models/stories260K.gguf)\n"
     "  -p, --prompt TEXT      prompt (default: empty, i.e. BOS alone)\n"
     "  -n, --tokens N         tokens to generate (default 64); stops early at end-of-sequence\n"
@@ -91,6 +96,21 @@ static const char *USAGE =
     "                         stops the cloud once the tokens it has last until it has run them, then takes\n"
     "                         over; cloud=N: the cloud makes at most N), chunk=C (positions per catch-up\n"
     "                         forward, default 64)\n"
+    "      --objective OBJ    auto: latency (default: least predicted ttft + (n-1) x tbt), cloud-cost (least\n"
+    "                         predicted cloud compute among candidates within --latency-budget of the fastest)\n"
+    "                         or privacy (only modes where token ids never leave this machine: device, hat)\n"
+    "      --latency-budget X auto, cloud-cost: how many times the fastest prediction a pick may take (default 1.5)\n"
+    "      --predict-only     auto: probe and print the predictions and the pick (with --json: one JSON line)\n"
+    "                         without running the request\n"
+    "      --allow-lossy      auto: let ee below threshold 1 win (its measured exit rates from --state); greedy\n"
+    "                         output may then differ from device-only\n"
+    "      --net HOW          auto: measure (default: RTT and bandwidth by padded PINGs on a probe session) or\n"
+    "                         nominal (the --link profile's figures: deterministic, no probe session)\n"
+    "      --state FILE|none  per-model file of what earlier requests measured (ee exit rates, hat acceptance, the\n"
+    "                         cloud's compute against its prediction); auto reads and updates it, other modes\n"
+    "                         update it when given. Default for auto: $XDG_STATE_HOME/duet/<fingerprint>.json\n"
+    "                         (~/.local/state/duet/...); none: neither read nor written. A malformed file is\n"
+    "                         ignored with a warning and rewritten\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
     "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
@@ -114,8 +134,13 @@ static int usage_error(const char *msg) {
     return 2;
 }
 
-enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD, RUN_HAT };
-static const char *MODES[] = {"device", "cloud", "split", "ee", "pd", "hat"}; /* by RUN_* */
+enum { RUN_DEVICE, RUN_CLOUD, RUN_SPLIT, RUN_EE, RUN_PD, RUN_HAT, RUN_AUTO };
+static const char *MODES[] = {"device", "cloud", "split", "ee", "pd", "hat", "auto"}; /* by RUN_*, = enum cost_mode */
+static const char *OBJECTIVES[] = {"latency", "cloud-cost", "privacy"}; /* enum cost_objective order */
+_Static_assert((int)RUN_DEVICE == (int)COST_DEVICE && (int)RUN_CLOUD == (int)COST_CLOUD &&
+                   (int)RUN_SPLIT == (int)COST_SPLIT && (int)RUN_EE == (int)COST_EE && (int)RUN_PD == (int)COST_PD &&
+                   (int)RUN_HAT == (int)COST_HAT,
+               "auto's pick is run as the RUN_* mode of the same number");
 static const char *ENCS[] = {"fp16", "fp32", "int8"}; /* enum frame_enc order */
 
 static double max_gap(const metrics *mt) {
@@ -176,6 +201,10 @@ int cmd_run(int argc, char **argv) {
     int hat_flag = 0; /* a hat-only flag was given */
     float slowdown = 1, tpot = 0, max_tpot = 0;
     const char *pd_spec = NULL;
+    auto_opts ao = {.objective = COST_LATENCY, .budget = 1.5};
+    const char *state_path = NULL, *auto_flag = NULL;
+    int predict_only = 0;
+    float budget = 1.5f;
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
     ro.fallback = 1; /* the device has the model file: it can always finish alone */
@@ -190,6 +219,12 @@ int cmd_run(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--compare")) {
             compare = 1;
+        } else if (!strcmp(a, "--predict-only")) {
+            predict_only = 1;
+            auto_flag = a;
+        } else if (!strcmp(a, "--allow-lossy")) {
+            ao.allow_lossy = 1;
+            auto_flag = a;
         } else if (!strcmp(a, "--standalone")) {
             eo.standalone = true;
             ee_flag = a;
@@ -203,7 +238,19 @@ int cmd_run(int argc, char **argv) {
             }
             int bad = 0;
             if (!strcmp(a, "--mode")) {
-                if ((mode = lookup(v, MODES, 6)) < 0) return usage_error("--mode must be device, cloud, split, ee, pd or hat");
+                if ((mode = lookup(v, MODES, 7)) < 0) return usage_error("--mode must be device, cloud, split, ee, pd, hat or auto");
+            } else if (!strcmp(a, "--objective")) {
+                if ((ao.objective = lookup(v, OBJECTIVES, 3)) < 0) return usage_error("--objective must be latency, cloud-cost or privacy");
+                auto_flag = a;
+            } else if (!strcmp(a, "--latency-budget")) {
+                bad = args_float("run", a, v, 1, 1000, &budget);
+                auto_flag = a;
+            } else if (!strcmp(a, "--net")) {
+                if (strcmp(v, "measure") && strcmp(v, "nominal")) return usage_error("--net must be measure or nominal");
+                ao.nominal_net = !strcmp(v, "nominal");
+                auto_flag = a;
+            } else if (!strcmp(a, "--state")) {
+                state_path = v;
             } else if (!strcmp(a, "--split")) {
                 bad = args_int("run", a, v, 0, 1 << 20, &split);
             } else if (!strcmp(a, "--input-layers")) {
@@ -274,7 +321,14 @@ int cmd_run(int argc, char **argv) {
     int n_tokens = g.n_tokens, threads = g.threads, json = g.json, bos = g.bos;
     duet_sampling s = g.sampling;
     char err[512];
-    if (mode < 0) return usage_error("--mode device|cloud|split|ee|pd|hat is required");
+    if (mode < 0) return usage_error("--mode device|cloud|split|ee|pd|hat|auto is required");
+    if (auto_flag && mode != RUN_AUTO) {
+        fprintf(stderr, "duet run: %s applies to --mode auto only (see duet run --help)\n", auto_flag);
+        return 2;
+    }
+    if (mode == RUN_AUTO && (split >= 0 || ee_flag || hat_flag || tpot > 0 || max_tpot > 0 || pd_spec))
+        return usage_error("--mode auto chooses the mode's settings itself: drop --split, the ee, hat and pd flags");
+    ao.budget = budget;
     if (!model) return usage_error("-m MODEL is required, e.g. -m models/stories260K.gguf");
     if (split >= 0 && mode != RUN_SPLIT) return usage_error("--split applies to --mode split only");
     if (ee_flag && mode != RUN_EE) {
@@ -283,7 +337,8 @@ int cmd_run(int argc, char **argv) {
     }
     if (hat_flag && mode != RUN_HAT)
         return usage_error("--input-layers, --output-layers, --draft, --draft-max and --chunk apply to --mode hat only");
-    if (calib_path && mode != RUN_EE && mode != RUN_HAT) return usage_error("--calib applies to --mode ee or hat only");
+    if (calib_path && mode != RUN_EE && mode != RUN_HAT && mode != RUN_AUTO)
+        return usage_error("--calib applies to --mode ee or hat only (or auto, which passes it to them)");
     if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
         return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
     if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
@@ -314,6 +369,11 @@ int cmd_run(int argc, char **argv) {
     int *prompt_ids = NULL;
     remote r = {0};
     calib *cal = NULL;
+    autostate st;
+    char state_file[4096] = "";
+    int use_state = 0;
+    auto_decision *dec = NULL;
+    cost_cand ran = {.mode = -1};
     metrics mt, ref;
     metrics_start(&mt, MODES[mode]);
     metrics_start(&ref, "device");
@@ -358,7 +418,55 @@ int cmd_run(int argc, char **argv) {
     int n_prompt;
     if (cli_tokenize_prompt(tok, prompt, bos, &prompt_ids, &n_prompt, err, sizeof err)) goto fail;
     mode_request rq = {prompt_ids, n_prompt, n_tokens, s, duet_tokenizer_eos(tok)};
-    if ((mode == RUN_DEVICE || mode == RUN_PD || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
+    use_state = state_path ? strcmp(state_path, "none") != 0 : mode == RUN_AUTO;
+    if (use_state) {
+        uint64_t fp = duet_model_fingerprint(meta);
+        if (state_path) snprintf(state_file, sizeof state_file, "%s", state_path);
+        else if (autostate_default_path(fp, state_file, sizeof state_file, err, sizeof err)) goto fail;
+        if (autostate_load(state_file, fp, &st, err, sizeof err))
+            fprintf(stderr, "duet run: ignoring the state file (it will be rewritten): %s\n", err);
+    }
+    if (mode == RUN_AUTO) {
+        /* decide, then run the pick exactly as `duet run` with the pick's flags would */
+        if (!(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
+        if (!(dec = malloc(sizeof *dec))) {
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
+        }
+        ao.calibrated = calib_path != NULL;
+        ao.slowdown = slowdown;
+        ao.remote = ro;
+        ao.state = use_state ? &st : NULL;
+        if (auto_decide(full, pool, &ao, n_prompt, n_tokens, dec, err, sizeof err)) goto fail;
+        if (json) auto_print_json(dec, &ao, link_spec, stdout);
+        if (!dec->have_cloud) fprintf(stderr, "duet run: auto: no cloud (%s): only device mode is possible\n", dec->cloud_err);
+        if (dec->chosen < 0) {
+            snprintf(err, sizeof err, "auto: no candidate fits --objective %s", OBJECTIVES[ao.objective]);
+            goto fail;
+        }
+        ran = dec->cand[dec->chosen];
+        char args[256];
+        cost_args(&ran, args, sizeof args);
+        fprintf(stderr, "duet run: auto (%s, %d candidates): %s; predicted ttft %.1f ms, tbt %.2f ms, total %.1f ms, "
+                        "cloud %.1f ms\n", OBJECTIVES[ao.objective], dec->n, args, ran.ttft_ms, ran.tbt_ms, ran.total_ms,
+                ran.cloud_ms);
+        if (predict_only) {
+            status = 0;
+            goto out;
+        }
+        mode = ran.mode;
+        if (mode == RUN_SPLIT) split = ran.split;
+        if (mode == RUN_EE) eo.e1 = ran.e1, eo.e2 = ran.e2, eo.threshold = ran.threshold;
+        if (mode == RUN_HAT) {
+            ho.input_layers = ran.input_layers;
+            ho.output_layers = ran.output_layers;
+            hat_b = c->n_layers - ho.output_layers;
+            ho.draft = HAT_AUTO;
+            ho.chunk = ran.chunk;
+        }
+        if (mode == RUN_PD) plan = ran.plan, plan_auto = 0;
+    }
+    if (!full && (mode == RUN_DEVICE || mode == RUN_PD || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
     if (mode == RUN_SPLIT) {
         duet_part part = {.n_spans = 1, .span = {{0, split}}, .embed = true};
@@ -427,6 +535,15 @@ int cmd_run(int argc, char **argv) {
     fflush(o.f);
     if (note[0]) fprintf(stderr, "duet run: %s\n", note);
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
+    if (use_state) { /* what this run measured, for auto's next predictions */
+        if (ran.mode < 0) { /* a fixed mode: no prediction to correct, only rates */
+            ran.mode = mode, ran.e1 = eo.e1, ran.e2 = eo.e2, ran.threshold = eo.threshold;
+            ran.input_layers = ho.input_layers, ran.output_layers = ho.output_layers, ran.calibrated = cal != NULL;
+            ran.cloud_ms = 0;
+        }
+        auto_learn(&st, &ran, &mt);
+        if (autostate_save(&st, state_file, err, sizeof err)) fprintf(stderr, "duet run: state not saved: %s\n", err);
+    }
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
 
     char where[192] = "";
@@ -466,6 +583,7 @@ fail:
     fprintf(stderr, "duet run: %s\n", err);
 out:
     remote_free(&r);
+    free(dec);
     calib_free(cal);
     metrics_free(&mt);
     metrics_free(&ref);

@@ -12,63 +12,32 @@
 
 #include "base/clock.h"
 #include "base/err.h"
-#include "base/stats.h"
+#include "modes/probe.h"
 
-#define PROBE_N 32
-#define PROBE_REPS 5
 #define MAX_CHUNK 512
 #define SLACK 0.15      /* without --max-tpot: how late a release may be, as a share of the pace */
 #define PACE_MARGIN 1.1 /* pace over the device's decode step: its own tokens keep the pace despite jitter */
 
 int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs *c, char *err, size_t errlen) {
-    const duet_config *cf = duet_model_config(m);
-    const duet_part *part = duet_model_part(m);
-    int rc = DUET_ENOMEM;
-    duet_kv *kv = duet_kv_init(m, part, PROBE_N + 1, err, errlen);
-    duet_ctx *ctx = duet_ctx_init(m, PROBE_N, pool, err, errlen);
-    float *h = malloc(sizeof(float) * PROBE_N * (size_t)cf->dim); /* [PROBE_N][dim] */
-    float *logits = malloc(sizeof(float) * (size_t)cf->vocab_size);
-    int ids[PROBE_N];
-    for (int i = 0; i < PROBE_N; i++) ids[i] = 1 + i % (cf->vocab_size - 1);
-    double t1[PROBE_REPS], tn[PROBE_REPS];
-    if (!kv || !ctx) goto out;
-    if (!h || !logits) {
-        err_set(err, errlen, DUET_ENOMEM, "out of memory");
-        goto out;
-    }
-    /* the first round is a warm-up; then the median of the rest, as a shared machine's typical step */
-    for (int rep = -1; rep < PROBE_REPS; rep++) {
-        for (int n = 1; n <= PROBE_N; n += PROBE_N - 1) {
-            duet_kv_truncate(kv, 0);
-            double t0 = clock_now_ms();
-            if ((rc = duet_embed(ctx, ids, n, h, err, errlen)) ||
-                (rc = duet_forward(ctx, kv, 0, cf->n_layers, h, n, 0, err, errlen)) ||
-                (rc = duet_head(ctx, h + (size_t)(n - 1) * cf->dim, 1, logits, err, errlen)))
-                goto out;
-            double t = clock_now_ms() - t0;
-            if (rep >= 0) (n == 1 ? t1 : tn)[rep] = t;
-        }
-    }
-    stats_sort(t1, PROBE_REPS);
-    stats_sort(tn, PROBE_REPS);
-    double s = slowdown > 1 ? slowdown : 1, m1 = t1[PROBE_REPS / 2], mn = tn[PROBE_REPS / 2];
-    double pos = (mn - m1) / (PROBE_N - 1);
-    if (pos < 0) pos = mn / PROBE_N;
-    c->dev_pos_ms = pos * s;
-    c->dev_fixed_ms = (m1 - pos > 0 ? m1 - pos : 0) * s;
-    c->n_layers = cf->n_layers;
-    rc = DUET_OK;
-out:
-    free(h);
-    free(logits);
-    duet_ctx_free(ctx);
-    duet_kv_free(kv);
-    return rc;
+    probe_compute pc;
+    int rc = probe_device(m, pool, slowdown, &pc, err, errlen);
+    if (rc) return rc;
+    pdplan_from_probe(&pc, c);
+    return DUET_OK;
+}
+
+void pdplan_from_probe(const probe_compute *dev, pd_costs *c) {
+    c->dev_fixed_ms = dev->call_ms + dev->n_layers * dev->layer_fixed_ms + dev->head_ms;
+    c->dev_pos_ms = dev->n_layers * dev->layer_pos_ms;
+    c->n_layers = dev->n_layers;
 }
 
 void pdplan_cloud_estimate(pd_costs *c, double net_ms, double down_ms_per_token, double slowdown, int n_prompt) {
-    double s = slowdown > 1 ? slowdown : 1;
-    double fixed = c->dev_fixed_ms / s, pos = c->dev_pos_ms / s;
+    double sl = slowdown > 1 ? slowdown : 1;
+    pdplan_cloud_costs(c, net_ms, down_ms_per_token, c->dev_fixed_ms / sl, c->dev_pos_ms / sl, n_prompt);
+}
+
+void pdplan_cloud_costs(pd_costs *c, double net_ms, double down_ms_per_token, double fixed, double pos, int n_prompt) {
     c->cloud_pos_ms = pos;
     c->cloud_ttft_ms = net_ms + fixed + n_prompt * pos + down_ms_per_token;
     c->cloud_tpot_ms = fixed + pos > down_ms_per_token ? fixed + pos : down_ms_per_token;
@@ -172,14 +141,6 @@ int pdplan_parse(const char *spec, pd_plan *out, int *is_auto, char *err, size_t
 }
 
 int pdplan_measure_net(remote *r, int n_prompt, double *net_ms, char *err, size_t errlen) {
-    frame_msg m = {.type = FRAME_PING, .session = r->session};
     /* as many bytes up as the prompt and its request take, nothing extra down */
-    m.u.ping = (frame_ping){.stamp = 1, .pad = (uint32_t)(4 * n_prompt + FRAME_TOKENS_FIXED + FRAME_REQUEST_SIZE)};
-    double t0 = clock_now_ms();
-    int rc = transport_send(r->t, &m, err, errlen);
-    if (!rc) rc = transport_expect(r->t, FRAME_PONG, &m, r->timeout_ms, err, errlen);
-    if (rc == TRANSPORT_TIMEOUT) return err_set(err, errlen, DUET_EIO, "the cloud did not answer a PING within %d ms", r->timeout_ms);
-    if (rc) return rc;
-    *net_ms = clock_now_ms() - t0;
-    return DUET_OK;
+    return probe_ping(r, (uint32_t)(4 * n_prompt + FRAME_TOKENS_FIXED + FRAME_REQUEST_SIZE), 0, net_ms, err, errlen);
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "modes/pd.h"
+#include "modes/probe.h"
 
 typedef struct pd_costs {
     double dev_fixed_ms;  /* a device forward over c positions (every layer, as slowed) takes fixed + c * pos */
@@ -24,15 +25,18 @@ typedef struct pd_forecast {
     double cloud_busy_ms; /* prefill + cloud_tokens streamed */
 } pd_forecast;
 
-/* Times device forwards (with the head on the last row) of 1 and of 32 positions on a scratch cache, the
- * median of 5 after a warm-up, stretched by slowdown as pd's steps are; fills dev_fixed_ms, dev_pos_ms and
- * n_layers. */
+/* probe_device (probe.h), then pdplan_from_probe: fills dev_fixed_ms, dev_pos_ms and n_layers. */
 int pdplan_probe(const duet_model *m, duet_pool *pool, double slowdown, pd_costs *c, char *err, size_t errlen);
+/* The device's side of c from a per-layer probe: the call, every layer and the head on one row are the fixed
+ * part. */
+void pdplan_from_probe(const probe_compute *dev, pd_costs *c);
 
 /* The cloud's side of c: net_ms is the measured time to send the prompt and get an answer (a PING padded to
  * the prompt's size); its compute is estimated as this machine's unslowed speed (dev / slowdown), which is
  * exact for the emulation (the cloud is this machine) and a stated assumption otherwise. */
 void pdplan_cloud_estimate(pd_costs *c, double net_ms, double down_ms_per_token, double slowdown, int n_prompt);
+/* The same with the cloud's whole-model forward given as fixed + c * pos ms (auto mode's cloud figures). */
+void pdplan_cloud_costs(pd_costs *c, double net_ms, double down_ms_per_token, double fixed, double pos, int n_prompt);
 
 /* Measures the network part of the cloud's first token on the open session r: one PING padded to the
  * prompt's size, answered by an empty PONG (upload + round trip), into *net_ms. */
