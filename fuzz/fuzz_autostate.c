@@ -1,7 +1,8 @@
 /* libFuzzer target for auto mode's state file (duet run --state, untrusted bytes): parse for a fixed
  * fingerprint (the first 8 input bytes choose it, so a matching "fingerprint" can be found); an accepted
  * state must keep its invariants, format back into text that parses to the same counts, and take more
- * counts without breaking them. */
+ * counts without breaking them. Seed it with a state file (docs/AUTO.md has one) behind the 8 little-endian
+ * bytes of its fingerprint. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -141,12 +141,15 @@ int probe_device(const duet_model *m, duet_pool *pool, double slowdown, probe_co
     if (head > m1 - pos) head = m1 - pos > 0 ? m1 - pos : 0;
     /* m1 = call + L * layer + head and one = call + layer, a layer over 1 position being fixed + pos / L */
     double layer = L > 1 ? (m1 - head - one) / (L - 1) : m1 - head;
-    if (layer < pos / L) layer = L > 1 ? (m1 - head) / L : m1 - head;
+    if (layer <= 0) layer = (m1 - head) / L;
     double call = m1 - head - L * layer;
     if (call < 0) call = 0;
+    /* a noisy slope steeper than the whole one-position step would make the fixed part negative: the step
+     * (what decoding costs) is kept exact and the slope capped */
+    double lpos = pos / L < layer ? pos / L : layer;
     out->n_layers = L;
-    out->layer_fixed_ms = (layer - pos / L) * s;
-    out->layer_pos_ms = pos / L * s;
+    out->layer_fixed_ms = (layer - lpos) * s;
+    out->layer_pos_ms = lpos * s;
     out->head_ms = head * s;
     out->call_ms = call * s;
     rc = DUET_OK;
