@@ -361,29 +361,48 @@ TEST(test_auto_cli_state_and_flags) {
     free(out);
 }
 
-/* The chosen mode of a --predict-only --net nominal decision ("" when the run failed). */
-static void chosen_for(const char *flags, char *mode, size_t cap) {
+/* The decision of a --predict-only --net nominal run with these flags (NULL when the run failed). */
+static json *decide(const char *flags) {
     char args[512];
     snprintf(args, sizeof args, "run --mode auto -m models/stories260K.gguf -p 'Once upon a time' --net nominal "
              "--predict-only --json --state none %s", flags);
     int st;
     char *out = test_run_cli(args, &st, 0);
     json *doc = out && st == 0 ? first_json(out) : NULL;
+    free(out);
+    return doc;
+}
+
+/* Its chosen mode ("" when the run failed). */
+static void chosen_for(const char *flags, char *mode, size_t cap) {
+    json *doc = decide(flags);
     const char *m = doc ? json_str(json_get(json_get(json_root(doc), "auto"), "chosen_mode"), NULL) : NULL;
     snprintf(mode, cap, "%s", m ? m : "");
     json_free(doc);
-    free(out);
 }
 
-/* End to end, with the link's nominal figures (the device probe is the only measurement, and the margins
- * are several times its noise): the pick follows the link and the device's slowdown. Few tokens of a tiny
- * model keep the device's share far from the 4G round trip even in a sanitizer build. */
+/* End to end, with the link's nominal figures (the device probe is the only measurement): the pick follows
+ * the link and the device's slowdown. The margins are set from this build's own device speed, so they hold
+ * in an optimized and a sanitizer build alike. */
 TEST(test_auto_cli_pick_follows_link_and_slowdown) {
-    char a[32], b[32];
-    /* privacy on a 200x slower device: hat's round trip per token is cheap over a LAN, not over 4G */
-    chosen_for("-n 16 --objective privacy --device-slowdown 200 --link lan", a, sizeof a);
-    chosen_for("-n 16 --objective privacy --device-slowdown 200 --link 4g", b, sizeof b);
-    CHECK_MSG(!strcmp(a, "hat") && !strcmp(b, "device"), "lan: %s, 4g: %s", a, b);
+    char a[32], b[32], flags[256];
+    /* the device's own step at full speed, then a slowdown that makes it 40 ms: between a LAN's round trip
+     * (1 ms) and 4G's (60 ms) */
+    json *doc = decide("-n 16 --device-slowdown 1 --link lan");
+    REQUIRE(doc);
+    const json_val *c = json_get(json_get(json_root(doc), "auto"), "candidates");
+    double step = 0;
+    for (size_t i = 0; i < json_len(c); i++)
+        if (!strcmp(json_str(json_get(json_at(c, i), "mode"), NULL), "device")) step = json_num(json_get(json_at(c, i), "tbt_ms"));
+    json_free(doc);
+    REQUIRE(step > 0);
+    double slow = 40 / step < 1 ? 1 : 40 / step > 1000 ? 1000 : 40 / step;
+    /* privacy: hat's round trip per token is cheaper than the device's middle layers over a LAN, not over 4G */
+    snprintf(flags, sizeof flags, "-n 16 --objective privacy --device-slowdown %.3f --link lan", slow);
+    chosen_for(flags, a, sizeof a);
+    snprintf(flags, sizeof flags, "-n 16 --objective privacy --device-slowdown %.3f --link 4g", slow);
+    chosen_for(flags, b, sizeof b);
+    CHECK_MSG(!strcmp(a, "hat") && !strcmp(b, "device"), "slowdown %.1f: lan: %s, 4g: %s", slow, a, b);
     /* latency over a LAN: a device as fast as the cloud keeps the request; 8x slower, it hands it over */
     chosen_for("-n 4 --device-slowdown 1 --link lan", a, sizeof a);
     chosen_for("-n 4 --device-slowdown 8 --link lan", b, sizeof b);
