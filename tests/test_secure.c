@@ -529,7 +529,7 @@ TEST(test_secure_cli_tls_token_and_fallback) {
     /* 60 tokens at rtt 60 ms take ~4 s; the cloud is killed once the first tokens' text has appeared */
     CHECK_EQ_INT(sh("%1$s run --mode split -m " MODEL " -n 60 --cloud %2$s --link rtt=60ms --compare --json "
                     "> %3$s/run.out 2> %3$s/run.err & r=$!; "
-                    "for i in $(seq 400); do [ $(wc -c < %3$s/run.err) -ge 12 ] && break; sleep 0.02; done; "
+                    "for i in $(seq 400); do [ $(cat %3$s/run.err 2>/dev/null | wc -c) -ge 12 ] && break; sleep 0.02; done; "
                     "kill -KILL $(cat %3$s/pid); wait $r",
                     bin, url, c.dir, ""), 0);
     REQUIRE(slurp(out, text, sizeof text) == 0);
