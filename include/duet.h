@@ -185,6 +185,21 @@ int duet_embed(duet_ctx *c, const int *ids, int n, float *h, char *err, size_t e
  * pos0 + n exceeds the cache. */
 int duet_forward(duet_ctx *c, duet_kv *kv, int a, int b, float *h, int n, int pos0, char *err, size_t errlen);
 
+/* Several sessions in one pass (a cloud serving many devices): h[n][dim] holds the rows of n_seg segments one
+ * after another, segment i being seg[i].n rows of the session whose cache is seg[i].kv, at positions
+ * seg[i].pos0.. . Runs layers [a,b) over all of them: every matrix product reads the weights once for all n
+ * rows; attention stays per row over its own session's cache. Each segment is checked as duet_forward checks
+ * its one (layers held, pos0 stored, room in the cache), and two segments may not name one cache (EINVAL);
+ * nothing is run if one fails. The result is bit for bit the result of duet_forward on each segment alone.
+ * Threads: the caches belong to the caller for the duration of the call, like c. */
+typedef struct duet_seg {
+    duet_kv *kv; /* the session's cache (caller's) */
+    int pos0;    /* position of the segment's first row */
+    int n;       /* rows (0 allowed) */
+} duet_seg;
+int duet_forward_multi(duet_ctx *c, int a, int b, float *h, const duet_seg *seg, int n_seg, char *err,
+                       size_t errlen);
+
 /* logits[n][vocab] = output(rmsnorm(h[n][dim])). Needs part.head. */
 int duet_head(duet_ctx *c, const float *h, int n, float *logits, char *err, size_t errlen);
 

@@ -8,6 +8,7 @@
 #include "base/json.h"
 #include "duet.h"
 #include "engine/gguf.h"
+#include "engine/kv.h"
 #include "engine/model.h"
 #include "engine/quant.h"
 #include "test.h"
@@ -667,4 +668,92 @@ TEST(test_forward_rope_linear_scaling) {
     duet_model_free(m);
     free(want);
     unlink(path);
+}
+
+/* ---- several sessions in one pass (duet_forward_multi) ---- */
+
+/* Deterministic input rows in [-1, 1). */
+static void fill_rows(float *x, size_t n, unsigned seed) {
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        x[i] = (float)((seed >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+}
+
+/* Four sessions with histories of different lengths advance by 3, 1, 0 and 6 rows over layers [a,b): one
+ * duet_forward_multi (scratch of 4 rows, so segments straddle chunks) against duet_forward on each alone, on
+ * outputs and on every cached key and value. */
+static void check_multi(const char *path, int a, int b, duet_pool *pool) {
+    enum { S = 4 };
+    const int hist[S] = {0, 7, 3, 2}, step[S] = {3, 1, 0, 6};
+    char err[256] = "";
+    duet_model *m = load(path, NULL);
+    if (!m) return;
+    const duet_config *c = duet_model_config(m);
+    const int dim = c->dim, kv_dim = c->n_kv_heads * c->head_dim, n_ctx = 16;
+    duet_part part = {.n_spans = 1, .span = {{a, b}}};
+    duet_kv *kr[S], *km[S];
+    duet_ctx *ctx = duet_ctx_init(m, 4, pool, err, sizeof err);
+    float *hr = calloc((size_t)10 * dim, sizeof(float)), *hm = calloc((size_t)10 * dim, sizeof(float)); /* [10][dim] */
+    duet_seg seg[S];
+    int ok = ctx && hr && hm, total = 0;
+    for (int s = 0; s < S; s++) {
+        kr[s] = duet_kv_init(m, &part, n_ctx, err, sizeof err);
+        km[s] = duet_kv_init(m, &part, n_ctx, err, sizeof err);
+        ok = ok && kr[s] && km[s];
+        float hist_rows[8 * 512];
+        REQUIRE(dim <= 512);
+        fill_rows(hist_rows, (size_t)hist[s] * dim, 100u + (unsigned)s);
+        float copy[8 * 512];
+        memcpy(copy, hist_rows, sizeof(float) * (size_t)hist[s] * dim);
+        ok = ok && !duet_forward(ctx, kr[s], a, b, hist_rows, hist[s], 0, err, sizeof err) &&
+             !duet_forward(ctx, km[s], a, b, copy, hist[s], 0, err, sizeof err);
+        if (!ok) break;
+        fill_rows(hr + (size_t)total * dim, (size_t)step[s] * dim, 200u + (unsigned)s);
+        seg[s] = (duet_seg){.kv = km[s], .pos0 = hist[s], .n = step[s]};
+        total += step[s];
+    }
+    REQUIRE_MSG(ok, "%s: setup: %s", path, err);
+    memcpy(hm, hr, sizeof(float) * (size_t)total * dim);
+    CHECK_MSG(!duet_forward_multi(ctx, a, b, hm, seg, S, err, sizeof err), "%s: %s", path, err);
+    for (int s = 0, t = 0; s < S; t += step[s++])
+        CHECK_MSG(!duet_forward(ctx, kr[s], a, b, hr + (size_t)t * dim, step[s], hist[s], err, sizeof err), "%s", err);
+    CHECK_MSG(!memcmp(hr, hm, sizeof(float) * (size_t)total * dim), "%s %d:%d: multi-session rows differ", path, a, b);
+    for (int s = 0; s < S; s++)
+        for (int l = a; l < b; l++) {
+            size_t bytes = sizeof(float) * (size_t)(hist[s] + step[s]) * kv_dim;
+            CHECK(duet_kv_len(km[s], l) == hist[s] + step[s]);
+            CHECK_MSG(!memcmp(kr[s]->k[l], km[s]->k[l], bytes) && !memcmp(kr[s]->v[l], km[s]->v[l], bytes),
+                      "%s: session %d layer %d: cached keys or values differ", path, s, l);
+        }
+    /* refused as a whole: a stale position, or two segments of one cache; nothing is run */
+    duet_seg bad[2] = {{km[0], hist[0] + step[0], 1}, {km[1], 0, 1}};
+    CHECK(duet_forward_multi(ctx, a, b, hm, bad, 2, err, sizeof err) == DUET_EINVAL && strstr(err, "positions"));
+    CHECK(duet_kv_len(km[0], a) == hist[0] + step[0]);
+    bad[1] = bad[0];
+    CHECK(duet_forward_multi(ctx, a, b, hm, bad, 2, err, sizeof err) == DUET_EINVAL && strstr(err, "share"));
+    for (int s = 0; s < S; s++) {
+        duet_kv_free(kr[s]);
+        duet_kv_free(km[s]);
+    }
+    free(hr);
+    free(hm);
+    duet_ctx_free(ctx);
+    duet_model_free(m);
+}
+
+TEST(test_forward_multi_equals_separate) {
+    char err[64];
+    duet_pool *pool = duet_pool_init(2, err, sizeof err);
+    check_multi(STORIES, 0, 5, NULL);
+    check_multi(STORIES, 2, 5, pool); /* a split cloud's range */
+    check_multi(STORIES, 1, 3, NULL); /* a middle range (hat) */
+    check_multi(TEST_DATA "/quant/small-q8_0.gguf", 0, 2, pool);
+    check_multi(TEST_DATA "/quant/small-q4_k_m.gguf", 1, 2, NULL);
+    for (size_t i = 0; i < 3; i++) { /* biases (qwen2), q/k norms (qwen3), grouped-query attention */
+        char path[256];
+        snprintf(path, sizeof path, TEST_DATA "/arch/%s.gguf", ARCH_MODELS[i]);
+        check_multi(path, 0, 2, pool);
+    }
+    duet_pool_free(pool);
 }

@@ -38,6 +38,12 @@ struct duet_ctx {
     void *xq;       /* [2][B][xq_row] activations converted to Q8_0 and to Q8_K */
     size_t xq_row;  /* bytes per row of xq */
     float *rope;    /* [B][head_dim/2][2] cos, sin of each position's rotations */
+    float *kbuf;    /* [B][kv_dim] keys of a chunk holding several sessions, before they go to each cache */
+    float *vbuf;    /* [B][kv_dim] values, the same */
+    duet_kv **row_kv; /* [B] the cache of each row of the chunk being run */
+    int *row_pos;     /* [B] its position */
+    duet_seg *cs;     /* [B] the chunk's segments: one per session with rows in it */
+    int n_cs;
     float theta_scale; /* base^(-2/head_dim): ratio of successive rotation frequencies */
     float *scores;  /* [n_threads][group][score_cap] attention weights of one position's query group */
     void *scratch;  /* the block x .. rope live in */
@@ -139,8 +145,7 @@ static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float
 
 typedef struct att_job {
     duet_ctx *c;
-    const duet_kv *kv;
-    int layer, n, pos0;
+    int layer, n;    /* row t is c->row_pos[t] of the cache c->row_kv[t] */
     atomic_int next; /* next (position, kv head) pair */
 } att_job;
 
@@ -152,8 +157,8 @@ static void att_work(void *arg, int ith, int nth) {
     att_job *j = arg;
     duet_ctx *c = j->c;
     const duet_config *cfg = &c->m->cfg;
-    const int hd = cfg->head_dim, kv_dim = j->kv->kv_dim, group = cfg->n_heads / cfg->n_kv_heads, q_dim = c->m->q_dim;
-    const float *K = j->kv->k[j->layer], *V = j->kv->v[j->layer];
+    const int hd = cfg->head_dim, kv_dim = cfg->n_kv_heads * hd, group = cfg->n_heads / cfg->n_kv_heads;
+    const int q_dim = c->m->q_dim;
     float *s = c->scores + (size_t)ith * group * c->score_cap; /* [group][score_cap] */
     const float scale = 1.0f / sqrtf((float)hd);
     const int total = j->n * cfg->n_kv_heads;
@@ -161,7 +166,8 @@ static void att_work(void *arg, int ith, int nth) {
         int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (item >= total) break;
         const int t = item / cfg->n_kv_heads, kvh = item % cfg->n_kv_heads;
-        const int n_keys = j->pos0 + t + 1;
+        const int n_keys = c->row_pos[t] + 1;
+        const float *K = c->row_kv[t]->k[j->layer], *V = c->row_kv[t]->v[j->layer];
         const size_t off = (size_t)kvh * hd;
         const float *q = c->q + (size_t)t * q_dim + (size_t)kvh * group * hd; /* [group][hd] */
         quant_gemm(c->isa, DUET_TYPE_F32, hd, K + off, sizeof(float) * kv_dim, n_keys, q, sizeof(float) * hd,
@@ -185,8 +191,10 @@ static void att_work(void *arg, int ith, int nth) {
     }
 }
 
-static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0) {
-    int need = pos0 + n, group = c->m->cfg.n_heads / c->m->cfg.n_kv_heads;
+static int attention(duet_ctx *c, int layer, int n) {
+    int need = 0, group = c->m->cfg.n_heads / c->m->cfg.n_kv_heads;
+    for (int t = 0; t < n; t++)
+        if (c->row_pos[t] + 1 > need) need = c->row_pos[t] + 1;
     if (need > c->score_cap) { /* grows at most a few times per context: never in steady decode */
         int cap = need < 256 ? 256 : need;
         float *s = realloc(c->scores, sizeof(float) * (size_t)cap * group * duet_pool_threads(c->pool));
@@ -194,7 +202,7 @@ static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0)
         c->scores = s;
         c->score_cap = cap;
     }
-    att_job j = {.c = c, .kv = kv, .layer = layer, .n = n, .pos0 = pos0};
+    att_job j = {.c = c, .layer = layer, .n = n};
     atomic_init(&j.next, 0);
     pool_run(c->pool, (double)n * need * c->m->cfg.dim < 65536 ? 1 : duet_pool_threads(c->pool), att_work, &j);
     return DUET_OK;
@@ -205,13 +213,13 @@ static int attention(duet_ctx *c, const duet_kv *kv, int layer, int n, int pos0)
 /* cos/sin of each position's rotation angles, computed as ggml does: theta starts at the position and is
  * multiplied by base^(-2/d) once per pair, then divided by Llama 3's per-pair factor when the file has one,
  * then scaled by the linear scaling factor (1 when none: the same bits). */
-static void rope_table(duet_ctx *c, int n, int pos0) {
+static void rope_table(duet_ctx *c, int n) {
     int half = c->m->cfg.head_dim / 2;
     const float *factor = c->m->rope_freqs;
     const float scale = c->m->rope_freq_scale;
     for (int t = 0; t < n; t++) {
         float *r = c->rope + (size_t)t * half * 2;
-        float theta = (float)(pos0 + t);
+        float theta = (float)c->row_pos[t];
         for (int i = 0; i < half; i++) {
             float angle = (factor ? theta / factor[i] : theta) * scale;
             r[2 * i] = cosf(angle);
@@ -259,7 +267,7 @@ duet_ctx *duet_ctx_init(const duet_model *m, int max_batch, duet_pool *pool, cha
     c->pool = pool;
     c->isa = quant_isa_best();
     c->max_batch = max_batch;
-    size_t B = (size_t)max_batch;
+    size_t B = (size_t)max_batch, kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
     int widest = cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim;
     if (m->q_dim > widest) widest = m->q_dim; /* the attention output is Wo's input */
     c->xq_row = (size_t)widest * 2; /* Q8_0 and Q8_K take under 1.15 bytes per value */
@@ -267,17 +275,20 @@ duet_ctx *duet_ctx_init(const duet_model *m, int max_batch, duet_pool *pool, cha
      * their own would all start at the same page offset, and a decode step's rows alias in the cache. */
     size_t sizes[] = {sizeof(float) * B * cfg->dim, sizeof(float) * B * m->q_dim, sizeof(float) * B * m->q_dim,
                       sizeof(float) * B * cfg->ffn_dim, sizeof(float) * B * cfg->ffn_dim, c->xq_row * B * 2,
-                      sizeof(float) * B * cfg->head_dim};
+                      sizeof(float) * B * cfg->head_dim, sizeof(float) * B * kv_dim, sizeof(float) * B * kv_dim};
     void **bufs[] = {(void **)&c->x, (void **)&c->q, (void **)&c->att, (void **)&c->gate, (void **)&c->up, &c->xq,
-                     (void **)&c->rope};
-    size_t total = 0, offs[7];
-    for (int i = 0; i < 7; i++) {
+                     (void **)&c->rope, (void **)&c->kbuf, (void **)&c->vbuf};
+    size_t total = 0, offs[9];
+    for (int i = 0; i < 9; i++) {
         offs[i] = total + (size_t)i * 4 * 64;        /* stagger by 4 cache lines */
         total = (offs[i] + sizes[i] + 4095) & ~(size_t)4095;
     }
     c->scratch = aligned_alloc(4096, total);
-    if (!c->scratch) goto nomem;
-    for (int i = 0; i < 7; i++) *bufs[i] = (char *)c->scratch + offs[i];
+    c->row_kv = malloc(sizeof(duet_kv *) * B);
+    c->row_pos = malloc(sizeof(int) * B);
+    c->cs = malloc(sizeof(duet_seg) * B);
+    if (!c->scratch || !c->row_kv || !c->row_pos || !c->cs) goto nomem;
+    for (int i = 0; i < 9; i++) *bufs[i] = (char *)c->scratch + offs[i];
     c->theta_scale = powf(cfg->rope_base, -2.0f / cfg->head_dim);
     return c;
 nomem:
@@ -290,6 +301,9 @@ void duet_ctx_free(duet_ctx *c) {
     if (!c) return;
     free(c->scratch);
     free(c->scores);
+    free(c->row_kv);
+    free(c->row_pos);
+    free(c->cs);
     free(c);
 }
 
@@ -306,12 +320,17 @@ int duet_embed(duet_ctx *c, const int *ids, int n, float *h, char *err, size_t e
     return DUET_OK;
 }
 
-/* One layer over n <= max_batch positions. */
-static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int pos0) {
+/* One layer over the n <= max_batch rows of the chunk c->cs describes (row t: position c->row_pos[t] of the
+ * cache c->row_kv[t]). One session's keys and values are written straight into its cache; several sessions'
+ * go through kbuf/vbuf and are copied to each cache (the same bits: only where they are stored differs). */
+static int layer_forward(duet_ctx *c, int l, float *h, int n) {
     const duet_config *cfg = &c->m->cfg;
     const model_layer *L = &c->m->layers[l];
-    int dim = cfg->dim, ffn = cfg->ffn_dim, kv_dim = kv->kv_dim, q_dim = c->m->q_dim, hd = cfg->head_dim;
-    float *kc = kv->k[l] + (size_t)pos0 * kv_dim, *vc = kv->v[l] + (size_t)pos0 * kv_dim;
+    int dim = cfg->dim, ffn = cfg->ffn_dim, kv_dim = cfg->n_kv_heads * cfg->head_dim, q_dim = c->m->q_dim;
+    int hd = cfg->head_dim;
+    const int one = c->n_cs == 1;
+    float *kc = one ? c->cs[0].kv->k[l] + (size_t)c->cs[0].pos0 * kv_dim : c->kbuf; /* [n][kv_dim] */
+    float *vc = one ? c->cs[0].kv->v[l] + (size_t)c->cs[0].pos0 * kv_dim : c->vbuf;
 
     for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->attn_norm, dim, cfg->rms_eps);
     const model_mat *qkv[] = {&L->wq, &L->wk, &L->wv};
@@ -338,8 +357,16 @@ static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int p
         }
     rope_apply(c, c->q, q_dim, n, cfg->n_heads);
     rope_apply(c, kc, kv_dim, n, cfg->n_kv_heads);
-    kv->len[l] = pos0 + n;
-    int rc = attention(c, kv, l, n, pos0);
+    for (int i = 0, t = 0; i < c->n_cs; t += c->cs[i++].n) {
+        duet_kv *kv = c->cs[i].kv;
+        if (!one) {
+            size_t at = (size_t)c->cs[i].pos0 * kv_dim, rows = sizeof(float) * (size_t)c->cs[i].n * kv_dim;
+            memcpy(kv->k[l] + at, kc + (size_t)t * kv_dim, rows);
+            memcpy(kv->v[l] + at, vc + (size_t)t * kv_dim, rows);
+        }
+        kv->len[l] = c->cs[i].pos0 + c->cs[i].n;
+    }
+    int rc = attention(c, l, n);
     if (rc) return rc;
     matmul(c, &L->wo, c->att, n, c->x, dim);
     for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];
@@ -359,24 +386,56 @@ static int layer_forward(duet_ctx *c, duet_kv *kv, int l, float *h, int n, int p
 }
 
 int duet_forward(duet_ctx *c, duet_kv *kv, int a, int b, float *h, int n, int pos0, char *err, size_t errlen) {
+    duet_seg seg = {.kv = kv, .pos0 = pos0, .n = n};
+    return duet_forward_multi(c, a, b, h, &seg, 1, err, errlen);
+}
+
+int duet_forward_multi(duet_ctx *c, int a, int b, float *h, const duet_seg *seg, int n_seg, char *err,
+                       size_t errlen) {
     const duet_model *m = c->m;
-    if (a < 0 || b > m->cfg.n_layers || a > b || n < 0)
-        return err_set(err, errlen, DUET_EINVAL, "forward: layers %d:%d or batch %d out of range", a, b, n);
-    for (int l = a; l < b; l++) {
+    long total = 0;
+    if (a < 0 || b > m->cfg.n_layers || a > b || n_seg < 0)
+        return err_set(err, errlen, DUET_EINVAL, "forward: layers %d:%d or %d segments out of range", a, b, n_seg);
+    for (int l = a; l < b; l++)
         if (!duet_part_has_layer(&m->part, l))
             return err_set(err, errlen, DUET_EINVAL, "forward: layer %d is not held by this process", l);
-        if (kv->len[l] < 0) return err_set(err, errlen, DUET_EINVAL, "forward: the KV cache has no layer %d", l);
-        if (kv->len[l] != pos0)
-            return err_set(err, errlen, DUET_EINVAL, "forward: layer %d holds %d positions, not %d", l, kv->len[l], pos0);
-    }
-    if ((long)pos0 + n > kv->n_ctx)
-        return err_set(err, errlen, DUET_FULL, "forward: positions up to %d do not fit the %d-position context",
-                       pos0 + n, kv->n_ctx);
-    for (int t0 = 0; t0 < n; t0 += c->max_batch) {
-        int nb = n - t0 < c->max_batch ? n - t0 : c->max_batch;
-        rope_table(c, nb, pos0 + t0);
+    for (int i = 0; i < n_seg; i++) {
+        const duet_kv *kv = seg[i].kv;
+        int pos0 = seg[i].pos0, n = seg[i].n;
+        if (n < 0 || !kv) return err_set(err, errlen, DUET_EINVAL, "forward: batch %d (segment %d) out of range", n, i);
         for (int l = a; l < b; l++) {
-            int rc = layer_forward(c, kv, l, h + (size_t)t0 * m->cfg.dim, nb, pos0 + t0);
+            if (kv->len[l] < 0) return err_set(err, errlen, DUET_EINVAL, "forward: the KV cache has no layer %d", l);
+            if (kv->len[l] != pos0)
+                return err_set(err, errlen, DUET_EINVAL, "forward: layer %d holds %d positions, not %d", l, kv->len[l],
+                               pos0);
+        }
+        if ((long)pos0 + n > kv->n_ctx)
+            return err_set(err, errlen, DUET_FULL, "forward: positions up to %d do not fit the %d-position context",
+                           pos0 + n, kv->n_ctx);
+        for (int j = 0; j < i; j++) /* two segments of one cache would write the same positions */
+            if (seg[j].kv == kv && n && seg[j].n)
+                return err_set(err, errlen, DUET_EINVAL, "forward: segments %d and %d share one KV cache", j, i);
+        total += n;
+    }
+    /* chunks of max_batch rows; a segment may straddle two (its first rows then run every layer first) */
+    int si = 0, done = 0; /* segment si's first `done` rows are in earlier chunks */
+    for (long t0 = 0; t0 < total; t0 += c->max_batch) {
+        int nb = total - t0 < c->max_batch ? (int)(total - t0) : c->max_batch;
+        c->n_cs = 0;
+        for (int t = 0; t < nb;) {
+            while (seg[si].n == done) si++, done = 0;
+            int k = seg[si].n - done < nb - t ? seg[si].n - done : nb - t;
+            c->cs[c->n_cs++] = (duet_seg){.kv = seg[si].kv, .pos0 = seg[si].pos0 + done, .n = k};
+            for (int r = 0; r < k; r++) {
+                c->row_kv[t + r] = seg[si].kv;
+                c->row_pos[t + r] = seg[si].pos0 + done + r;
+            }
+            t += k;
+            done += k;
+        }
+        rope_table(c, nb);
+        for (int l = a; l < b; l++) {
+            int rc = layer_forward(c, l, h + (size_t)t0 * m->cfg.dim, nb);
             if (rc) return err_set(err, errlen, rc, "forward: out of memory");
         }
     }
