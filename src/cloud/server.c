@@ -17,6 +17,7 @@
 #include "base/clock.h"
 #include "base/err.h"
 #include "base/sha256.h"
+#include "cloud/sched.h"
 #include "cloud/session.h"
 #include "net/transport.h"
 
@@ -54,6 +55,8 @@ struct cloud_server {
     uint32_t next_session;
     server_stats st;
     transport_budget budget;   /* shared by every connection */
+    sched *q;                  /* NULL without batching */
+    atomic_ullong solo_steps;  /* forward passes of connections running their own (no batching) */
 };
 
 /* One connection's state, on its thread's stack. */
@@ -74,6 +77,8 @@ typedef struct serve {
     uint32_t cap;
     double t0;
     int failed;                /* ended by an error, counted in server_stats.errors */
+    sched_job job;             /* the session's work while the scheduler holds it */
+    int inflight;              /* job is submitted and may not be done */
     char end[FRAME_ERROR_TEXT_MAX + 64]; /* how the connection ended, for the log line */
 } serve;
 
@@ -88,6 +93,9 @@ server_opts server_opts_default(void) {
     o.handshake_timeout_ms = 5000;
     o.max_per_address = 16;
     o.memory_budget = (size_t)1 << 30;
+    o.step_rows = 256;
+    o.piece = 64;
+    o.max_queued = 4096;
     return o;
 }
 
@@ -283,6 +291,9 @@ static int open_session(serve *v, const frame_msg *m) {
     if (tokens_in ? !(embed && head) : embed || (o->mode != FRAME_MODE_HAT && !head))
         return fail(v, FRAME_E_STATE, "mode %s does not fit the part asked in HELLO (layers %u:%u%s%s)",
                     mode_name(o->mode), v->want.layer_a, v->want.layer_b, embed ? ",embed" : "", head ? ",head" : "");
+    if (s->q && sched_full(s->q))
+        return fail(v, FRAME_E_LIMIT, "the cloud's queue is full (%d positions waiting to run): try again later",
+                    s->o.max_queued);
     pthread_mutex_lock(&s->mu);
     int full = s->st.sessions_open >= (uint64_t)s->o.max_sessions;
     if (!full) {
@@ -375,6 +386,7 @@ static int stream(serve *v, const frame_request *q) {
         double t0 = clock_now_ms();
         int32_t id;
         float conf, logit;
+        atomic_fetch_add(&v->srv->solo_steps, 1);
         if ((rc = session_run(ss, e, sizeof e)) ||
             (rc = session_predict(ss, p - 1, &id, q->fields & FRAME_TOK_CONF ? &conf : NULL,
                                   q->fields & FRAME_TOK_LOGIT ? &logit : NULL, e, sizeof e)))
@@ -397,14 +409,112 @@ static int stream(serve *v, const frame_request *q) {
     return send_msg(v, &r);
 }
 
+/* ---- the same through the scheduler ---- */
+
+/* Hands the session's job to the scheduler: 0, or the stop answered. While it waits for room in the queue the
+ * connection is not read (backpressure). */
+static int submit(serve *v) {
+    if (sched_submit(v->srv->q, &v->job, &v->srv->stop)) return stop_session(v);
+    v->inflight = 1;
+    return 0;
+}
+
+/* Waits until the job is done: 0 (its rc says how it went), or the stop answered (the job dropped first). */
+static int await_job(serve *v) {
+    for (;;) {
+        uint32_t first;
+        int done;
+        sched_take(v->srv->q, &v->job, NULL, NULL, NULL, 0, &first, &done);
+        if (done) {
+            v->inflight = 0;
+            return 0;
+        }
+        if (atomic_load(&v->srv->stop)) {
+            sched_cancel(v->srv->q, &v->job);
+            v->inflight = 0;
+            return stop_session(v);
+        }
+        sched_wait(v->srv->q, &v->job, SLICE_MS);
+    }
+}
+
+static void job_for(serve *v, int kind, const frame_request *q) {
+    sched_job *j = &v->job;
+    j->s = v->s;
+    j->kind = kind;
+    j->pos = j->next = q->pos;
+    j->count = q->count;
+    j->n_ctx = session_ctx(v->s);
+    j->eos = v->srv->eos;
+    j->conf = (q->fields & FRAME_TOK_CONF) != 0;
+    j->logit = (q->fields & FRAME_TOK_LOGIT) != 0;
+    j->ids = v->ids;
+    j->confs = v->conf;
+    j->logits = v->logit;
+}
+
+/* STREAM through the scheduler: it makes the tokens (one per step, fed back), this thread sends them as they
+ * come and polls the connection between them, as stream() does. */
+static int stream_batched(serve *v, const frame_request *q) {
+    session *ss = v->s;
+    int rc;
+    if (!session_takes_tokens(ss) || !(v->want.part & FRAME_PART_HEAD))
+        return fail(v, FRAME_E_STATE, "STREAM needs a session holding the embedding and the head");
+    if (q->pos != (uint32_t)session_end(ss) || q->pos == 0)
+        return fail(v, FRAME_E_STATE, "STREAM from position %u: the session holds %d positions, so it must be %d",
+                    q->pos, session_end(ss), session_end(ss));
+    uint32_t end = q->pos;
+    if (q->count > 0 && q->pos < (uint32_t)session_ctx(ss)) {
+        job_for(v, SCHED_STREAM, q);
+        if ((rc = submit(v))) return rc;
+        double t0 = clock_now_ms();
+        for (;;) {
+            int32_t ids[SCHED_OUTBOX];
+            float conf[SCHED_OUTBOX], logit[SCHED_OUTBOX];
+            uint32_t first;
+            int done, k = sched_take(v->srv->q, &v->job, ids, conf, logit, SCHED_OUTBOX, &first, &done);
+            for (int i = 0; i < k; i++) {
+                frame_msg r = {.type = FRAME_TOKENS, .session = v->sid};
+                r.u.tokens = (frame_tokens){.pos0 = q->pos + first + (uint32_t)i, .n = 1, .fields = q->fields,
+                                            .compute_us = elapsed_us(t0), .ids = &ids[i], .conf = &conf[i],
+                                            .logit = &logit[i]};
+                if ((rc = send_msg(v, &r))) return rc;
+                v->tokens++;
+                t0 = clock_now_ms();
+            }
+            if (done) {
+                v->inflight = 0;
+                if (v->job.rc) return fail(v, v->job.rc, "%s", v->job.err);
+                end = v->job.next;
+                break;
+            }
+            if ((rc = stream_poll(v))) return rc; /* the job is dropped when the connection ends */
+            if (!k) sched_wait(v->srv->q, &v->job, SLICE_MS);
+        }
+    }
+    int32_t none = 0;
+    frame_msg r = {.type = FRAME_TOKENS, .session = v->sid};
+    r.u.tokens = (frame_tokens){.pos0 = end, .n = 0, .ids = &none};
+    return send_msg(v, &r);
+}
+
 static int request(serve *v, const frame_request *q) {
     session *ss = v->s;
+    cloud_server *s = v->srv;
     char e[512];
     int rc;
     if (q->kv_keep != FRAME_KEEP_ALL) session_truncate(ss, q->kv_keep);
-    if (q->want == FRAME_WANT_STREAM) return stream(v, q);
+    if (q->want == FRAME_WANT_STREAM) return s->q ? stream_batched(v, q) : stream(v, q);
     double t0 = clock_now_ms();
-    if ((rc = session_run(ss, e, sizeof e))) return fail(v, rc, "%s", e);
+    if (q->want == FRAME_WANT_TOKENS && (rc = reserve_tokens(v, q->count))) return rc;
+    if (s->q) {
+        job_for(v, q->want == FRAME_WANT_TOKENS ? SCHED_TOKENS : SCHED_RUN, q);
+        if ((rc = submit(v)) || (rc = await_job(v))) return rc;
+        if (v->job.rc) return fail(v, v->job.rc, "%s", v->job.err);
+    } else {
+        atomic_fetch_add(&s->solo_steps, 1);
+        if ((rc = session_run(ss, e, sizeof e))) return fail(v, rc, "%s", e);
+    }
     frame_msg r = {.session = v->sid};
     if (q->want == FRAME_WANT_HIDDEN) {
         const float *rows;
@@ -419,8 +529,7 @@ static int request(serve *v, const frame_request *q) {
                                 .compute_us = elapsed_us(t0), .x = rows};
         return send_msg(v, &r);
     }
-    if ((rc = reserve_tokens(v, q->count))) return rc;
-    for (uint32_t i = 0; i < q->count; i++)
+    for (uint32_t i = 0; i < q->count && !s->q; i++)
         if ((rc = session_predict(ss, q->pos + i, &v->ids[i], q->fields & FRAME_TOK_CONF ? &v->conf[i] : NULL,
                                   q->fields & FRAME_TOK_LOGIT ? &v->logit[i] : NULL, e, sizeof e)))
             return fail(v, rc, "TOKENS: %s", e);
@@ -534,6 +643,7 @@ static void *conn_main(void *arg) {
 
     transport_stats ts;
     transport_stats_get(v.t, &ts);
+    if (v.inflight) sched_cancel(s->q, &v.job); /* the session is the scheduler's until it lets go */
     session_counters sc = {0, 0};
     if (v.s) session_counters_get(v.s, &sc);
     session_free(v.s);
@@ -601,7 +711,12 @@ cloud_server *server_init(duet_model *m, const server_opts *o, char *err, size_t
     s->eos = tok ? duet_tokenizer_eos(tok) : -1;
     s->fingerprint = duet_model_fingerprint(m);
     pthread_mutex_init(&s->mu, NULL);
+    if (s->o.step_rows <= 0) s->o.step_rows = 256;
+    if (s->o.piece <= 0) s->o.piece = 64;
+    if (s->o.max_queued <= 0) s->o.max_queued = 4096;
+    sched_opts so = {.step_rows = s->o.step_rows, .piece = s->o.piece, .max_queued = s->o.max_queued};
     if (!(s->pool = duet_pool_init(s->o.threads, err, errlen)) ||
+        (!s->o.no_batching && !(s->q = sched_init(m, s->pool, &so, err, errlen))) ||
         !(s->l = transport_listen(s->o.host, s->o.port, err, errlen))) {
         server_free(s);
         return NULL;
@@ -759,6 +874,21 @@ void server_stats_get(cloud_server *s, server_stats *out) {
     pthread_mutex_lock(&s->mu);
     *out = s->st;
     pthread_mutex_unlock(&s->mu);
+    out->steps = atomic_load(&s->solo_steps);
+    if (s->q) {
+        sched_stats q;
+        sched_stats_get(s->q, &q);
+        out->steps += q.steps;
+        out->backpressure = q.backpressure;
+        out->step_rows_max = q.step_rows_max;
+        out->step_jobs_max = q.step_jobs_max;
+        out->queued_jobs = q.queued_jobs;
+        out->queued_positions = q.queued_positions;
+    }
+}
+
+void server_pause(cloud_server *s, int paused) {
+    if (s->q) sched_pause(s->q, paused != 0);
 }
 
 void server_free(cloud_server *s) {
@@ -767,6 +897,7 @@ void server_free(cloud_server *s) {
     if (s->started) pthread_join(s->thread, NULL);
     reap(s, 1); /* connections of a server_run that the caller ran and left */
     transport_listener_free(s->l);
+    sched_free(s->q); /* after every connection: none holds a job any more */
     duet_pool_free(s->pool);
     pthread_mutex_destroy(&s->mu);
     free(s);

@@ -1,9 +1,10 @@
 /* server.h: the cloud: serves many devices at once, each connection one session with its own KV cache for
  * the layers this process holds and its own context manager (hidden states uploaded but not yet run).
  *
- * Threads: one thread per connection, so a slow or stalled device only ever blocks its own thread; compute
- * goes through one shared duet_pool (sessions take turns per forward call), each connection has its own
- * duet_ctx. Ownership: the model is the caller's and must outlive the server; server_free stops and frees
+ * Threads: one thread per connection parses, checks and answers, so a slow or stalled device only ever blocks
+ * its own thread; one scheduler thread (sched.h) runs the compute of every session together, in steps, on the
+ * shared duet_pool. With no_batching each connection runs its own forward passes with its own duet_ctx and
+ * the sessions take turns on the pool per forward call. Ownership: the model is the caller's and must outlive the server; server_free stops and frees
  * everything else. Library code: the server never prints; it hands one line per session to opts.log. */
 #ifndef DUET_CLOUD_SERVER_H
 #define DUET_CLOUD_SERVER_H
@@ -29,6 +30,12 @@ typedef struct server_opts {
     struct transport_tls *tls; /* TLS 1.3 on every connection (transport_tls_server), or NULL: plain TCP */
     const uint8_t *token;      /* shared secret every device must send in AUTH before HELLO, or NULL */
     size_t token_len;          /* 1..FRAME_AUTH_MAX */
+    int no_batching;           /* 1: each connection runs its own forward passes, taking turns on the pool (the
+                                * baseline); 0: one scheduler batches every session's work (sched.h) */
+    int step_rows;             /* positions per scheduler step, all sessions together (default 256) */
+    int piece;                 /* positions of one prefill per step (default 64) */
+    int max_queued;            /* positions queued before REQUESTs wait (backpressure) and OPEN gets ERROR LIMIT
+                                * (default 4096) */
     void (*log)(void *arg, const char *line); /* one line per session at its end, and errors; NULL: silent */
     void *log_arg;
 } server_opts;
@@ -41,6 +48,11 @@ typedef struct server_stats {
     uint64_t bytes_up, bytes_down;
     uint64_t errors;                   /* connections ended by an error (bad frames, limits, timeouts) */
     double compute_ms;
+    uint64_t steps;                    /* forward passes: scheduler steps, or (no batching) one per request or
+                                        * streamed token */
+    uint64_t backpressure;             /* REQUESTs that waited for room in the queue */
+    int step_rows_max, step_jobs_max;  /* the largest step: positions, sessions */
+    int queued_jobs, queued_positions; /* now */
 } server_stats;
 
 typedef struct cloud_server cloud_server;
@@ -59,6 +71,8 @@ int server_start(cloud_server *s, char *err, size_t errlen);
  * Async-signal-safe (sets an atomic flag). */
 void server_stop(cloud_server *s);
 void server_stats_get(cloud_server *s, server_stats *out);
+/* For tests: the scheduler starts no step while paused (no-op without batching). */
+void server_pause(cloud_server *s, int paused);
 /* Stops if running, joins every thread, frees every session. */
 void server_free(cloud_server *s);
 

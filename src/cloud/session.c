@@ -17,9 +17,11 @@
 
 struct session {
     session_params p;
+    const duet_model *m;
+    duet_pool *pool;
     int a, b, dim, vocab;
     duet_kv *kv;
-    duet_ctx *ctx;
+    duet_ctx *ctx;         /* made on first use: sessions run by a scheduler never need their own */
     duet_sampler *smp;     /* NULL without head */
     float *logits;         /* [vocab], NULL without head */
     float *h;              /* [cap][dim] pending rows, then the output rows of the last batch */
@@ -28,6 +30,7 @@ struct session {
     int run_len;           /* positions in the KV cache */
     int n_pend;            /* pending positions run_len..run_len+n_pend-1 */
     int out_pos0, out_n;   /* h holds the outputs of positions out_pos0..out_pos0+out_n-1 */
+    int running;           /* a batch is running in pieces: its pending input starts at row out_n, not 0 */
     session_counters cnt;
 };
 
@@ -44,8 +47,9 @@ session *session_init(const duet_model *m, duet_pool *pool, const session_params
     s->dim = c->dim;
     s->vocab = c->vocab_size;
     char e[256] = "";
-    int ok = (s->kv = duet_kv_init(m, &p->part, p->n_ctx, e, sizeof e)) &&
-             (s->ctx = duet_ctx_init(m, CTX_BATCH, pool, e, sizeof e));
+    s->m = m;
+    s->pool = pool;
+    int ok = (s->kv = duet_kv_init(m, &p->part, p->n_ctx, e, sizeof e)) != NULL;
     if (ok && p->part.head) {
         ok = (s->smp = duet_sampler_init(&p->sampling, c->vocab_size, e, sizeof e)) &&
              (s->logits = malloc(sizeof(float) * (size_t)c->vocab_size));
@@ -181,12 +185,20 @@ void session_truncate(session *s, uint32_t n) {
     if (keep < s->out_n) s->out_n = keep < 0 ? 0 : keep;
 }
 
+static int own_ctx(session *s, char *err, size_t errlen) {
+    char e[256];
+    if (!s->ctx && !(s->ctx = duet_ctx_init(s->m, CTX_BATCH, s->pool, e, sizeof e)))
+        return err_set(err, errlen, FRAME_E_INTERNAL, "session: %s", e);
+    return 0;
+}
+
 int session_run(session *s, char *err, size_t errlen) {
     int n = s->n_pend;
     if (n == 0) return 0;
     double t0 = clock_now_ms();
     char e[256];
-    int rc = 0;
+    int rc = own_ctx(s, err, errlen);
+    if (rc) return rc;
     if (s->p.part.embed) {
         s->out_n = 0;
         if ((rc = reserve(s, n, err, errlen))) return rc;
@@ -219,28 +231,84 @@ int session_rows(const session *s, uint32_t pos, uint32_t n, const float **rows,
     return 0;
 }
 
-int session_predict(session *s, uint32_t pos, int32_t *id, float *conf, float *logit, char *err, size_t errlen) {
+int session_head_row(const session *s, uint32_t pos, const float **row, char *err, size_t errlen) {
     if (!s->p.part.head)
         return err_set(err, errlen, FRAME_E_STATE, "this session ends at layer %d without the head: no tokens", s->b);
+    return session_rows(s, pos, 1, row, err, errlen);
+}
+
+int32_t session_sample(session *s, float *logits, float *conf, float *logit) {
+    if (conf || logit) { /* from the raw logits, before the sampler's temperature and filters overwrite them */
+        float top = logits[0];
+        for (int i = 1; i < s->vocab; i++)
+            if (logits[i] > top) top = logits[i];
+        if (logit) *logit = top;
+        if (conf) {
+            double sum = 0;
+            for (int i = 0; i < s->vocab; i++) sum += exp((double)(logits[i] - top));
+            *conf = (float)(1.0 / sum);
+        }
+    }
+    return duet_sample(s->smp, logits);
+}
+
+int session_predict(session *s, uint32_t pos, int32_t *id, float *conf, float *logit, char *err, size_t errlen) {
     const float *row;
-    int rc = session_rows(s, pos, 1, &row, err, errlen);
-    if (rc) return rc;
+    int rc = session_head_row(s, pos, &row, err, errlen);
+    if (rc || (rc = own_ctx(s, err, errlen))) return rc;
     double t0 = clock_now_ms();
     char e[256];
     if (duet_head(s->ctx, row, 1, s->logits, e, sizeof e))
         return err_set(err, errlen, FRAME_E_INTERNAL, "session: %s", e);
-    if (conf || logit) { /* from the raw logits, before the sampler's temperature and filters overwrite them */
-        float top = s->logits[0];
-        for (int i = 1; i < s->vocab; i++)
-            if (s->logits[i] > top) top = s->logits[i];
-        if (logit) *logit = top;
-        if (conf) {
-            double sum = 0;
-            for (int i = 0; i < s->vocab; i++) sum += exp((double)(s->logits[i] - top));
-            *conf = (float)(1.0 / sum);
-        }
-    }
-    *id = duet_sample(s->smp, s->logits);
+    *id = session_sample(s, s->logits, conf, logit);
     s->cnt.compute_ms += clock_now_ms() - t0;
     return 0;
+}
+
+/* ---- a batch in pieces, for a scheduler ---- */
+
+int session_pending(const session *s) {
+    return s->n_pend;
+}
+
+void session_span(const session *s, int *a, int *b) {
+    *a = s->a;
+    *b = s->b;
+}
+
+int session_piece_in(session *s, duet_ctx *c, int k, float *h, duet_seg *seg, char *err, size_t errlen) {
+    if (k <= 0 || k > s->n_pend)
+        return err_set(err, errlen, FRAME_E_INTERNAL, "session: a piece of %d of %d pending positions", k, s->n_pend);
+    if (!s->running) { /* the batch's first piece: its outputs replace the last batch's */
+        s->out_pos0 = s->run_len;
+        s->out_n = 0;
+        if (s->p.part.embed) {
+            int rc = reserve(s, s->n_pend, err, errlen);
+            if (rc) return rc;
+        }
+        s->running = 1;
+    }
+    char e[256];
+    if (s->p.part.embed) {
+        if (duet_embed(c, s->ids + s->out_n, k, h, e, sizeof e))
+            return err_set(err, errlen, FRAME_E_INTERNAL, "session: %s", e);
+    } else {
+        memcpy(h, s->h + (size_t)s->out_n * s->dim, sizeof(float) * (size_t)k * s->dim);
+    }
+    *seg = (duet_seg){.kv = s->kv, .pos0 = s->run_len, .n = k};
+    return 0;
+}
+
+void session_piece_out(session *s, int k, const float *out, double ms) {
+    memcpy(s->h + (size_t)s->out_n * s->dim, out, sizeof(float) * (size_t)k * s->dim);
+    s->out_n += k;
+    s->run_len += k;
+    s->n_pend -= k;
+    if (s->n_pend == 0) s->running = 0;
+    s->cnt.positions += (uint64_t)k;
+    s->cnt.compute_ms += ms;
+}
+
+void session_add_ms(session *s, double ms) {
+    s->cnt.compute_ms += ms;
 }

@@ -5,7 +5,8 @@
  *
  * Errors are enum frame_err codes (BOUNDS, LIMIT, STATE; INTERNAL for an engine failure), so the server can
  * put them in an ERROR frame as they are. Ownership: a session belongs to the one connection thread that made
- * it; the model and pool are the caller's and must outlive it. */
+ * it (or, while a scheduler runs a job of it, to the scheduler); the model and pool are the caller's and must
+ * outlive it. */
 #ifndef DUET_CLOUD_SESSION_H
 #define DUET_CLOUD_SESSION_H
 
@@ -53,5 +54,22 @@ int session_rows(const session *s, uint32_t pos, uint32_t n, const float **rows,
 /* Head and sampler on the output row of position pos: the token that follows it, and where not NULL the
  * maximum softmax probability (conf) and the top logit of the raw logits. */
 int session_predict(session *s, uint32_t pos, int32_t *id, float *conf, float *logit, char *err, size_t errlen);
+
+/* The row of position pos the head reads (head held, pos in the last batch run), as session_predict checks. */
+int session_head_row(const session *s, uint32_t pos, const float **row, char *err, size_t errlen);
+/* The sampler on logits[vocab] computed elsewhere (overwritten); conf and logit as session_predict. */
+int32_t session_sample(session *s, float *logits, float *conf, float *logit);
+
+/* A batch run in pieces by a scheduler that puts several sessions in one forward pass (sched.h). Between the
+ * first piece and the last, nothing else may change the session. */
+int session_pending(const session *s);
+void session_span(const session *s, int *a, int *b);
+/* The inputs of the next k <= session_pending positions into h[k][dim] (token ids embedded with c), and the
+ * segment of the session's cache they run as (duet_forward_multi). */
+int session_piece_in(session *s, duet_ctx *c, int k, float *h, duet_seg *seg, char *err, size_t errlen);
+/* Takes back the piece's outputs out[k][dim]: the positions are run; once none is pending the whole batch is
+ * the last batch run (session_rows). ms: compute time charged to the session. */
+void session_piece_out(session *s, int k, const float *out, double ms);
+void session_add_ms(session *s, double ms);
 
 #endif
