@@ -41,6 +41,14 @@ static const char *USAGE =
     "                           it (AUTH) before HELLO, else it is refused before it learns anything about\n"
     "                           the model; compared in constant time. Use it with TLS: plain TCP carries it\n"
     "                           in clear\n"
+    "      --no-batching        each connection runs its own forward passes, taking turns on the threads\n"
+    "                           (the old behaviour, a baseline for make bench-cloud). By default one scheduler\n"
+    "                           runs every session's pending work together, one batch per step\n"
+    "      --step-rows N        positions one step runs, all sessions together (default 256)\n"
+    "      --piece N            positions of one prompt per step: a longer prefill runs in pieces beside the\n"
+    "                           streams (default 64)\n"
+    "      --max-queued N       positions waiting to run, all sessions; past it a REQUEST waits unread (the\n"
+    "                           device's sends back up) and OPEN gets ERROR LIMIT (default 4096)\n"
     "      --mmap               read the weights in place from the mapped file instead of copying them into\n"
     "                           memory first: starts faster, may decode slower\n"
     "Also bounded (docs/PROTOCOL.md section 14 lists every limit): a whole frame must arrive within\n"
@@ -79,6 +87,9 @@ int cmd_cloud(int argc, char **argv) {
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             quiet = 1;
             continue;
+        } else if (!strcmp(a, "--no-batching")) {
+            o.no_batching = 1;
+            continue;
         } else if (!strcmp(a, "--mmap")) {
             load_flags |= DUET_LOAD_MMAP;
             continue;
@@ -86,7 +97,7 @@ int cmd_cloud(int argc, char **argv) {
         static const char *valued[] = {"-m", "--model", "--layers", "--host", "-p", "--port", "-t", "--threads",
                                        "--max-sessions", "--max-frame", "--max-pending", "--max-ctx", "--idle-timeout",
                                        "--handshake-timeout", "--max-per-address", "--memory-budget", "--tls-cert",
-                                       "--tls-key", "--token-file"};
+                                       "--tls-key", "--token-file", "--step-rows", "--piece", "--max-queued"};
         int known = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) known |= !strcmp(a, valued[k]);
         if (!known) {
@@ -108,6 +119,9 @@ int cmd_cloud(int argc, char **argv) {
         else if (!strcmp(a, "--max-ctx")) bad = args_int("cloud", a, v, 1, 1 << 24, &o.max_ctx);
         else if (!strcmp(a, "--idle-timeout")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.idle_timeout_ms);
         else if (!strcmp(a, "--handshake-timeout")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.handshake_timeout_ms);
+        else if (!strcmp(a, "--step-rows")) bad = args_int("cloud", a, v, 2, 65536, &o.step_rows);
+        else if (!strcmp(a, "--piece")) bad = args_int("cloud", a, v, 1, 65536, &o.piece);
+        else if (!strcmp(a, "--max-queued")) bad = args_int("cloud", a, v, 1, 1 << 30, &o.max_queued);
         else if (!strcmp(a, "--max-per-address")) bad = args_int("cloud", a, v, 1, 1 << 16, &o.max_per_address);
         else if (!(bad = args_u64("cloud", a, v, &u)) && (u == 0 || (!strcmp(a, "--max-frame") && u > UINT32_MAX))) {
             fprintf(stderr, "duet cloud: %s '%s' must be between 1 and %s\n", a, v,
@@ -180,10 +194,10 @@ int cmd_cloud(int argc, char **argv) {
     server_stats st;
     server_stats_get(s, &st);
     printf("duet cloud: stopped: %llu sessions, %llu tokens, %llu positions, up %llu B, down %llu B, "
-           "cloud compute %.1f ms, %llu errors\n",
+           "cloud compute %.1f ms, %llu errors, %llu forward steps (largest: %d positions of %d sessions)\n",
            (unsigned long long)st.sessions_total, (unsigned long long)st.tokens, (unsigned long long)st.positions,
            (unsigned long long)st.bytes_up, (unsigned long long)st.bytes_down, st.compute_ms,
-           (unsigned long long)st.errors);
+           (unsigned long long)st.errors, (unsigned long long)st.steps, st.step_rows_max, st.step_jobs_max);
     g_server = NULL;
     server_free(s);
     s = NULL;

@@ -410,15 +410,18 @@ int sched_submit(sched *q, sched_job *j, const atomic_int *stop) {
     pthread_mutex_lock(&q->mu);
     while (q->queued > 0 && q->queued + rows > q->o.max_queued) {
         if ((stop && atomic_load(stop)) || q->quit) {
+            q->st.waiting -= waited;
             pthread_mutex_unlock(&q->mu);
             return 1;
         }
+        if (!waited) q->st.waiting++;
         waited = 1;
         struct timespec ts;
         deadline_in(&ts, WAIT_SLICE_MS);
         pthread_cond_timedwait(&q->done_cv, &q->mu, &ts);
     }
     q->st.backpressure += (uint64_t)waited;
+    q->st.waiting -= waited;
     j->seq = ++q->seq;
     j->served = q->step; /* behind every job already waiting */
     *q->last = j;

@@ -72,6 +72,7 @@ typedef struct sched_stats {
     int queued_jobs, queued_positions;
     int step_rows_max, step_jobs_max; /* largest step so far: positions, jobs */
     uint64_t backpressure;   /* submits that had to wait for the queue */
+    int waiting;             /* submits waiting now */
 } sched_stats;
 
 typedef struct sched sched;

@@ -875,6 +875,7 @@ void server_stats_get(cloud_server *s, server_stats *out) {
     *out = s->st;
     pthread_mutex_unlock(&s->mu);
     out->steps = atomic_load(&s->solo_steps);
+    out->memory_used = atomic_load(&s->budget.used);
     if (s->q) {
         sched_stats q;
         sched_stats_get(s->q, &q);
@@ -884,6 +885,7 @@ void server_stats_get(cloud_server *s, server_stats *out) {
         out->step_jobs_max = q.step_jobs_max;
         out->queued_jobs = q.queued_jobs;
         out->queued_positions = q.queued_positions;
+        out->waiting = q.waiting;
     }
 }
 

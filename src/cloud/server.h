@@ -53,6 +53,8 @@ typedef struct server_stats {
     uint64_t backpressure;             /* REQUESTs that waited for room in the queue */
     int step_rows_max, step_jobs_max;  /* the largest step: positions, sessions */
     int queued_jobs, queued_positions; /* now */
+    int waiting;                       /* REQUESTs waiting for room now (their connections unread) */
+    size_t memory_used;                /* of memory_budget, now: 0 when no connection holds anything */
 } server_stats;
 
 typedef struct cloud_server cloud_server;
