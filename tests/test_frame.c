@@ -32,7 +32,7 @@ TEST(test_frame_header_bytes) {
     frame_header h = {FRAME_MAGIC, FRAME_VERSION, FRAME_REQUEST, 0, 0x01020304u, 0xa0b0c0d0u, 16};
     uint8_t b[FRAME_HEADER_SIZE];
     frame_header_encode(&h, b);
-    static const uint8_t want[FRAME_HEADER_SIZE] = {'D', 'U', 'E', 'T', 1, 0, 9, 0, 4, 3,
+    static const uint8_t want[FRAME_HEADER_SIZE] = {'D', 'U', 'E', 'T', 2, 0, 9, 0, 4, 3,
                                                     2,   1,   0xd0, 0xc0, 0xb0, 0xa0, 16, 0, 0, 0};
     CHECK(memcmp(b, want, sizeof want) == 0);
     frame_header g;
@@ -45,7 +45,7 @@ TEST(test_frame_fixed_types_roundtrip) {
     frame_msg m = {.type = FRAME_HELLO, .session = 0}, o;
     m.u.hello = (frame_hello){.fingerprint = 0x1122334455667788ull,
                               .link = {20000000, 50000000, 40000, 5000, LINK_JITTER_NORMAL, 99},
-                              .dim = 2048, .layer_a = 3, .layer_b = 19, .version = 1,
+                              .dim = 2048, .layer_a = 3, .layer_b = 19, .version = FRAME_VERSION,
                               .part = FRAME_PART_HEAD, .encodings = FRAME_ENC_ALL};
     size_t n;
     REQUIRE(roundtrip(&m, &o, &n) == 0);
@@ -54,7 +54,7 @@ TEST(test_frame_fixed_types_roundtrip) {
     /* the layout of docs/PROTOCOL.md: fingerprint first, dim at 40, version at 52 */
     CHECK(buf[20] == 0x88 && buf[27] == 0x11);
     CHECK(buf[20 + 40] == 0x00 && buf[20 + 41] == 0x08);
-    CHECK(buf[20 + 52] == 1 && buf[20 + 54] == FRAME_PART_HEAD && buf[20 + 55] == 7);
+    CHECK(buf[20 + 52] == FRAME_VERSION && buf[20 + 54] == FRAME_PART_HEAD && buf[20 + 55] == 7);
 
     m = (frame_msg){.type = FRAME_OPEN};
     m.u.open = (frame_open){.seed = 77, .n_ctx = 512, .mode = FRAME_MODE_EE, .temperature = 0.7f, .top_p = 0.9f,
@@ -258,8 +258,19 @@ TEST(test_frame_bad_header) {
     buf[0] = 'X';
     EXPECT_DECODE(n, FRAME_E_MAGIC, "bad magic");
     n = make(&m);
-    buf[4] = 2;
-    EXPECT_DECODE(n, FRAME_E_VERSION, "peer speaks protocol version 2");
+    buf[4] = 1; /* version 1 (before AUTH and batching): refused with a message naming both versions */
+    EXPECT_DECODE(n, FRAME_E_VERSION, "peer speaks protocol version 1, this build speaks 2");
+    n = make(&m);
+    buf[4] = 3;
+    EXPECT_DECODE(n, FRAME_E_VERSION, "peer speaks protocol version 3");
+    m = (frame_msg){.type = FRAME_ERROR}; /* except an ERROR in version-1 framing: an old peer's refusal */
+    frame_error_msg(&m, 0, FRAME_E_VERSION, "frame: peer speaks protocol version 2, this build speaks 1");
+    n = make(&m);
+    buf[4] = 1;
+    frame_header hv;
+    frame_limits lv = frame_limits_default();
+    CHECK_EQ_INT(frame_header_decode(buf, n, &lv, &hv, NULL, 0), 0);
+    m = (frame_msg){.type = FRAME_CLOSE};
     n = make(&m);
     buf[6] = 0;
     EXPECT_DECODE(n, FRAME_E_TYPE, "unknown message type 0");
@@ -366,7 +377,7 @@ TEST(test_frame_bad_payloads) {
     EXPECT_DECODE(n, FRAME_E_VALUE, "reserved 0x1");
 
     m = (frame_msg){.type = FRAME_HELLO};
-    m.u.hello = (frame_hello){.dim = 64, .layer_a = 0, .layer_b = 5, .version = 1, .encodings = 1};
+    m.u.hello = (frame_hello){.dim = 64, .layer_a = 0, .layer_b = 5, .version = FRAME_VERSION, .encodings = 1};
     n = make(&m);
     put32le(p + 44, 6);
     EXPECT_DECODE(n, FRAME_E_VALUE, "[6,5) is not a range");

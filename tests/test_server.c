@@ -518,7 +518,7 @@ TEST(test_server_bad_version) {
     uint8_t buf[256];
     size_t len = hello_bytes(&f, buf, sizeof buf);
     REQUIRE(len > FRAME_HEADER_SIZE);
-    buf[4] = 2; /* header version, little-endian u16 at offset 4; only the header is sent: the server reads no more */
+    buf[4] = 1; /* an older header version, little-endian u16 at offset 4; only the header is sent: the server reads no more */
     CHECK_EQ_INT(raw_exchange(&f, buf, FRAME_HEADER_SIZE, 0), FRAME_E_VERSION);
     CHECK(fx_log_has(&f, "ended: error: bad version", NULL));
     good_finish(&g, __LINE__);

@@ -206,9 +206,10 @@ int frame_header_decode(const uint8_t *buf, size_t len, const frame_limits *lim,
     if (h.magic != FRAME_MAGIC)
         return err_set(err, errlen, FRAME_E_MAGIC, "frame: bad magic %02x %02x %02x %02x (not a duet peer)", buf[0],
                        buf[1], buf[2], buf[3]);
-    if (h.version != FRAME_VERSION)
-        return err_set(err, errlen, FRAME_E_VERSION, "frame: peer speaks protocol version %u, this build speaks %d",
-                       h.version, FRAME_VERSION);
+    /* an ERROR keeps its version-1 layout in every version, so an older peer's refusal can still be read */
+    if (h.version != FRAME_VERSION && !(h.version == 1 && h.type == FRAME_ERROR))
+        return err_set(err, errlen, FRAME_E_VERSION, "frame: peer speaks protocol version %u, this build speaks %d: "
+                       "run the same duet release on the device and the cloud", h.version, FRAME_VERSION);
     if (h.type < 1 || h.type > FRAME_TYPE_MAX)
         return err_set(err, errlen, FRAME_E_TYPE, "frame: unknown message type %u", h.type);
     if (h.flags)
@@ -432,7 +433,8 @@ static int hello_decode(const uint8_t *p, frame_hello *h, char *err, size_t errl
     h->part = *p++;
     h->encodings = *p;
     if (h->version < FRAME_VERSION)
-        return err_set(err, errlen, FRAME_E_VALUE, "frame: HELLO announces protocol version %u", h->version);
+        return err_set(err, errlen, FRAME_E_VALUE, "frame: HELLO announces protocol version %u, below this build's %d",
+                       h->version, FRAME_VERSION);
     if (h->layer_a > h->layer_b || h->layer_b > 65536)
         return err_set(err, errlen, FRAME_E_VALUE, "frame: HELLO layer range [%u,%u) is not a range", h->layer_a,
                        h->layer_b);

@@ -19,7 +19,11 @@
 #include "net/link.h"
 
 #define FRAME_MAGIC 0x54455544u /* the bytes "DUET" */
-#define FRAME_VERSION 1
+/* 1: the first. 2: AUTH (type 14) and FRAME_E_SHUTDOWN (-116), which came to 1 unannounced, are now part of
+ * the version, and a cloud may answer a request later than in 1 (it batches sessions): no layout changed,
+ * but 1 and 2 do not talk (a header of the other version is refused with FRAME_E_VERSION); an ERROR in
+ * version-1 framing is still read, so an old cloud's refusal reaches a new device. */
+#define FRAME_VERSION 2
 #define FRAME_HEADER_SIZE 20
 #define FRAME_MAX_PAYLOAD_DEFAULT (64u << 20)
 #define FRAME_ERROR_TEXT_MAX 1024
