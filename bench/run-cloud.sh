@@ -1,24 +1,30 @@
 #!/bin/sh
-# make bench-cloud: cloud throughput (tokens/s over all sessions) and per-token latency p50/p99 for 1, 2, 4, 8, 16
-# and 32 devices at once, split mode against one in-process cloud on loopback, on the mid synthetic shape (q8_0).
-# Narrow or widen it with DEVICES="1,4,16" TOKENS=32 PROMPT=32 SPLIT=1 CLOUD_THREADS=1 LAYERS=8 (a smaller copy
-# of the shape, generated once). About a minute on 2 cores with the defaults. JSON lines go to
-# $BUILD/bench-cloud.jsonl. TLS=1 serves TLS 1.3 with a certificate made here by the openssl CLI (TLS=both runs
-# every device count plain and TLS alternately, for the comparison: wire bytes and time per token).
+# make bench-cloud: one cloud serving 1, 2, 4, 8, 16 and 32 devices at once, each generating TOKENS tokens after a
+# PROMPT-token prompt: the cloud's throughput (tokens/s over all sessions) and the per-token latency p50/p99 the
+# devices see, with the cloud's scheduler batching the sessions and without (--no-batching), measured alternately
+# at each device count; split mode (split at layer 1) and cloud mode; on the synthetic shapes of SHAPES (default
+# mid F32 and TinyLlama Q8_0, generated into bench/models once). Next to llama.cpp's llama-batched-bench on the same
+# shapes (bench/llamacpp-reference.md) as a ratio, in $BUILD/bench-cloud.md, with a plot
+# ($BUILD/bench-cloud.png). JSON lines go to $BUILD/bench-cloud.jsonl.
+# Knobs: DEVICES="1,4,16" TOKENS=16 PROMPT=16 MODES=split,cloud BATCHING=both|on|off SPLIT=1 CLOUD_THREADS=2
+# SHAPES="mid:f32 tinyllama:q8_0" LAYERS=N (a smaller copy of each shape: no llama.cpp ratio then).
+# TLS=1 serves TLS 1.3 with a certificate made here by the openssl CLI (TLS=both runs every device count plain and
+# TLS alternately, for the comparison: wire bytes and time per token).
 set -eu
 BUILD=${1:-build}
 DEVICES=${DEVICES:-"1,2,4,8,16,32"}
-TOKENS=${TOKENS:-32}
-PROMPT=${PROMPT:-32}
+TOKENS=${TOKENS:-16}
+PROMPT=${PROMPT:-16}
 SPLIT=${SPLIT:-1}
-CLOUD_THREADS=${CLOUD_THREADS:-1}
+CLOUD_THREADS=${CLOUD_THREADS:-2}
+MODES=${MODES:-split,cloud}
+BATCHING=${BATCHING:-both}
+SHAPES=${SHAPES:-"mid:f32 tinyllama:q8_0"}
 LAYERS=${LAYERS:-}
 DIR=${DUET_BENCH_DIR:-bench/models}
 TLS=${TLS:-0}
 OUT=$BUILD/bench-cloud.jsonl
 mkdir -p "$DIR"
-f="$DIR/mid-q8_0${LAYERS:+-l$LAYERS}.gguf"
-[ -f "$f" ] || "$BUILD/duet" synth --shape mid --type q8_0 ${LAYERS:+--layers "$LAYERS"} -o "$f"
 echo "duet cloud benchmark: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores (devices and cloud share them)"
 tlsdir=$BUILD/bench-tls
 if [ "$TLS" != 0 ] && [ ! -f "$tlsdir/srv.crt" ]; then
@@ -31,10 +37,66 @@ if [ "$TLS" != 0 ] && [ ! -f "$tlsdir/srv.crt" ]; then
         -out "$tlsdir/srv.crt" -days 30 -extfile "$tlsdir/ext" 2>/dev/null
 fi
 : > "$OUT"
-run() { "$BUILD/bench/bench_cloud" "$f" -d "$1" -n "$TOKENS" -p "$PROMPT" --split "$SPLIT" -t "$CLOUD_THREADS" $2 >> "$OUT"; }
-case $TLS in
-0) run "$DEVICES" "" ;;
-both) for d in $(echo "$DEVICES" | tr , ' '); do run "$d" ""; run "$d" "--tls $tlsdir"; done ;;
-*) run "$DEVICES" "--tls $tlsdir" ;;
-esac
+for st in $SHAPES; do
+    shape=${st%%:*} type=${st#*:}
+    f="$DIR/$shape-$type${LAYERS:+-l$LAYERS}.gguf"
+    [ -f "$f" ] || "$BUILD/duet" synth --shape "$shape" --type "$type" ${LAYERS:+--layers "$LAYERS"} -o "$f"
+    run() { "$BUILD/bench/bench_cloud" "$f" -d "$1" -n "$TOKENS" -p "$PROMPT" --split "$SPLIT" -t "$CLOUD_THREADS" \
+                --modes "$MODES" --batching "$BATCHING" $2 >> "$OUT"; }
+    case $TLS in
+    0) run "$DEVICES" "" ;;
+    both) for d in $(echo "$DEVICES" | tr , ' '); do run "$d" ""; run "$d" "--tls $tlsdir"; done ;;
+    *) run "$DEVICES" "--tls $tlsdir" ;;
+    esac
+done
 echo "results: $OUT"
+[ "$TLS" = 0 ] || exit 0
+
+# The table: per shape, mode and device count, batching on and off; speedup over one device (batching on); the
+# p99 over one device's; llama.cpp's S_TG at the same B and duet's tokens/s over it (full shapes only).
+MD=$BUILD/bench-cloud.md
+awk -v layers="$LAYERS" '
+FNR == 1 { file++ }
+file == 1 && /^\| .*S_TG t\/s \| / {   # llama-batched-bench rows: | label | model | B=1 | 2 | ... |
+    n = split($0, c, "|"); key = c[3]; gsub(/ /, "", key)
+    for (i = 4; i < n; i++) { v = c[i]; gsub(/ /, "", v); ref[key, 2 ^ (i - 4)] = v }
+    next
+}
+file == 2 {
+    if (!match($0, /"model":"[^"]*"/)) next
+    m = substr($0, RSTART + 9, RLENGTH - 10); sub(/.*\//, "", m); sub(/\.gguf$/, "", m)
+    mode = $0; sub(/.*"mode":"/, "", mode); sub(/".*/, "", mode)
+    b = ($0 ~ /"batching":true/) ? "on" : "off"
+    d = $0; sub(/.*"devices":/, "", d); sub(/,.*/, "", d)
+    t = $0; sub(/.*"tokens_per_s":/, "", t); sub(/,.*/, "", t)
+    p50 = $0; sub(/.*"token_ms":\{"p50":/, "", p50); sub(/,.*/, "", p50)
+    p99 = $0; sub(/.*"token_ms":\{"p50":[0-9.]*,"p99":/, "", p99); sub(/,.*/, "", p99)
+    k = m SUBSEP mode SUBSEP d
+    if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+    tps[k, b] = t; q50[k, b] = p50; q99[k, b] = p99
+    if (d == 1) { one_t[m, mode, b] = t; one_p99[m, mode, b] = p99 }
+}
+END {
+    print "| model | mode | devices | tok/s batching | tok/s off | x one device (batching) | p50 / p99 ms per token, batching | p50 / p99 ms, off | p99 / one device (batching) | llama-batched-bench S_TG | duet / llama.cpp |"
+    print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    for (i = 1; i <= nk; i++) {
+        split(order[i], f, SUBSEP); m = f[1]; mode = f[2]; d = f[3]; k = order[i]
+        r = (layers == "" && (m, d) in ref) ? ref[m, d] : "-"
+        on = tps[k, "on"]; off = tps[k, "off"]
+        printf "| %s | %s | %d | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s |\n", m, mode, d,
+            on == "" ? "-" : sprintf("%.1f", on), off == "" ? "-" : sprintf("%.1f", off),
+            (on != "" && one_t[m, mode, "on"] > 0) ? sprintf("%.2f", on / one_t[m, mode, "on"]) : "-",
+            q50[k, "on"] == "" ? "-" : sprintf("%.1f", q50[k, "on"]), q99[k, "on"] == "" ? "-" : sprintf("%.1f", q99[k, "on"]),
+            q50[k, "off"] == "" ? "-" : sprintf("%.1f", q50[k, "off"]), q99[k, "off"] == "" ? "-" : sprintf("%.1f", q99[k, "off"]),
+            (q99[k, "on"] != "" && one_p99[m, mode, "on"] > 0) ? sprintf("%.2f", q99[k, "on"] / one_p99[m, mode, "on"]) : "-",
+            r, (r != "-" && on != "") ? sprintf("%.2f", on / r) : "-"
+        # data for the plot: one block per model and mode
+        dat = dat sprintf("%s %s %d %s %s %s\n", m, mode, d, on == "" ? "NaN" : on, off == "" ? "NaN" : off, r == "-" ? "NaN" : r)
+    }
+    printf "%s", dat > "'"$BUILD"'/bench-cloud.dat"
+}' bench/llamacpp-reference.md "$OUT" > "$MD"
+cat "$MD"
+if command -v gnuplot > /dev/null; then
+    ms=$(for st in $SHAPES; do printf '%s-%s%s ' "${st%%:*}" "${st#*:}" "${LAYERS:+-l$LAYERS}"; done)
+    gnuplot -e "d='$BUILD/bench-cloud.dat'; o='$BUILD/bench-cloud.png'; ms='$ms'" bench/cloud.gp && echo "plot: $BUILD/bench-cloud.png"
+fi
