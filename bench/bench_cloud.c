@@ -83,6 +83,7 @@ static int measure(const setup *u, cloud_server *srv, const char *addr, int batc
         jobs[i] = (job){.m = u->dev, .o = remote_opts_default(), .mode = mode, .split = u->split,
                         .n_prompt = u->n_prompt, .n_tokens = u->n_tokens, .seed = i, .go = &go};
         jobs[i].o.cloud = addr;
+        jobs[i].o.timeout_ms = 600000; /* 32 devices on a big model queue for far longer than remote's 30 s */
         jobs[i].o.tls_ca = u->tls_dir ? u->ca : NULL;
         pthread_create(&th[i], NULL, device_main, &jobs[i]);
     }
