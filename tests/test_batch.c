@@ -287,6 +287,18 @@ static int fx_open(fx *f, duet_model *m, const server_opts *o) {
     return 0;
 }
 
+/* The model and a cloud with opts o for a test: the model, or NULL (reported, nothing left open). */
+static duet_model *fx_model(fx *f, const server_opts *o) {
+    char err[256];
+    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
+    if (!m) test_fail(__FILE__, __LINE__, "%s", err);
+    if (m && fx_open(f, m, o)) {
+        duet_model_free(m);
+        m = NULL;
+    }
+    return m;
+}
+
 static server_stats stats(fx *f) {
     server_stats st;
     server_stats_get(f->srv, &st);
@@ -338,33 +350,34 @@ static void join_all(dev *ds, int n, const uint64_t *ref) {
     }
 }
 
+/* Runs the devices alone for the references, then all at once with their first requests held until every one
+ * is queued; checks their answers and returns the cloud's counters. */
+static server_stats together(fx *f, duet_model *m, dev *ds, int n, uint64_t *ref) {
+    references(m, ds, n, ref);
+    server_pause(f->srv, 1);
+    start_all(ds, n);
+    server_stats st;
+    WAIT_FOR(f, st, st.queued_jobs == n);
+    CHECK_EQ_INT(st.queued_jobs, n);
+    server_pause(f->srv, 0);
+    join_all(ds, n, ref);
+    return stats(f);
+}
+
 /* ---- tests ---- */
 
 /* 16 devices of five modes, prompts and lengths; their first requests wait together and run in one step. */
 TEST(test_batch_16_sessions_bit_exact) {
     enum { N = 16 };
-    char err[256];
-    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
-    REQUIRE_MSG(m, "%s", err);
     dev ds[N];
     uint64_t ref[N] = {0};
     fx f;
     server_opts o = server_opts_default();
     o.threads = 2;
-    if (fx_open(&f, m, &o)) {
-        duet_model_free(m);
-        return;
-    }
+    duet_model *m = fx_model(&f, &o);
+    if (!m) return;
     for (int i = 0; i < N; i++) dev_init(&ds[i], &f, i, i % K_KINDS, B_GOOD, 3);
-    references(m, ds, N, ref);
-    server_pause(f.srv, 1);
-    start_all(ds, N);
-    server_stats st;
-    WAIT_FOR(&f, st, st.queued_jobs == N);
-    CHECK_EQ_INT(st.queued_jobs, N);
-    server_pause(f.srv, 0);
-    join_all(ds, N, ref);
-    st = stats(&f);
+    server_stats st = together(&f, m, ds, N, ref);
     CHECK_MSG(st.step_jobs_max == N, "the largest step ran %d sessions, not %d", st.step_jobs_max, N);
     CHECK(st.step_rows_max <= o.step_rows);
     server_free(f.srv);
@@ -403,28 +416,16 @@ TEST(test_batch_waiting_sessions_take_one_step) {
 /* A long prompt runs in pieces within the step limit, beside streams, and still gives the same bits. */
 TEST(test_batch_long_prefill_in_pieces) {
     enum { N = 5 };
-    char err[256];
-    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
-    REQUIRE_MSG(m, "%s", err);
     dev ds[N];
     uint64_t ref[N] = {0};
     fx f;
     server_opts o = server_opts_default();
     o.step_rows = 8;
     o.piece = 3;
-    if (fx_open(&f, m, &o)) {
-        duet_model_free(m);
-        return;
-    }
+    duet_model *m = fx_model(&f, &o);
+    if (!m) return;
     for (int i = 0; i < N; i++) dev_init(&ds[i], &f, i + 4, i % 2 ? K_CLOUD : K_SPLIT, B_GOOD, 2);
-    references(m, ds, N, ref);
-    server_pause(f.srv, 1);
-    start_all(ds, N);
-    server_stats st;
-    WAIT_FOR(&f, st, st.queued_jobs == N);
-    server_pause(f.srv, 0);
-    join_all(ds, N, ref);
-    st = stats(&f);
+    server_stats st = together(&f, m, ds, N, ref);
     CHECK_MSG(st.step_rows_max <= 8, "a step ran %d positions, over the limit of 8", st.step_rows_max);
     CHECK(st.step_jobs_max >= 3);
     server_free(f.srv);
@@ -435,17 +436,13 @@ TEST(test_batch_long_prefill_in_pieces) {
  * queue drains, and the waiting device still gets exact answers. */
 TEST(test_batch_queue_limit_backpressure) {
     char err[256];
-    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
-    REQUIRE_MSG(m, "%s", err);
     dev ds[2];
     uint64_t ref[2] = {0};
     fx f;
     server_opts o = server_opts_default();
     o.max_queued = 20;
-    if (fx_open(&f, m, &o)) {
-        duet_model_free(m);
-        return;
-    }
+    duet_model *m = fx_model(&f, &o);
+    if (!m) return;
     dev_init(&ds[0], &f, 3, K_SPLIT, B_GOOD, 1);  /* 23 rows: over the limit alone, admitted to an empty queue */
     dev_init(&ds[1], &f, 15, K_CLOUD, B_GOOD, 1); /* 17 positions: must wait */
     references(m, ds, 2, ref);
@@ -486,18 +483,13 @@ TEST(test_batch_queue_limit_backpressure) {
  * its exact answers, and the cloud ends with nothing held: no session, no queued work, no budgeted bytes. */
 TEST(test_batch_64_devices_under_load) {
     enum { N = 64 };
-    char err[256];
-    duet_model *m = duet_model_load(MODEL, NULL, 0, err, sizeof err);
-    REQUIRE_MSG(m, "%s", err);
     static dev ds[N];
     uint64_t ref[N] = {0};
     fx f;
     server_opts o = server_opts_default();
     o.threads = 2;
-    if (fx_open(&f, m, &o)) {
-        duet_model_free(m);
-        return;
-    }
+    duet_model *m = fx_model(&f, &o);
+    if (!m) return;
     for (int i = 0; i < N; i++) dev_init(&ds[i], &f, i, i % K_KINDS, i % 8 == 3 ? B_VANISH : i % 8 == 6 ? B_GARBAGE : B_GOOD, 2);
     references(m, ds, N, ref);
     start_all(ds, N);

@@ -370,17 +370,24 @@ static int stream_poll(serve *v) {
                 m.session);
 }
 
+/* A STREAM needs the embedding and the head, and starts where the session ends. */
+static int stream_check(serve *v, const frame_request *q) {
+    session *ss = v->s;
+    if (!session_takes_tokens(ss) || !(v->want.part & FRAME_PART_HEAD))
+        return fail(v, FRAME_E_STATE, "STREAM needs a session holding the embedding and the head");
+    if (q->pos != (uint32_t)session_end(ss) || q->pos == 0)
+        return fail(v, FRAME_E_STATE, "STREAM from position %u: the session holds %d positions, so it must be %d",
+                    q->pos, session_end(ss), session_end(ss));
+    return 0;
+}
+
 /* STREAM: pos is the position the first new token takes, which must be where the session ends. Each token is
  * sent as it is sampled and fed back as the next position; a TOKENS frame with n = 0 ends the stream. */
 static int stream(serve *v, const frame_request *q) {
     session *ss = v->s;
     char e[512];
     int rc;
-    if (!session_takes_tokens(ss) || !(v->want.part & FRAME_PART_HEAD))
-        return fail(v, FRAME_E_STATE, "STREAM needs a session holding the embedding and the head");
-    if (q->pos != (uint32_t)session_end(ss) || q->pos == 0)
-        return fail(v, FRAME_E_STATE, "STREAM from position %u: the session holds %d positions, so it must be %d",
-                    q->pos, session_end(ss), session_end(ss));
+    if ((rc = stream_check(v, q))) return rc;
     uint32_t p = q->pos;
     for (uint32_t i = 0; i < q->count && p < (uint32_t)session_ctx(ss); i++, p++) {
         double t0 = clock_now_ms();
@@ -458,11 +465,7 @@ static void job_for(serve *v, int kind, const frame_request *q) {
 static int stream_batched(serve *v, const frame_request *q) {
     session *ss = v->s;
     int rc;
-    if (!session_takes_tokens(ss) || !(v->want.part & FRAME_PART_HEAD))
-        return fail(v, FRAME_E_STATE, "STREAM needs a session holding the embedding and the head");
-    if (q->pos != (uint32_t)session_end(ss) || q->pos == 0)
-        return fail(v, FRAME_E_STATE, "STREAM from position %u: the session holds %d positions, so it must be %d",
-                    q->pos, session_end(ss), session_end(ss));
+    if ((rc = stream_check(v, q))) return rc;
     uint32_t end = q->pos;
     if (q->count > 0 && q->pos < (uint32_t)session_ctx(ss)) {
         job_for(v, SCHED_STREAM, q);
