@@ -1,7 +1,9 @@
-/* The cloud server: an accept loop and one thread per connection. A connection is at most one session; its
- * thread owns the transport, the session (context manager, session.h) and every byte it reads, so sessions
- * share nothing but the read-only model, the pool (which serializes forward calls) and the counters under mu.
- * Every wait is sliced into SLICE_MS pieces so that server_stop, which only sets a flag, is seen promptly. */
+/* The cloud server: an accept loop, one thread per connection and one scheduler (sched.h). A connection is at
+ * most one session; its thread owns the transport, the session (context manager, session.h) and every byte it
+ * reads, except while the scheduler holds the session's job (from sched_submit until the job is done: the thread
+ * then only waits, takes streamed tokens and sends). Sessions share nothing else but the read-only model, the
+ * pool and the counters under mu. Every wait is sliced into SLICE_MS pieces so that server_stop, which only sets
+ * a flag, is seen promptly; a connection that ends with a job queued cancels it before freeing the session. */
 #include "cloud/server.h"
 
 #include <malloc.h>

@@ -1,7 +1,9 @@
 /* The context manager keeps one row buffer h that holds, in turn, the pending rows (or the embedded pending
  * tokens at run time) and then the output rows of the batch just run, so a session owns one activation buffer
  * whatever its mode. The buffer grows for a prompt and shrinks back once a small batch follows, so a session
- * holds prompt-sized memory only while it needs it. */
+ * holds prompt-sized memory only while it needs it. A scheduler may run the pending positions in pieces
+ * (session_piece_in/out): each piece's outputs go back into h where its inputs were, so when the last piece is
+ * done h holds the whole batch's outputs as session_run would have left them. */
 #include "cloud/session.h"
 
 #include <math.h>
