@@ -317,6 +317,7 @@ static void *sched_main(void *arg) {
         for (int k = 0; k < n; k++) {
             sched_job *j = q->pick[k];
             if (q->give[k]) j->served = step, jobs++;
+            if (q->give[k] || session_pending(j->s) == 0) j->busy_ms += ms; /* it ran, or had its head */
             j->made += (uint32_t)q->made[k];
             if (finished(q, k)) release(q, j);
         }
@@ -405,6 +406,7 @@ int sched_submit(sched *q, sched_job *j, const atomic_int *stop) {
     int rows = session_pending(j->s), waited = 0;
     j->made = j->taken = 0;
     j->done = j->cancel = j->rc = 0;
+    j->busy_ms = 0;
     j->err[0] = 0;
     j->link = NULL;
     pthread_mutex_lock(&q->mu);

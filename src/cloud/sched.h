@@ -60,6 +60,7 @@ typedef struct sched_job {
     uint32_t made, taken;         /* tokens put in the outbox, taken by the connection */
     uint32_t next;                /* STREAM: the position the next token takes (the end marker's pos0 at done) */
     int done, cancel, rc;         /* rc: 0 or an enum frame_err, with err */
+    double busy_ms;               /* the durations of the steps that ran it (not the waits between them) */
     char err[256];
     uint64_t seq, served;         /* submission order, the last step that ran it */
     struct sched_job *link;

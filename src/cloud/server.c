@@ -516,6 +516,7 @@ static int request(serve *v, const frame_request *q) {
         job_for(v, q->want == FRAME_WANT_TOKENS ? SCHED_TOKENS : SCHED_RUN, q);
         if ((rc = submit(v)) || (rc = await_job(v))) return rc;
         if (v->job.rc) return fail(v, v->job.rc, "%s", v->job.err);
+        t0 = clock_now_ms() - v->job.busy_ms; /* compute_us: the steps that ran it, not the waits between them */
     } else {
         atomic_fetch_add(&s->solo_steps, 1);
         if ((rc = session_run(ss, e, sizeof e))) return fail(v, rc, "%s", e);
