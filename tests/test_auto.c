@@ -1,5 +1,6 @@
 /* auto mode: the cost model's picks on fixed probe figures (deterministic), the state file (round trip and
  * malformed bytes), the probe on an emulated link, and `duet run --mode auto` end to end. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,6 +382,17 @@ static void chosen_for(const char *flags, char *mode, size_t cap) {
     json_free(doc);
 }
 
+/* The first candidate of `mode` in a decision: its predicted `field` (0 when absent). */
+static double predicted(const char *flags, const char *mode, const char *field) {
+    json *doc = decide(flags);
+    const json_val *c = doc ? json_get(json_get(json_root(doc), "auto"), "candidates") : NULL;
+    double v = 0;
+    for (size_t i = 0; c && i < json_len(c) && v == 0; i++)
+        if (!strcmp(json_str(json_get(json_at(c, i), "mode"), NULL), mode)) v = json_num(json_get(json_at(c, i), field));
+    json_free(doc);
+    return v;
+}
+
 /* End to end, with the link's nominal figures (the device probe is the only measurement): the pick follows
  * the link and the device's slowdown. The margins are set from this build's own device speed, so they hold
  * in an optimized and a sanitizer build alike. */
@@ -390,13 +402,7 @@ TEST(test_auto_cli_pick_follows_link_and_slowdown) {
      * share f of a step) wins over a link of round trip r when step > r / (1 - f): about 2.5 ms for a LAN and
      * 150 ms for 4G at f = 0.6, so 20 ms leaves a margin of 4x or more either way, which a second probe's noise
      * (a loaded machine, a sanitizer build) does not cross */
-    json *doc = decide("-n 16 --device-slowdown 1 --link lan");
-    REQUIRE(doc);
-    const json_val *c = json_get(json_get(json_root(doc), "auto"), "candidates");
-    double step = 0;
-    for (size_t i = 0; i < json_len(c); i++)
-        if (!strcmp(json_str(json_get(json_at(c, i), "mode"), NULL), "device")) step = json_num(json_get(json_at(c, i), "tbt_ms"));
-    json_free(doc);
+    double step = predicted("-n 16 --device-slowdown 1 --link lan", "device", "tbt_ms");
     REQUIRE(step > 0);
     double slow = 20 / step < 1 ? 1 : 20 / step > 1000 ? 1000 : 20 / step;
     /* privacy: hat's round trip per token is cheaper than the device's middle layers over a LAN, not over 4G */
@@ -409,8 +415,18 @@ TEST(test_auto_cli_pick_follows_link_and_slowdown) {
     chosen_for("-n 4 --device-slowdown 1 --link lan", a, sizeof a);
     chosen_for("-n 4 --device-slowdown 8 --link lan", b, sizeof b);
     CHECK_MSG(!strcmp(a, "device") && b[0] && strcmp(b, "device") != 0, "slowdown 1: %s, 8: %s", a, b);
-    /* and 8x slower over 4G, the 60 ms round trip costs more than the device's 4 slow steps (the margin is
-     * 20x in an optimized build, about 2x under ASan) */
-    chosen_for("-n 4 --device-slowdown 8 --link 4g", a, sizeof a);
-    CHECK_MSG(!strcmp(a, "device"), "4g: %s", a);
+    /* latency, the same device over both links: slowed so that its 4 tokens take the geometric middle of the
+     * cloud's predicted totals over a LAN and over 4G, it loses the LAN and wins 4G by the same factor (about 7x
+     * in an optimized build, 2x under a sanitizer, whose in-process cloud is as slow as its device). */
+    double dev = predicted("-n 4 --device-slowdown 1 --link lan", "device", "total_ms");
+    double lan = predicted("-n 4 --device-slowdown 1 --link lan", "cloud", "total_ms");
+    double g4 = predicted("-n 4 --device-slowdown 1 --link 4g", "cloud", "total_ms");
+    REQUIRE(dev > 0 && lan > 0 && g4 > lan);
+    double slow_lat = sqrt(lan * g4) / dev < 1 ? 1 : sqrt(lan * g4) / dev;
+    snprintf(flags, sizeof flags, "-n 4 --device-slowdown %.3f --link lan", slow_lat);
+    chosen_for(flags, a, sizeof a);
+    snprintf(flags, sizeof flags, "-n 4 --device-slowdown %.3f --link 4g", slow_lat);
+    chosen_for(flags, b, sizeof b);
+    CHECK_MSG(a[0] && strcmp(a, "device") != 0 && !strcmp(b, "device"), "slowdown %.1f: lan: %s, 4g: %s", slow_lat,
+              a, b);
 }
