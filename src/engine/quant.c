@@ -851,41 +851,41 @@ AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
     /* byte offset of each 32-bit lane inside its 128-bit half, for vpshufb controls */
     const __m256i lane = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
                                           0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
-    __m256 sum[4];
-    UNROLL for (int c = 0; c < C; c++) sum[c] = _mm256_setzero_ps();
+    /* The float sums live in y between blocks (a load and a store per block and column): in registers they,
+     * the int16 and int32 sums of 4 columns and the scales need more than 16 and the inner loop spilled. */
+    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, _mm256_setzero_ps());
     for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q4_K)) {
-        const __m256i a = _mm256_loadu_si256((const __m256i *)(g + 32)), bm = _mm256_loadu_si256((const __m256i *)(g + 64));
-        const __m256i cm = _mm256_loadu_si256((const __m256i *)(g + 96));
-        /* q4k_unpack_scales on 8 rows at once: bytes 0-3 of a lane are scales (mins) 0-3, of the _hi word 4-7 */
-        const __m256i sc_lo = _mm256_and_si256(a, lo6), m_lo = _mm256_and_si256(bm, lo6);
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(g + 32)), cm = _mm256_loadu_si256((const __m256i *)(g + 96));
+        /* q4k_unpack_scales on 8 rows at once: bytes 0-3 of a lane are scales 0-3, of sc_hi 4-7 */
+        const __m256i sc_lo = _mm256_and_si256(a, lo6);
         const __m256i sc_hi = _mm256_or_si256(_mm256_and_si256(cm, m4),
                                               _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(a, 6), lo2), 4));
-        const __m256i m_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(cm, 4), m4),
-                                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(bm, 6), lo2), 4));
         __m256i isum[4], msum[4];
-        UNROLL for (int c = 0; c < C; c++) isum[c] = _mm256_setzero_si256();
-        UNROLL for (int k = 0; k < 4; k++) {
-            __m256i sl[4], sh[4];
-            const uint8_t *qk = g + 128 + 256 * k;
+        /* one 32-element sub-block at a time (low nibbles of a 64-element chunk, then its high nibbles), so that
+         * only C int16 sums are live (both halves of a chunk at once spilled too) */
+        UNROLL for (int sb = 0; sb < 8; sb++) {
+            const uint8_t *qk = g + 128 + 256 * (sb / 2);
+            __m256i s16[4];
             UNROLL for (int e = 0; e < 8; e++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(qk + 32 * e));
-                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const __m256i q = _mm256_and_si256(sb & 1 ? _mm256_srli_epi16(v, 4) : v, m4);
                 UNROLL for (int c = 0; c < C; c++) {
-                    const int8_t *xq = ((const block_q8_K *)(x + c * xs) + b)->qs + 64 * k + 4 * e;
-                    const __m256i pl = _mm256_maddubs_epi16(lo, bcast4_avx2(xq));
-                    const __m256i ph = _mm256_maddubs_epi16(hi, bcast4_avx2(xq + 32));
-                    sl[c] = e ? _mm256_add_epi16(sl[c], pl) : pl;
-                    sh[c] = e ? _mm256_add_epi16(sh[c], ph) : ph;
+                    const int8_t *xq = ((const block_q8_K *)(x + c * xs) + b)->qs + 32 * sb + 4 * e;
+                    const __m256i p = _mm256_maddubs_epi16(q, bcast4_avx2(xq));
+                    s16[c] = e ? _mm256_add_epi16(s16[c], p) : p;
                 }
             }
-            /* scale of sub-block 2k (2k+1) of each row as an int16 pair per lane */
-            const __m256i src = k < 2 ? sc_lo : sc_hi;
-            const int j = 2 * (k & 1);
-            const __m256i scl = _mm256_shuffle_epi8(src, pair_ctrl_avx2(j, j, lane));
-            const __m256i sch = _mm256_shuffle_epi8(src, pair_ctrl_avx2(j + 1, j + 1, lane));
-            UNROLL for (int c = 0; c < C; c++)
-                isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(_mm256_madd_epi16(sl[c], scl), _mm256_madd_epi16(sh[c], sch)));
+            /* scale of sub-block sb of each row as an int16 pair per lane */
+            const __m256i scp = _mm256_shuffle_epi8(sb < 4 ? sc_lo : sc_hi, pair_ctrl_avx2(sb % 4, sb % 4, lane));
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m256i t = _mm256_madd_epi16(s16[c], scp);
+                isum[c] = sb ? _mm256_add_epi32(isum[c], t) : t;
+            }
         }
+        const __m256i bm = _mm256_loadu_si256((const __m256i *)(g + 64));
+        const __m256i m_lo = _mm256_and_si256(bm, lo6);
+        const __m256i m_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(cm, 4), m4),
+                                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(bm, 6), lo2), 4));
         UNROLL for (int i = 0; i < 4; i++) { /* mins 2i, 2i+1 of each row as an int16 pair per lane */
             const int j = 2 * (i & 1);
             const __m256i mp = _mm256_shuffle_epi8(i < 2 ? m_lo : m_hi, pair_ctrl_avx2(j, j + 1, lane));
@@ -900,10 +900,9 @@ AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
             const __m256 dx = _mm256_set1_ps(((const block_q8_K *)(x + c * xs) + b)->d);
             const __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[c])),
                                            _mm256_mul_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(msum[c])));
-            sum[c] = _mm256_add_ps(sum[c], t);
+            _mm256_storeu_ps(y + c * ldy, _mm256_add_ps(_mm256_loadu_ps(y + c * ldy), t));
         }
     }
-    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, sum[c]);
 }
 
 /* vpshufb control that makes each 32-bit lane the int16 pair (byte b0 << 8, byte b1 << 8) of that lane; an
