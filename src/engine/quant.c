@@ -574,6 +574,10 @@ static inline int col_block(size_t xs, int cmax) {
     }
 
 #define UNROLL _Pragma("GCC unroll 8")
+/* Pins v in a register at this point of the program. gcc's reassociation of integer vector adds otherwise
+ * regroups a running sum (computing every product first, then adding them up), which keeps all the products
+ * live at once and spills them to the stack. The integer sums are exact either way. */
+#define PIN(v) __asm__("" : "+x"(v))
 
 /* ---- AVX2 + FMA + F16C ---------------------------------------------------------------------------- */
 
@@ -815,20 +819,24 @@ AVX2_INL void q4_0x8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
     __m256 acc[4];
     UNROLL for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q4_0)) {
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
-        __m256i q[8]; /* q[k]: elements 4k..4k+3 of each row (k < 4: low nibbles, else high) */
-        UNROLL for (int k = 0; k < 4; k++) {
+        /* each 4-element step's nibbles are used by all C columns right away, so only the C int16 sums stay
+         * live (the 8 unpacked quant vectors of a block held across the columns spilled with 4 columns) */
+        __m256i s16[4];
+        UNROLL for (int k = 0; k < 4; k++) { /* elements 4k..4k+3 (low nibbles) and 16+4k.. (high) of each row */
             const __m256i v = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * k));
-            q[k] = _mm256_and_si256(v, m4);
-            q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            UNROLL for (int c = 0; c < C; c++) {
+                const int8_t *xq = ((const block_q8_0 *)(x + c * xs) + b)->qs + 4 * k;
+                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4_avx2(xq)),
+                                                   _mm256_maddubs_epi16(hi, bcast4_avx2(xq + 16)));
+                s16[c] = k ? _mm256_add_epi16(s16[c], p) : p;
+                PIN(s16[c]);
+            }
         }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
         UNROLL for (int c = 0; c < C; c++) {
-            const block_q8_0 *bx = (const block_q8_0 *)(x + c * xs) + b;
-            __m256i s16 = _mm256_maddubs_epi16(q[0], bcast4_avx2(bx->qs));
-            UNROLL for (int k = 1; k < 8; k++)
-                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[k], bcast4_avx2(bx->qs + 4 * k)));
             const int32_t *ab = aux + 2 * (c * nb + b); /* -8 * sum(x), d_x as float bits */
-            const __m256i is = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(ab[0]));
+            const __m256i is = _mm256_add_epi32(_mm256_madd_epi16(s16[c], ones), _mm256_set1_epi32(ab[0]));
             const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss((const float *)(ab + 1)));
             acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(_mm256_cvtepi32_ps(is), d));
         }
@@ -873,6 +881,7 @@ AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
                     const int8_t *xq = ((const block_q8_K *)(x + c * xs) + b)->qs + 32 * sb + 4 * e;
                     const __m256i p = _mm256_maddubs_epi16(q, bcast4_avx2(xq));
                     s16[c] = e ? _mm256_add_epi16(s16[c], p) : p;
+                    PIN(s16[c]);
                 }
             }
             /* scale of sub-block sb of each row as an int16 pair per lane */
@@ -880,6 +889,7 @@ AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
             UNROLL for (int c = 0; c < C; c++) {
                 const __m256i t = _mm256_madd_epi16(s16[c], scp);
                 isum[c] = sb ? _mm256_add_epi32(isum[c], t) : t;
+                PIN(isum[c]);
             }
         }
         const __m256i bm = _mm256_loadu_si256((const __m256i *)(g + 64));
@@ -922,22 +932,15 @@ AVX2_INL void q6_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
     const __m256i lane = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
                                           0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
     const __m256 zero = _mm256_setzero_ps();
-    __m256 sum[4];
-    UNROLL for (int c = 0; c < C; c++) sum[c] = _mm256_setzero_ps();
+    /* float sums in y between blocks, scale bytes read where used: registers go to the int16 and int32 sums
+     * (held in registers with the scales, the 4-column tile spilled) */
+    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, zero);
     for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q6_K)) {
         const uint8_t *body = g + 16; /* 4-byte piece j of every row: body + 32 j */
-        __m256i sc[4]; /* scale bytes 4s..4s+3 of each row */
-        UNROLL for (int k = 0; k < 4; k++) sc[k] = _mm256_loadu_si256((const __m256i *)(body + 32 * (48 + k)));
-        const block_q8_K *bx[4];
+        const uint8_t *scb8 = body + 32 * 48; /* scale bytes 4s..4s+3 of each row: scb8 + 32 s */
         __m256i isum[4];
-        UNROLL for (int c = 0; c < C; c++) {
-            bx[c] = (const block_q8_K *)(x + c * xs) + b;
-            isum[c] = _mm256_setzero_si256();
-        }
         UNROLL for (int h = 0; h < 2; h++) UNROLL for (int p = 0; p < 4; p++) {
             const int ga = 8 * h + 2 * p; /* groups ga (elements 0-15 of the part) and ga + 1 */
-            const __m256i sca = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[ga / 4], pair_hi_ctrl_avx2(ga % 4, ga % 4, lane)), 8);
-            const __m256i scb = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[ga / 4], pair_hi_ctrl_avx2(ga % 4 + 1, ga % 4 + 1, lane)), 8);
             __m256i s16[4];
             UNROLL for (int e = 0; e < 8; e++) {
                 const __m256i ql = _mm256_loadu_si256((const __m256i *)(body + 32 * (16 * h + 8 * (p & 1) + e)));
@@ -945,33 +948,43 @@ AVX2_INL void q6_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
                 const __m256i lo = _mm256_and_si256(p & 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
                 const __m256i hs = p == 0 ? _mm256_slli_epi16(qh, 4) : p == 1 ? _mm256_slli_epi16(qh, 2) : p == 2 ? qh : _mm256_srli_epi16(qh, 2);
                 const __m256i q = _mm256_or_si256(lo, _mm256_and_si256(hs, m2h));
+                __m256i sc = _mm256_setzero_si256();
+                if (e & 1) { /* the scale of this 16-element group of each row, sign-extended to an int16 pair */
+                    const int gi = e < 4 ? ga : ga + 1;
+                    sc = _mm256_srai_epi16(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(scb8 + 32 * (gi / 4))),
+                                                               pair_hi_ctrl_avx2(gi % 4, gi % 4, lane)), 8);
+                }
                 UNROLL for (int c = 0; c < C; c++) {
-                    const __m256i t = _mm256_maddubs_epi16(q, bcast4_avx2(bx[c]->qs + 128 * h + 32 * p + 4 * e));
-                    if (e & 1)
-                        isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_add_epi16(s16[c], t), e < 4 ? sca : scb));
-                    else
+                    const int8_t *xq = ((const block_q8_K *)(x + c * xs) + b)->qs + 128 * h + 32 * p + 4 * e;
+                    const __m256i t = _mm256_maddubs_epi16(q, bcast4_avx2(xq));
+                    if (e & 1) {
+                        const __m256i m = _mm256_madd_epi16(_mm256_add_epi16(s16[c], t), sc);
+                        isum[c] = h || p || e > 1 ? _mm256_add_epi32(isum[c], m) : m;
+                        PIN(isum[c]);
+                    } else {
                         s16[c] = t;
+                    }
                 }
             }
         }
         UNROLL for (int i = 0; i < 8; i++) { /* scales 2i, 2i+1 of each row by the group sums 2i, 2i+1 */
-            const __m256i sp = _mm256_srai_epi16(_mm256_shuffle_epi8(sc[i / 2], pair_hi_ctrl_avx2(2 * (i & 1), 2 * (i & 1) + 1, lane)), 8);
+            const __m256i sp = _mm256_srai_epi16(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(scb8 + 32 * (i / 2))),
+                                                                     pair_hi_ctrl_avx2(2 * (i & 1), 2 * (i & 1) + 1, lane)), 8);
             UNROLL for (int c = 0; c < C; c++) {
                 int32_t pair;
-                memcpy(&pair, bx[c]->bsums + 2 * i, 4);
+                memcpy(&pair, ((const block_q8_K *)(x + c * xs) + b)->bsums + 2 * i, 4);
                 isum[c] = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(_mm256_madd_epi16(sp, _mm256_set1_epi32(pair)), 5));
             }
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
         UNROLL for (int c = 0; c < C; c++) {
-            const __m256 dx = _mm256_set1_ps(bx[c]->d);
+            const __m256 dx = _mm256_set1_ps(((const block_q8_K *)(x + c * xs) + b)->d);
             const __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[c])),
                                            _mm256_mul_ps(_mm256_mul_ps(zero, dx), zero)); /* kq_block with dmin = 0 */
-            sum[c] = _mm256_add_ps(sum[c], t);
+            _mm256_storeu_ps(y + c * ldy, _mm256_add_ps(_mm256_loadu_ps(y + c * ldy), t));
         }
     }
     (void)aux;
-    UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, sum[c]);
 }
 
 /* Per-column block terms the repacked tiles share, computed once per column block: Q4_0: -8 * sum of the
