@@ -6,6 +6,10 @@
 # LLAMA_BENCH=path/to/llama-bench runs llama.cpp live too (-lm none, same file, threads, prompt and generated
 # tokens, REPS repetitions) right after duet in every round, and its medians replace the reference figures.
 # ROWS=Q4 keeps the rows whose label contains Q4. JSON lines of every round go to $BUILD/bench-compare.jsonl.
+# BASE=dir runs a second duet build's bench_engine (dir/bench/bench_engine, e.g. a build of main) in every round too,
+# so a kernel change shows as before/after beside llama.cpp in one interleaved run (columns "base pp", "base tg").
+# Without LLAMA_BENCH the llama.cpp figures are the stored table's, measured on ANOTHER machine (an AVX-512 EPYC):
+# a ratio between two machines is not a ratio between two engines, and the output says so.
 set -eu
 BUILD=${1:-build}
 ROUNDS=${ROUNDS:-3}
@@ -14,10 +18,15 @@ DIR=${DUET_BENCH_DIR:-bench/models}
 REF=${REF:-bench/llamacpp-reference.md}
 OUT=$BUILD/bench-compare.jsonl
 LB=${LLAMA_BENCH:-}
+BASE=${BASE:-}
 mkdir -p "$DIR"
 : > "$OUT"
 if [ -n "$LB" ] && [ ! -x "$LB" ]; then
     echo "bench-compare: LLAMA_BENCH=$LB is not an executable (the path of llama.cpp's llama-bench)" >&2
+    exit 2
+fi
+if [ -n "$BASE" ] && [ ! -x "$BASE/bench/bench_engine" ]; then
+    echo "bench-compare: BASE=$BASE has no bench/bench_engine (BASE is another duet build directory)" >&2
     exit 2
 fi
 
@@ -62,29 +71,44 @@ while [ "$r" -le "$ROUNDS" ]; do
         f=$(path_of "$model")
         "$BUILD/bench/bench_engine" "$f" -t "$t" -p "$pp" -n "$tg" -r "$REPS" --json |
             sed "s|^{|{\"row\":\"$label\",\"round\":$r,|" >> "$OUT"
+        if [ -n "$BASE" ]; then
+            "$BASE/bench/bench_engine" "$f" -t "$t" -p "$pp" -n "$tg" -r "$REPS" --json |
+                sed "s|^{|{\"row\":\"$label\",\"round\":$r,|; s|\"bench\":\"engine\"|\"bench\":\"base\"|" >> "$OUT"
+        fi
         if [ -n "$LB" ]; then llama_row "$label" "$r" "$f" "$t" "$pp" "$tg" >> "$OUT"; fi
     done
     r=$((r + 1))
 done
 
 # median of the rounds for each (row, threads), next to llama.cpp's figures
-src="llama.cpp (bench/llamacpp-reference.md, -lm none)"
-[ -n "$LB" ] && src="llama.cpp (live, $LB -lm none)"
-echo "| model | threads | duet pp | llama.cpp pp | ratio | duet tg | llama.cpp tg | ratio |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+src="llama.cpp: STORED figures of bench/llamacpp-reference.md, measured on another machine (2-core AMD EPYC with AVX-512), not this one: the ratios compare two machines, not two engines; give LLAMA_BENCH=path/to/llama-bench for a live run here"
+[ -n "$LB" ] && src="llama.cpp (live on this machine, $LB -lm none)"
+[ -z "$LB" ] && echo "NOTE: $src"
+bh=""; bs=""
+[ -n "$BASE" ] && bh=" base pp | base tg |" && bs=" --- | --- |"
+echo "| model | threads | duet pp | llama.cpp pp | ratio | duet tg | llama.cpp tg | ratio |$bh"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |$bs"
 echo "$ROWS" | while IFS='|' read -r label _ _ _ t lpp ltg; do
-    vals() { grep "\"row\":\"$label\"" "$OUT" | grep "\"threads\":$t," | grep $2 '"bench":"llama.cpp"' |
+    vals() { grep "\"row\":\"$label\"" "$OUT" | grep "\"threads\":$t," | grep $2 "\"bench\":\"${3:-llama.cpp}\"" |
+             grep -v "\"bench\":\"${4:-base}\"" |
              sed "s/.*\"$1\":\([0-9.]*\).*/\1/" | sort -n; }
-    med() { vals "$1" "$2" | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+    med() { vals "$@" | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
     pp=$(med pp_tokens_per_s -v)
     tg=$(med tg_tokens_per_s -v)
     if [ -n "$LB" ]; then
         lpp=$(med pp_tokens_per_s "")
         ltg=$(med tg_tokens_per_s "")
     fi
-    echo "$label $t $pp $lpp $tg $ltg" | awk '
+    bpp=""; btg=""
+    if [ -n "$BASE" ]; then
+        bpp=$(med pp_tokens_per_s "" base none)
+        btg=$(med tg_tokens_per_s "" base none)
+    fi
+    echo "$label $t $pp $lpp $tg $ltg $bpp $btg" | awk '
         function ratio(a, b) { return (b == "-" || b + 0 == 0) ? "-" : sprintf("%.2f", a / b) }
         { gsub(/\+/, " ", $1)
-          printf "| %s | %s | %.1f | %s | %s | %.1f | %s | %s |\n", $1, $2, $3, $4, ratio($3, $4), $5, $6, ratio($5, $6) }'
+          printf "| %s | %s | %.1f | %s | %s | %.1f | %s | %s |", $1, $2, $3, $4, ratio($3, $4), $5, $6, ratio($5, $6)
+          if (NF >= 8) printf " %s | %s |", $7, $8
+          printf "\n" }'
 done
 echo "rounds: $ROUNDS, each the median of $REPS repetitions; llama.cpp: $src; JSON lines: $OUT" >&2
