@@ -81,9 +81,9 @@ while [ "$r" -le "$ROUNDS" ]; do
 done
 
 # median of the rounds for each (row, threads), next to llama.cpp's figures
-src="llama.cpp: STORED figures of bench/llamacpp-reference.md, measured on another machine (2-core AMD EPYC with AVX-512), not this one: the ratios compare two machines, not two engines; give LLAMA_BENCH=path/to/llama-bench for a live run here"
+src="STORED figures of bench/llamacpp-reference.md, measured on another machine (2-core AMD EPYC with AVX-512), not this one: the ratios compare two machines, not two engines; give LLAMA_BENCH=path/to/llama-bench for a live run here"
 [ -n "$LB" ] && src="llama.cpp (live on this machine, $LB -lm none)"
-[ -z "$LB" ] && echo "NOTE: $src"
+[ -z "$LB" ] && echo "NOTE: llama.cpp figures: $src"
 bh=""; bs=""
 [ -n "$BASE" ] && bh=" base pp | base tg |" && bs=" --- | --- |"
 echo "| model | threads | duet pp | llama.cpp pp | ratio | duet tg | llama.cpp tg | ratio |$bh"
