@@ -96,6 +96,8 @@ echo "comes from one command:"
 echo
 echo "    $CMD"
 echo
+echo "Binary: $(meta build)."
+echo
 echo "(bench/run-report.sh measures, bench/report-render.sh writes this page from \`build/report.jsonl\`.) The"
 echo "machine is noisy: every case is one run, so read ratios and trends, not the last digit."
 echo
@@ -405,7 +407,7 @@ set yrange [0:1.05]
 set key bottom right
 plot "$T/fid.dat" using 2:xtic(1) title "exact match", "" using 3 title "ROUGE-L F1"
 EOF
-if [ -s "$T/share.dat" ]; then
+if [ -s "$T/share.dat" ] && grep -q '[0-9] [0-9]' "$T/share.dat"; then
     gnuplot <<EOF
 $PT
 set output "$RES/report-sharing.png"

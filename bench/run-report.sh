@@ -55,6 +55,7 @@ case " $PARTS " in *" traces "*" fidelity "*" grid "*" sharing "*" tiny "*) : > 
     echo "{\"part\":\"meta\",\"machine\":\"$(lscpu | grep 'Model name' | sed 's/.*: *//')\",\"cores\":$(nproc),\"quick\":$QUICK,"
     echo "\"links\":\"$LINKS\",\"slowdowns\":\"$SLOWDOWNS\",\"lengths\":\"$LENGTHS\",\"tokens\":$TOKENS,\"layers\":$LAYERS,"
     echo "\"prompts\":$PROMPTS,\"devices\":\"$DEVICES\",\"have_auto\":$HAVE_AUTO,\"tiny\":$TINY,"
+    echo "\"build\":\"${REPORT_BUILD:-$(git describe --always --dirty 2>/dev/null || echo unknown)}\","
     echo "\"load\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"date\":\"$(date -u '+%Y-%m-%d %H:%M UTC')\"}"
 } | tr -d '\n' >> "$RAW"
 echo >> "$RAW"
@@ -164,7 +165,7 @@ case " $PARTS " in *" grid "*)
 
 case " $PARTS " in *" sharing "*)
     echo "report: devices sharing one cloud ($DEVICES)" >&2
-    "$DUET" cloud -m "$TM" --port 0 > "$BUILD/report-cloud.log" 2>&1 &
+    "$DUET" cloud -m "$TM" --port 0 --max-per-address 64 --quiet > "$BUILD/report-cloud.log" 2>&1 &
     cpid=$!
     port=""
     for _ in $(seq 1 100); do
