@@ -70,6 +70,13 @@ done
 # median of the rounds for each (row, threads), next to llama.cpp's figures
 src="llama.cpp (bench/llamacpp-reference.md, -lm none)"
 [ -n "$LB" ] && src="llama.cpp (live, $LB -lm none)"
+if [ -n "$LB" ]; then
+    echo "llama.cpp columns: measured live in this run ($LB -lm none), interleaved with duet's rounds."
+else
+    echo "llama.cpp columns: stored rows from another run on another machine (bench/llamacpp-reference.md: a 2-core"
+    echo "AMD EPYC VM with AVX-512, llama.cpp 3f545becc), NOT measured here; LLAMA_BENCH=path/to/llama-bench runs it live."
+fi
+echo
 echo "| model | threads | duet pp | llama.cpp pp | ratio | duet tg | llama.cpp tg | ratio |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 echo "$ROWS" | while IFS='|' read -r label _ _ _ t lpp ltg; do
