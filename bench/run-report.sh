@@ -61,15 +61,15 @@ case " $PARTS " in *" traces "*" fidelity "*" grid "*" sharing "*" tiny "*) : > 
 echo >> "$RAW"
 
 # run TAG ARGS...: one request, its JSON lines tagged (auto prints a decision line before the metrics)
-run() {
-    tag=$1
+run() { # (sh has no local variables: the callers' own names must differ from _tag)
+    _tag=$1
     shift
     if ! out=$("$DUET" run "$@" --json 2>"$BUILD/report.err"); then
-        echo "{$tag,\"failed\":\"$(tail -1 "$BUILD/report.err" | tr -d '"\\')\"}" >> "$RAW"
-        echo "report: failed: $tag: $(tail -1 "$BUILD/report.err")" >&2
+        echo "{$_tag,\"failed\":\"$(tail -1 "$BUILD/report.err" | tr -d '"\\')\"}" >> "$RAW"
+        echo "report: failed: $_tag: $(tail -1 "$BUILD/report.err")" >&2
         return 0
     fi
-    echo "$out" | grep '^{' | sed "s|^{|{$tag,|" >> "$RAW"
+    echo "$out" | grep '^{' | sed "s|^{|{$_tag,|" >> "$RAW"
 }
 words() { awk -v n="$1" 'BEGIN { split("cat sat on the mat", w, " "); for (i = 0; i < n; i++) printf "%s%s", (i ? " " : ""), w[i % 5 + 1] }'; }
 prompt_i() { sed -n "${1}p" bench/prompts-stories.txt; }
@@ -136,7 +136,10 @@ case " $PARTS " in *" grid "*)
         run "\"part\":\"warmup\",\"label\":\"hat\"" --mode hat $HAT_GRID -m "$TM" -p "$(words 31)" -n "$TOKENS" --replay "$TR/hat.trace" $AUTOST
     fi
     for n in $LENGTHS; do
-        p=$(words $((n - 1))) # + BOS
+        # BOS + n - 1 words, less what the generated tokens need of the shape's 2048 positions
+        w=$((n - 1))
+        [ $((n + TOKENS)) -le 2048 ] || w=$((2048 - TOKENS - 1))
+        p=$(words "$w")
         run "\"part\":\"grid\",\"len\":$n,\"link\":\"none\",\"slowdown\":1,\"label\":\"device\",\"args\":\"--mode device\"" \
             --mode device -m "$TM" -p "$p" -n "$TOKENS"
         for link in $LINKS; do
