@@ -120,6 +120,7 @@ echo "  in-process on loopback (the real server, transport and protocol, one com
 echo "  cores with the device. Settings: split at layer 1; ee with its default exits for $LAYERS layers and"
 echo "  threshold 0.8 (the trace decides); hat with its defaults (the trace sets k); pd with \`--pd-plan auto\`."
 echo "  Device-only is measured once per prompt length at full speed and its times multiplied by the slowdown."
+echo "  The \"2048\" prompt is 2048 - $TOKENS tokens, so that the answer fits the shape's 2048 positions."
 if [ "$HAVE_AUTO" = 1 ]; then
     echo "- **auto:** per case, \`duet run --mode auto --predict-only --net nominal --allow-lossy\` with the state"
     echo "  file the replayed runs fed (their exit and acceptance rates) gives its pick and a prediction for every"
@@ -138,8 +139,8 @@ echo
 # ---- headline ----
 echo "## Headline: prompt $LMID tokens, link $LINK_ONE, device ${SMID}x slower"
 echo
-echo "| mode | TTFT ms | TBT ms | total ms | cloud compute ms | bytes per token | exact match vs device (stories260K) |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| mode | TTFT ms | TBT ms | total ms | cloud compute ms | bytes per token | exact match vs device (stories260K) |" | tee "$T/head.md"
+echo "| --- | --- | --- | --- | --- | --- | --- |" | tee -a "$T/head.md"
 jq -c 'select(.part == "fidelity" and .failed == null and .fidelity != null) | {label: .label, e: .fidelity.exact_match_rate, r: .fidelity.rouge_l_f1}' \
     "$RAW" | jq -s -c 'group_by(.label) | map({label: .[0].label, e: (map(.e) | add / length), r: (map(.r) | add / length), n: length}) | .[]' \
     > "$T/fid.jsonl"
@@ -152,7 +153,7 @@ for m in $MODES; do
     by=$(val "$LMID" "$LINK_ONE" "$SMID" "$m" '(.bytes_up + .bytes_down) / .tokens')
     r=""
     case $m in ee | hat) r=" (replayed)" ;; esac
-    echo "| $m$r | $(fmt "$tt") | $(fmt "$tb") | $(fmt "$to") | $(fmt "$cl") | $(fmt "$by" 0) | $(fmt "$(fid "$m" e)" 3) |"
+    echo "| $m$r | $(fmt "$tt") | $(fmt "$tb") | $(fmt "$to") | $(fmt "$cl") | $(fmt "$by" 0) | $(fmt "$(fid "$m" e)" 3) |" | tee -a "$T/head.md"
 done
 if [ "$HAVE_AUTO" = 1 ]; then
     a=$(jq -r --argjson n "$LMID" --arg l "$LINK_ONE" --argjson s "$SMID" \
@@ -444,4 +445,10 @@ set yrange [0.9:*]
 plot "$T/ratio.dat" using 1:2 with linespoints pt 7 title "auto / best", 1.1 title "target 1.1" dt 2 lc rgb "red"
 EOF
 fi
-echo "report-render: wrote $MD and $RES/report-*.png" >&2
+{
+    echo "Prompt $LMID tokens, link $LINK_ONE, device ${SMID}x slower; the mid shape cut to $LAYERS layers, ee and hat"
+    echo "replaying stories260K's decisions; $MACHINE, shared; \`$CMD\`:"
+    echo
+    cat "$T/head.md"
+} > "$RES/report-headline.md"
+echo "report-render: wrote $MD, $RES/report-headline.md (the README's table) and $RES/report-*.png" >&2

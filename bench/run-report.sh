@@ -50,7 +50,7 @@ STATE=$TR/auto-state.json
 AUTOST=""
 [ "$HAVE_AUTO" = 0 ] || AUTOST="--state $STATE"
 t0=$(date -u +%s)
-case " $PARTS " in *" traces "*" fidelity "*" grid "*" sharing "*" tiny "*) : > "$RAW"; rm -f "$STATE" ;; esac
+[ "$PARTS" != "traces fidelity grid sharing tiny" ] || { : > "$RAW"; rm -f "$STATE"; }
 {
     echo "{\"part\":\"meta\",\"machine\":\"$(lscpu | grep 'Model name' | sed 's/.*: *//')\",\"cores\":$(nproc),\"quick\":$QUICK,"
     echo "\"links\":\"$LINKS\",\"slowdowns\":\"$SLOWDOWNS\",\"lengths\":\"$LENGTHS\",\"tokens\":$TOKENS,\"layers\":$LAYERS,"
