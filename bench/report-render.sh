@@ -157,9 +157,9 @@ for m in $MODES; do
 done
 if [ "$HAVE_AUTO" = 1 ]; then
     a=$(jq -r --argjson n "$LMID" --arg l "$LINK_ONE" --argjson s "$SMID" \
-        'select(.len == $n and .link == $l and .slowdown == $s) | "\(.chosen) | \(.pick_ms // "-") | \(.ratio // "-")"' "$T/autopick.jsonl" | head -1)
-    echo
-    echo "auto picked: \`${a%% |*}\`; measured total ms and ratio to the best mode: ${a#* | }."
+        'select(.len == $n and .link == $l and .slowdown == $s) | "\(.chosen)|\(if .pick_ms then (.pick_ms | round | tostring) + " ms" else "not measured" end)|\(if .ratio then (.ratio * 100 | round / 100 | tostring) + " x" else "-" end)"' "$T/autopick.jsonl" | head -1)
+    echo | tee -a "$T/head.md"
+    echo "auto (\`--objective latency\`) picked \`$(echo "$a" | cut -d'|' -f1)\`: total $(echo "$a" | cut -d'|' -f2), $(echo "$a" | cut -d'|' -f3) the best mode's." | tee -a "$T/head.md"
 fi
 echo
 echo "The exact-match column is measured on stories260K (the timing model's tokens are noise), $PROMPTS prompts, 64"
@@ -221,7 +221,8 @@ for m in device cloud split ee ee-lossless hat pd auto; do
 done
 echo
 echo "ee is lossy by design (threshold 0.9 with translators, the setting whose decisions are replayed); at threshold 1"
-echo "(ee-lossless) it equals device-only. split sends fp16 hidden states (rare near-ties may flip)."
+echo "(ee-lossless) it equals device-only. split and hat send fp16 hidden states (\`--hidden-enc\` default), so a near-tie"
+echo "can flip a token and the text goes its own way from there (with fp32 rows both are bit-exact, see README)."
 echo
 echo "![fidelity](results/report-fidelity.png)"
 echo
@@ -365,7 +366,7 @@ for what in ttft tbt; do
     gnuplot <<EOF
 $PT
 set output "$RES/report-$what.png"
-set multiplot layout 1,$(echo $SLOWDOWNS | wc -w) title "$(echo $what | tr a-z A-Z) by mode and link, prompt $LMID (log ms) - $MACHINE"
+set multiplot layout 1,$(echo $SLOWDOWNS | wc -w) title "$(echo $what | tr a-z A-Z) by mode and link, prompt $LMID (log ms) - $MACHINE, $CMD"
 set style data histogram
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -382,25 +383,25 @@ done
 gnuplot <<EOF
 $PT
 set output "$RES/report-ttft-len.png"
-set title "TTFT against prompt length (link $LINK_ONE, device ${SMID}x slower) - $MACHINE"
+set title "TTFT against prompt length (link $LINK_ONE, device ${SMID}x slower) - $MACHINE, $CMD"
 set logscale xy
 set xlabel "prompt tokens"; set ylabel "TTFT ms"
 set key top left
 plot for [i=2:$((nm + 1))] "$T/len-ttft.dat" using 1:i with linespoints title word("$MODES", i-1)
 set output "$RES/report-cloud.png"
-set title "Cloud compute per request (link $LINK_ONE, device ${SMID}x slower) - $MACHINE"
+set title "Cloud compute per request (link $LINK_ONE, device ${SMID}x slower) - $MACHINE, $CMD"
 set ylabel "cloud compute ms"
 unset logscale y; set logscale y
 plot for [i=3:$((nm + 1))] "$T/len-cloud.dat" using 1:(column(i) > 0 ? column(i) : 1/0) with linespoints title word("$MODES", i-1)
 set output "$RES/report-bytes.png"
-set title "Bytes on the link per generated token (link $LINK_ONE) - $MACHINE"
+set title "Bytes on the link per generated token (link $LINK_ONE) - $MACHINE, $CMD"
 set ylabel "bytes per token (up + down)"
 plot for [i=3:$((nm + 1))] "$T/len-bytes.dat" using 1:(column(i) > 0 ? column(i) : 1/0) with linespoints title word("$MODES", i-1)
 EOF
 [ -s "$T/fid.dat" ] && gnuplot <<EOF
 $PT
 set output "$RES/report-fidelity.png"
-set title "Fidelity against device-only, stories260K - $MACHINE"
+set title "Fidelity against device-only, stories260K - $MACHINE, $CMD"
 set style data histogram
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -412,7 +413,7 @@ if [ -s "$T/share.dat" ] && grep -q '[0-9] [0-9]' "$T/share.dat"; then
     gnuplot <<EOF
 $PT
 set output "$RES/report-sharing.png"
-set multiplot layout 1,2 title "Devices sharing one duet cloud process - $MACHINE"
+set multiplot layout 1,2 title "Devices sharing one duet cloud process - $MACHINE, $CMD"
 set logscale x 2
 set xlabel "devices"
 set key top left font ",8"
@@ -428,7 +429,7 @@ if [ -s "$T/pred.dat" ]; then
     gnuplot <<EOF
 $PT
 set output "$RES/report-pred.png"
-set title "auto's prediction against the measured total time, every case - $MACHINE"
+set title "auto's prediction against the measured total time, every case - $MACHINE, $CMD"
 set logscale xy
 set xlabel "predicted total ms"; set ylabel "measured total ms"
 set key top left
@@ -439,7 +440,7 @@ if [ -s "$T/ratio.dat" ]; then
     gnuplot <<EOF
 $PT
 set output "$RES/report-auto.png"
-set title "auto's pick: measured total / best measured mode's, cases sorted - $MACHINE"
+set title "auto's pick: measured total / best measured mode's, cases sorted - $MACHINE, $CMD"
 set xlabel "case (sorted)"; set ylabel "ratio"
 set yrange [0.9:*]
 plot "$T/ratio.dat" using 1:2 with linespoints pt 7 title "auto / best", 1.1 title "target 1.1" dt 2 lc rgb "red"
