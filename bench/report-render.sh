@@ -98,9 +98,11 @@ echo "    $CMD"
 echo
 echo "Binary: $(meta build)."
 echo
-echo "(bench/run-report.sh measures, bench/report-render.sh writes this page from \`build/report.jsonl\`.) The"
+echo "(bench/run-report.sh measures, bench/report-render.sh writes this page from its JSON lines, kept as"
+echo "[results/report.jsonl](results/report.jsonl): \`sh bench/report-render.sh docs/results/report.jsonl docs\` redraws it.) The"
 echo "machine is noisy: every case is one run, so read ratios and trends, not the last digit."
 echo
+[ -z "${REPORT_NOTE:-}" ] || { echo "$REPORT_NOTE"; echo; }
 echo "## What was run"
 echo
 echo "- **Timing model:** the mid synthetic shape (dim 1024, 16 heads, 4 kv heads, ffn 2816, 32000-token"
@@ -297,7 +299,7 @@ echo "alone with device threads in one process."
 echo
 
 # ---- TinyLlama ----
-if jq -e 'select(.part == "tiny")' "$RAW" >/dev/null 2>&1; then
+if [ "$(jq -s 'map(select(.part == "tiny")) | length' "$RAW")" -gt 0 ]; then
     echo "## Real size: the TinyLlama shape (22 layers, dim 2048, q8_0, random weights)"
     echo
     echo "Prompt 32 tokens, $TOKENS tokens, link wan, no slowdown; ee (exits 10,15) and hat (A = M = 5) replay the"

@@ -16,7 +16,7 @@
 #   fidelity   each mode on stories260K with --compare (exact match and ROUGE-L against device-only).
 #   sharing    1..32 devices (DEVICES) at once against one `duet cloud` process, each mode.
 #   real size  ee and hat replayed on the full TinyLlama shape (q8_0) beside device, cloud and split (TINY=1).
-# QUICK=1 shrinks everything to test the script in a few minutes (its RESULTS.md says so). JSON lines go to
+# REPORT_NOTE="..." adds a paragraph to the page (say what disturbed a run). QUICK=1 shrinks everything to test the script in a few minutes (its RESULTS.md says so). JSON lines go to
 # $BUILD/report.jsonl. The full run takes about 45 minutes on 2 cores (the 2048-token prompts on slow devices
 # are most of it).
 set -eu
@@ -224,5 +224,6 @@ case " $PARTS " in *" tiny "*)
 
 secs=$(( $(date -u +%s) - t0 ))
 echo "{\"part\":\"end\",\"seconds\":$secs}" >> "$RAW"
-sh bench/report-render.sh "$RAW" docs
+cp "$RAW" docs/results/report.jsonl # kept beside the page: bench/report-render.sh redraws it from this alone
+sh bench/report-render.sh docs/results/report.jsonl docs
 echo "report: wrote docs/RESULTS.md and docs/results/report-*.png in $secs s; JSON lines: $RAW" >&2
