@@ -256,6 +256,9 @@ if [ "$HAVE_AUTO" = 1 ] && [ -s "$T/autopick.jsonl" ]; then
         "| \($g[0].mode) | \($g | length) | \(med(((.pred - .meas) / .meas) | fabs) * 100 | round)% | \(med(((.pred_ttft - .meas_ttft) / .meas_ttft) | fabs) * 100 | round)% | \(med(if .meas_tbt > 0 then ((.pred_tbt - .meas_tbt) / .meas_tbt) | fabs else 0 end) * 100 | round)% |"' "$T/pred.jsonl"
     jq -r '"\(.pred) \(.meas) \(.mode)"' "$T/pred.jsonl" > "$T/pred.dat"
     echo
+    echo "hat's measured runs replay the trace's k = 4 while auto predicts hat at the k it would pick itself, so part of"
+    echo "hat's error is that difference; device-only's measured times are its full-speed run times the slowdown."
+    echo
     echo "![predicted vs measured](results/report-pred.png) ![auto against the best](results/report-auto.png)"
     echo
     echo "The cost model is described in [AUTO.md](AUTO.md)."
