@@ -297,8 +297,8 @@ done
 echo
 echo "![devices sharing a cloud](results/report-sharing.png)"
 echo
-echo "The cloud batches nothing across sessions in this build (issue 10 does that); \`make bench-cloud\` measures split"
-echo "alone with device threads in one process."
+echo "Each mode here goes through \`duet cloud\` as the binary named above builds it; \`make bench-cloud\` measures the"
+echo "cloud's batching of sessions (split and cloud modes, batching on and off, device threads in one process)."
 echo
 
 # ---- TinyLlama ----
