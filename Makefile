@@ -112,3 +112,10 @@ SOAK_MIN ?= 10
 .PHONY: soak
 soak: $(BUILD)/duet $(BUILD)/bench/soak
 	$(BUILD)/bench/soak $(BUILD)/duet models/stories260K.gguf -t $(SOAK_MIN)
+
+# make report: every mode and auto across links, device slowdowns and prompt lengths, decisions replayed from
+# stories260K traces: docs/RESULTS.md and docs/results/report-*.png (about 45 min on 2 cores; QUICK=1: minutes).
+.PHONY: report
+report: $(BUILD)/duet
+	sh scripts/install-deps.sh bench
+	sh bench/run-report.sh $(BUILD)

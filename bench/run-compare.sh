@@ -81,9 +81,16 @@ while [ "$r" -le "$ROUNDS" ]; do
 done
 
 # median of the rounds for each (row, threads), next to llama.cpp's figures
-src="STORED figures of bench/llamacpp-reference.md, measured on another machine (2-core AMD EPYC with AVX-512), not this one: the ratios compare two machines, not two engines; give LLAMA_BENCH=path/to/llama-bench for a live run here"
+if [ -n "$LB" ]; then
+    echo "llama.cpp columns: measured live in this run ($LB -lm none), interleaved with duet's rounds."
+else
+    echo "NOTE: llama.cpp columns: stored rows from another run on another machine (bench/llamacpp-reference.md: a"
+    echo "2-core AMD EPYC VM with AVX-512, llama.cpp 3f545becc), NOT measured here: the ratios compare two machines,"
+    echo "not two engines. LLAMA_BENCH=path/to/llama-bench runs it live."
+fi
+echo
+src="llama.cpp (bench/llamacpp-reference.md, -lm none)"
 [ -n "$LB" ] && src="llama.cpp (live on this machine, $LB -lm none)"
-[ -z "$LB" ] && echo "NOTE: llama.cpp figures: $src"
 bh=""; bs=""
 [ -n "$BASE" ] && bh=" base pp | base tg |" && bs=" --- | --- |"
 echo "| model | threads | duet pp | llama.cpp pp | ratio | duet tg | llama.cpp tg | ratio |$bh"

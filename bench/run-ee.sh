@@ -70,7 +70,7 @@ MD
 
 ## The paper's figures beside ours
 
-CE-CoLLM (seed 003), EE-LLM 7B on two A100s, Alpaca prompts (Table 2) and ablations (Table 4):
+CE-CoLLM (arXiv 2411.02829), EE-LLM 7B on two A100s, Alpaca prompts (Table 2) and ablations (Table 4):
 
 | configuration | total s | edge s | cloud s | comm s | request rate | ROUGE-L |
 | --- | --- | --- | --- | --- | --- | --- |

@@ -111,6 +111,14 @@ static const char *USAGE =
     "                         update it when given. Default for auto: $XDG_STATE_HOME/duet/<fingerprint>.json\n"
     "                         (~/.local/state/duet/...); none: neither read nor written. A malformed file is\n"
     "                         ignored with a warning and rewritten\n"
+    "      --trace-out FILE   ee, hat: record the run's decisions (ee: where each token came from, e1, e2 or\n"
+    "                         cloud; hat: drafted and accepted tokens of each round) into FILE (format in\n"
+    "                         src/modes/trace.h and docs/RESULTS.md); record on a trained model\n"
+    "      --replay TRACE     ee, hat: take the decisions from TRACE (made by --trace-out) instead of the exits'\n"
+    "                         confidence or the acceptance rule, in order, starting over when they run out; the\n"
+    "                         layers, uploads and requests still run, so a synthetic shape (`duet synth`) gets\n"
+    "                         real-size compute and traffic with a trained model's decision pattern. Generation\n"
+    "                         then ignores end-of-sequence, so -n tokens are made\n"
     "      --temp T           sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K          keep the K most likely tokens; 0 = all (default 0)\n"
     "      --top-p P          keep the smallest set with probability >= P; 1 = all (default 1)\n"
@@ -205,6 +213,8 @@ int cmd_run(int argc, char **argv) {
     const char *state_path = NULL, *auto_flag = NULL;
     int predict_only = 0;
     float budget = 1.5f;
+    const char *trace_out = NULL, *replay_path = NULL;
+    trace rec = {0}, rep = {0};
     args_gen g = args_gen_default();
     remote_opts ro = remote_opts_default();
     ro.fallback = 1; /* the device has the model file: it can always finish alone */
@@ -306,6 +316,10 @@ int cmd_run(int argc, char **argv) {
                 bad = args_float("run", a, v, 0.001, 1e6, &tpot);
             } else if (!strcmp(a, "--max-tpot")) {
                 bad = args_float("run", a, v, 0.001, 1e6, &max_tpot);
+            } else if (!strcmp(a, "--trace-out")) {
+                trace_out = v;
+            } else if (!strcmp(a, "--replay")) {
+                replay_path = v;
             } else if (!strcmp(a, "--pd-plan")) {
                 pd_spec = v;
             } else if (!strcmp(a, "--cloud-threads")) {
@@ -341,6 +355,9 @@ int cmd_run(int argc, char **argv) {
         return usage_error("--calib applies to --mode ee or hat only (or auto, which passes it to them)");
     if ((tpot > 0 || max_tpot > 0 || pd_spec) && mode != RUN_PD)
         return usage_error("--tpot, --max-tpot and --pd-plan apply to --mode pd only");
+    if ((trace_out || replay_path) && mode != RUN_EE && mode != RUN_HAT)
+        return usage_error("--trace-out and --replay apply to --mode ee or hat only (no other mode makes data-dependent "
+                           "decisions)");
     if (tpot > 0 && max_tpot > 0 && tpot > max_tpot)
         return usage_error("--tpot is above --max-tpot: no pace can meet both (make --tpot <= --max-tpot)");
     pd_plan plan = {tpot, 64, PD_CAUGHT_UP, g.n_tokens};
@@ -466,6 +483,25 @@ int cmd_run(int argc, char **argv) {
         }
         if (mode == RUN_PD) plan = ran.plan, plan_auto = 0;
     }
+    int trace_kind = mode == RUN_EE ? TRACE_EE : TRACE_HAT;
+    if (replay_path) {
+        if (trace_load(&rep, replay_path, err, sizeof err)) {
+            err_prefix(err, sizeof err, "--replay");
+            goto fail;
+        }
+        if (rep.kind != trace_kind) {
+            snprintf(err, sizeof err, "--replay %s is a %s trace; --mode %s needs a %s one", replay_path,
+                     trace_kind_name(rep.kind), MODES[mode], trace_kind_name(trace_kind));
+            status = 2;
+            goto fail;
+        }
+        rq.eos_id = -1; /* the trace's pattern plays out over all -n tokens */
+        eo.replay = ho.replay = &rep;
+    }
+    if (trace_out) {
+        if (trace_init(&rec, trace_kind, n_tokens > 0 ? n_tokens : 1, err, sizeof err)) goto fail;
+        eo.record = ho.record = &rec;
+    }
     if (!full && (mode == RUN_DEVICE || mode == RUN_PD || compare) && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
     if (compare && mode_device_run_slowed(full, pool, slowdown, &rq, NULL, NULL, &ref, err, sizeof err)) goto fail;
     if (mode == RUN_SPLIT) {
@@ -545,6 +581,12 @@ int cmd_run(int argc, char **argv) {
         if (autostate_save(&st, state_file, err, sizeof err)) fprintf(stderr, "duet run: state not saved: %s\n", err);
     }
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);
+    if (trace_out) {
+        char tnote[384];
+        snprintf(tnote, sizeof tnote, "duet run --mode %s -m %.160s, %d prompt tokens, %d generated", MODES[mode], model,
+                 n_prompt, mt.tokens);
+        if (trace_save(&rec, tnote, trace_out, err, sizeof err)) goto fail;
+    }
 
     char where[192] = "";
     if (mode == RUN_CLOUD || mode == RUN_PD) snprintf(where, sizeof where, " over link %.64s", link_spec);
@@ -582,6 +624,8 @@ int cmd_run(int argc, char **argv) {
 fail:
     fprintf(stderr, "duet run: %s\n", err);
 out:
+    trace_free(&rec);
+    trace_free(&rep);
     remote_free(&r);
     free(dec);
     calib_free(cal);

@@ -56,6 +56,7 @@ typedef struct ee_state {
     float *x, *last, *logits; /* [dim] translator output, [dim] h_{E2+1} of the newest row, [vocab] */
     double next_try_ms; /* when to try reconnecting; < 0: never */
     int backoff_ms;
+    int forced;         /* replay: this step's enum trace_where; -1: the exits decide */
 } ee_state;
 
 static void ee_log(const ee_state *s, const char *fmt, const char *detail) {
@@ -83,6 +84,12 @@ static int exit_logits(ee_state *s, int exit_layer, const float *h, float *conf,
 }
 
 static bool confident(const ee_state *s, float conf) { return s->o->threshold < 1 && conf >= s->o->threshold; }
+
+/* Whether the exit (TRACE_E1 or TRACE_E2) emits this step's token: the trace's decision when replaying. */
+static bool exits_here(const ee_state *s, int where, float conf) {
+    if (s->forced < 0) return confident(s, conf);
+    return where == TRACE_E1 ? s->forced == TRACE_E1 : s->forced != TRACE_CLOUD;
+}
 
 /* Sends kept rows [n_sent, n_kept) to the cloud in UPLOAD frames (the sender thread paces them). */
 static int upload_pending(ee_state *s, char *err, size_t errlen) {
@@ -201,7 +208,7 @@ static int ee_step(ee_state *s, const int *ids, int n, int pos, int token_index,
     if (!rc) rc = duet_forward(s->ctx, s->kv, 0, o->e1 + 1, s->h, n, pos, err, errlen);
     if (!rc) rc = exit_logits(s, o->e1, s->h + (size_t)(n - 1) * d, &conf, err, errlen);
     if (rc) return rc;
-    if (confident(s, conf)) {
+    if (exits_here(s, TRACE_E1, conf)) {
         if (!s->n_def) s->def0 = pos;
         memcpy(s->deferred + (size_t)s->n_def * d, s->h, sizeof(float) * (size_t)n * d);
         s->n_def += n;
@@ -218,7 +225,7 @@ static int ee_step(ee_state *s, const int *ids, int n, int pos, int token_index,
     rc = exit_logits(s, o->e2, s->last, &conf, err, errlen);
     s->mt->device_compute_ms += remote_device_step(t0, s->o->remote.device_slowdown);
     if (rc) return rc;
-    if (confident(s, conf) || !s->connected) {
+    if (exits_here(s, TRACE_E2, conf) || !s->connected) {
         s->mt->exit_tokens[1]++;
         *id = duet_sample(s->smp, s->logits);
         return DUET_OK;
@@ -304,7 +311,13 @@ int mode_ee_run(duet_model *m, duet_pool *pool, const ee_opts *o, const mode_req
     int n_in = rq->n_prompt;
     for (int i = 0; i < rq->max_tokens; i++) {
         maybe_reconnect(&s, i);
+        int b, where;
+        s.forced = -1;
+        if (o->replay) trace_next(o->replay, &s.forced, &b);
+        uint64_t at_e1 = mt->exit_tokens[0], at_e2 = mt->exit_tokens[1];
         if ((rc = ee_step(&s, in, n_in, pos, i, &id, err, errlen))) goto out;
+        where = mt->exit_tokens[0] > at_e1 ? TRACE_E1 : mt->exit_tokens[1] > at_e2 ? TRACE_E2 : TRACE_CLOUD;
+        if (o->record && (rc = trace_add(o->record, where, 0, err, errlen))) goto out;
         if (i == 0) mt->prefill_ms = clock_now_ms() - mt->t_start;
         if ((rc = metrics_token(mt, id))) {
             err_set(err, errlen, rc, "out of memory");

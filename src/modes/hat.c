@@ -88,6 +88,7 @@ typedef struct hat {
     spec_round_costs rc;  /* running estimates for --draft auto */
     double acc_w, trials_w;
     int zero_rounds;
+    int forced_accept;    /* replay: the accepted count of the round choose_k took from the trace */
 } hat;
 
 /* The adapter: h_A[dim] -> estimate of h_B (identity without a calibration). */
@@ -212,7 +213,9 @@ static int prefill(hat *h, const mode_request *rq, int chunk, char *err, size_t 
 
 static int choose_k(hat *h, int remaining) {
     int k = h->o->draft;
-    if (k == HAT_AUTO) {
+    if (h->o->replay) {
+        trace_next(h->o->replay, &k, &h->forced_accept);
+    } else if (k == HAT_AUTO) {
         double alpha = (h->acc_w + 1) / (h->trials_w + 2); /* Laplace: 1/2 before anything is seen */
         k = spec_pick_draft(&h->rc, alpha, h->kmax);
         if (k > 0) h->zero_rounds = 0;
@@ -284,6 +287,11 @@ static int round_run(hat *h, const mode_request *rq, mode_emit_fn emit, void *ar
         }
     }
     if (a == k) next = pick_token(h, h->logits + (size_t)k * h->vocab);
+    if (h->o->replay) { /* the trace's acceptance (capped when the tail of the request shortened k) */
+        a = h->forced_accept < k ? h->forced_accept : k;
+        next = pick_token(h, h->logits + (size_t)a * h->vocab);
+    }
+    if (h->o->record && (rc = trace_add(h->o->record, k, a, err, errlen))) return rc;
 
     h->mt->rounds++;
     h->mt->drafted += (uint64_t)k;
@@ -345,6 +353,7 @@ static int hat_init(hat *h, const duet_model *m, duet_pool *pool, remote *r, con
     h->dim = c->dim;
     h->vocab = c->vocab_size;
     h->kmax = o->draft == HAT_AUTO ? o->draft_max : o->draft;
+    if (o->replay && trace_max_a(o->replay) > h->kmax) h->kmax = trace_max_a(o->replay);
     h->adapter = o->calib ? calib_find(o->calib, h->A, h->B) : NULL;
     if (rows < h->kmax + 1) rows = h->kmax + 1;
     duet_part in = {.n_spans = 1, .span = {{0, h->A}}}, out = {.n_spans = 1, .span = {{h->B, h->L}}};

@@ -13,6 +13,7 @@
 #include "engine/calib.h"
 #include "modes/mode.h"
 #include "modes/spec.h"
+#include "modes/trace.h"
 
 #define HAT_AUTO -1
 
@@ -23,6 +24,10 @@ typedef struct hat_opts {
     int draft_max;      /* the largest k auto may pick */
     int chunk;          /* prompt chunk size > 0; 0: the whole prompt in one UPLOAD; HAT_AUTO */
     const calib *calib; /* the adapter is its map A:(L-M) (`duet calibrate`); NULL: identity, h_A taken for h_B */
+    trace *record;      /* NULL, or a TRACE_HAT trace that gets (drafted, accepted) of every decode round */
+    trace *replay;      /* NULL, or a TRACE_HAT trace whose rounds are played instead of choosing k and accepting
+                         * by the rule: the drafts and rows are computed and sent as usual, only the decisions
+                         * are the trace's (src/modes/trace.h) */
 } hat_opts;
 
 hat_opts hat_opts_default(int n_layers); /* A = M = 1 (L/4 when L >= 8), draft auto up to 8, chunk auto */

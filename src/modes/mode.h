@@ -10,6 +10,7 @@
 #include "engine/calib.h"
 #include "modes/metrics.h"
 #include "modes/remote.h"
+#include "modes/trace.h"
 
 typedef struct mode_request {
     const int *prompt;       /* [n_prompt] token ids, BOS included if wanted */
@@ -66,6 +67,9 @@ typedef struct ee_opts {
                               * inspect or continue it */
     mode_log_fn log;
     void *log_arg;
+    trace *record;           /* NULL, or a TRACE_EE trace that gets where each token came from */
+    trace *replay;           /* NULL, or a TRACE_EE trace whose decisions replace the exits' confidence tests:
+                              * the same layers, heads, uploads and requests run, as the trace says */
 } ee_opts;
 
 ee_opts ee_opts_default(void); /* no exits chosen, threshold 0.8, background upload, reconnect after 1 s */
