@@ -383,14 +383,12 @@ static void chosen_for(const char *flags, char *mode, size_t cap) {
 }
 
 /* The first candidate of `mode` in a decision: its predicted `field` (0 when absent). */
-static double predicted(const char *flags, const char *mode, const char *field) {
-    json *doc = decide(flags);
+static double predicted(const json *doc, const char *mode, const char *field) {
     const json_val *c = doc ? json_get(json_get(json_root(doc), "auto"), "candidates") : NULL;
-    double v = 0;
-    for (size_t i = 0; c && i < json_len(c) && v == 0; i++)
-        if (!strcmp(json_str(json_get(json_at(c, i), "mode"), NULL), mode)) v = json_num(json_get(json_at(c, i), field));
-    json_free(doc);
-    return v;
+    for (size_t i = 0; c && i < json_len(c); i++)
+        if (!strcmp(json_str(json_get(json_at(c, i), "mode"), NULL), mode))
+            return json_num(json_get(json_at(c, i), field));
+    return 0;
 }
 
 /* End to end, with the link's nominal figures (the device probe is the only measurement): the pick follows
@@ -402,7 +400,9 @@ TEST(test_auto_cli_pick_follows_link_and_slowdown) {
      * share f of a step) wins over a link of round trip r when step > r / (1 - f): about 2.5 ms for a LAN and
      * 150 ms for 4G at f = 0.6, so 20 ms leaves a margin of 4x or more either way, which a second probe's noise
      * (a loaded machine, a sanitizer build) does not cross */
-    double step = predicted("-n 16 --device-slowdown 1 --link lan", "device", "tbt_ms");
+    json *doc = decide("-n 16 --device-slowdown 1 --link lan");
+    double step = predicted(doc, "device", "tbt_ms");
+    json_free(doc);
     REQUIRE(step > 0);
     double slow = 20 / step < 1 ? 1 : 20 / step > 1000 ? 1000 : 20 / step;
     /* privacy: hat's round trip per token is cheaper than the device's middle layers over a LAN, not over 4G */
@@ -418,9 +418,12 @@ TEST(test_auto_cli_pick_follows_link_and_slowdown) {
     /* latency, the same device over both links: slowed so that its 4 tokens take the geometric middle of the
      * cloud's predicted totals over a LAN and over 4G, it loses the LAN and wins 4G by the same factor (about 7x
      * in an optimized build, 2x under a sanitizer, whose in-process cloud is as slow as its device). */
-    double dev = predicted("-n 4 --device-slowdown 1 --link lan", "device", "total_ms");
-    double lan = predicted("-n 4 --device-slowdown 1 --link lan", "cloud", "total_ms");
-    double g4 = predicted("-n 4 --device-slowdown 1 --link 4g", "cloud", "total_ms");
+    doc = decide("-n 4 --device-slowdown 1 --link lan"); /* one probe for both, so they share its noise */
+    double dev = predicted(doc, "device", "total_ms"), lan = predicted(doc, "cloud", "total_ms");
+    json_free(doc);
+    doc = decide("-n 4 --device-slowdown 1 --link 4g");
+    double g4 = predicted(doc, "cloud", "total_ms");
+    json_free(doc);
     REQUIRE(dev > 0 && lan > 0 && g4 > lan);
     double slow_lat = sqrt(lan * g4) / dev < 1 ? 1 : sqrt(lan * g4) / dev;
     snprintf(flags, sizeof flags, "-n 4 --device-slowdown %.3f --link lan", slow_lat);
