@@ -10,9 +10,10 @@
 #              random weights), TOKENS generated tokens, one run per case. Device-only does not touch the link
 #              and its emulated slowdown only sleeps times each compute step, so it runs once per prompt
 #              length at full speed and its times are multiplied by the slowdown (as make bench-pd does).
-#   auto       per case, `--mode auto --predict-only --net nominal` gives its pick and a prediction for every
-#              candidate; the pick is run too when no grid run has its settings; predicted vs measured pairs
-#              every candidate with the grid run of the same settings.
+#   auto       per case, before the case's runs, `--mode auto --predict-only --net nominal` gives its pick and a
+#              prediction for every candidate; the pick is run too when no grid run has its settings; predicted vs
+#              measured pairs every candidate with the grid run of the same settings. Every run is given auto's
+#              state, so auto predicts from the rates and time corrections of the warm-up and the earlier cases.
 #   fidelity   each mode on stories260K with --compare (exact match and ROUGE-L against device-only).
 #   sharing    1..32 devices (DEVICES) at once against one `duet cloud` process, each mode.
 #   real size  ee and hat replayed on the full TinyLlama shape (q8_0) beside device, cloud and split (TINY=1).
@@ -122,18 +123,28 @@ grid_mode() { # TAG LINKARGS PROMPT MODE
     cloud) run "$tag,\"label\":\"cloud\",\"args\":\"--mode cloud\"" --mode cloud -m "$TM" -p "$p" -n "$TOKENS" $la ;;
     split) run "$tag,\"label\":\"split\",\"args\":\"--mode split --split 1\"" --mode split --split 1 -m "$TM" -p "$p" -n "$TOKENS" $la ;;
     ee) run "$tag,\"label\":\"ee\",\"args\":\"--mode ee $EE_GRID\",\"replayed\":true" --mode ee $EE_GRID -m "$TM" -p "$p" -n "$TOKENS" $la \
-            --replay "$TR/ee.trace" $AUTOST ;;
+            --replay "$TR/ee.trace" ;;
     hat) run "$tag,\"label\":\"hat\",\"args\":\"--mode hat $HAT_GRID\",\"replayed\":true" --mode hat $HAT_GRID -m "$TM" -p "$p" -n "$TOKENS" $la \
-            --replay "$TR/hat.trace" $AUTOST ;;
+            --replay "$TR/hat.trace" ;;
     pd) run "$tag,\"label\":\"pd\",\"args\":\"--mode pd\"" --mode pd -m "$TM" -p "$p" -n "$TOKENS" $la ;;
     esac
 }
 
 case " $PARTS " in *" grid "*)
     echo "report: grid on $TM (links $LINKS, slowdowns $SLOWDOWNS, prompts $LENGTHS, $TOKENS tokens)" >&2
-    if [ "$HAVE_AUTO" = 1 ]; then # the replayed rates go into auto's state before it predicts anything
+    LEARN="" # every run given the state teaches auto how far its mode's times were from their prediction
+    if [ "$HAVE_AUTO" = 1 ]; then
+        LEARN="$AUTOST --net nominal"
+        # earlier requests: the replayed rates, then one short request of each mode at each slowdown, go into auto's
+        # state before it predicts anything; within the grid, auto predicts a case before that case's runs
         run "\"part\":\"warmup\",\"label\":\"ee\"" --mode ee $EE_GRID -m "$TM" -p "$(words 31)" -n "$TOKENS" --replay "$TR/ee.trace" $AUTOST
         run "\"part\":\"warmup\",\"label\":\"hat\"" --mode hat $HAT_GRID -m "$TM" -p "$(words 31)" -n "$TOKENS" --replay "$TR/hat.trace" $AUTOST
+        run "\"part\":\"warmup\",\"label\":\"device\"" --mode device -m "$TM" -p "$(words 31)" -n "$TOKENS" $LEARN
+        for sd in $SLOWDOWNS; do
+            for m in cloud split ee hat pd; do
+                grid_mode "\"part\":\"warmup\",\"slowdown\":$sd" "--link lan --device-slowdown $sd $LEARN" "$(words 31)" "$m"
+            done
+        done
     fi
     for n in $LENGTHS; do
         # BOS + n - 1 words, less what the generated tokens need of the shape's 2048 positions
@@ -141,25 +152,27 @@ case " $PARTS " in *" grid "*)
         [ $((n + TOKENS)) -le 2048 ] || w=$((2048 - TOKENS - 1))
         p=$(words "$w")
         run "\"part\":\"grid\",\"len\":$n,\"link\":\"none\",\"slowdown\":1,\"label\":\"device\",\"args\":\"--mode device\"" \
-            --mode device -m "$TM" -p "$p" -n "$TOKENS"
+            --mode device -m "$TM" -p "$p" -n "$TOKENS" $LEARN
         for link in $LINKS; do
             for sd in $SLOWDOWNS; do
                 tag="\"part\":\"grid\",\"len\":$n,\"link\":\"$link\",\"slowdown\":$sd"
                 la="--link $link --device-slowdown $sd"
-                for m in cloud split ee hat pd; do grid_mode "$tag" "$la" "$p" "$m"; done
-                [ "$HAVE_AUTO" = 1 ] || continue
-                run "$tag,\"label\":\"auto-predict\"" --mode auto --predict-only --net nominal --allow-lossy -m "$TM" -p "$p" \
-                    -n "$TOKENS" $la $AUTOST
-                chosen=$(tail -1 "$RAW" | jq -r '.auto.chosen_args // empty' 2>/dev/null || true)
+                chosen=""
+                if [ "$HAVE_AUTO" = 1 ]; then
+                    run "$tag,\"label\":\"auto-predict\"" --mode auto --predict-only --net nominal --allow-lossy -m "$TM" -p "$p" \
+                        -n "$TOKENS" $la $AUTOST
+                    chosen=$(tail -1 "$RAW" | jq -r '.auto.chosen_args // empty' 2>/dev/null || true)
+                fi
+                for m in cloud split ee hat pd; do grid_mode "$tag" "$la $LEARN" "$p" "$m"; done
                 # a pick the grid has no run of (another split point, other exits or hat layers): run it too
                 case "$chosen" in
                 "" | "--mode device" | "--mode cloud" | "--mode split --split 1" | "--mode pd"* | "--mode ee $EE_GRID" | \
                     "--mode hat $HAT_GRID"*) ;;
                 --mode\ ee*) run "$tag,\"label\":\"auto-pick\",\"args\":\"$chosen\",\"replayed\":true" $chosen -m "$TM" -p "$p" \
-                                 -n "$TOKENS" $la --replay "$TR/ee.trace" ;;
+                                 -n "$TOKENS" $la --replay "$TR/ee.trace" $LEARN ;;
                 --mode\ hat*) run "$tag,\"label\":\"auto-pick\",\"args\":\"$chosen\",\"replayed\":true" $chosen -m "$TM" -p "$p" \
-                                  -n "$TOKENS" $la --replay "$TR/hat.trace" ;;
-                *) run "$tag,\"label\":\"auto-pick\",\"args\":\"$chosen\"" $chosen -m "$TM" -p "$p" -n "$TOKENS" $la ;;
+                                  -n "$TOKENS" $la --replay "$TR/hat.trace" $LEARN ;;
+                *) run "$tag,\"label\":\"auto-pick\",\"args\":\"$chosen\"" $chosen -m "$TM" -p "$p" -n "$TOKENS" $la $LEARN ;;
                 esac
             done
         done

@@ -32,7 +32,7 @@ static cost_inputs shape(const char *link, double slowdown, int n_prompt, int n_
 static const char *pick(const cost_inputs *in, const autostate *st, int objective, cost_cand *out) {
     static cost_cand c[COST_MAX_CANDS];
     int n = cost_candidates(in, st, 0, c, COST_MAX_CANDS);
-    int i = cost_pick(c, n, objective, 1.5, 0, 1);
+    int i = cost_pick(c, n, objective, 1.5, 0, 0, 1);
     if (i < 0) return "none";
     if (out) *out = c[i];
     return cost_mode_name[c[i].mode];
@@ -76,7 +76,7 @@ TEST(test_cost_objectives) {
         const char *p = pick(&x, NULL, COST_PRIVACY, NULL);
         CHECK(!strcmp(p, "device") || !strcmp(p, "hat"));
     }
-    int i = cost_pick(all, n, COST_LATENCY, 1.5, 0, 0);
+    int i = cost_pick(all, n, COST_LATENCY, 1.5, 0, 0, 0);
     REQUIRE(i >= 0);
     CHECK_EQ_INT(all[i].mode, COST_DEVICE);
 }
@@ -108,11 +108,76 @@ TEST(test_cost_uses_measured_rates) {
     REQUIRE(lossy >= 0);
     CHECK(!c[lossy].lossless);
     CHECK_NEAR(c[lossy].exit1_rate, 0.6, 1e-9);
-    int best = cost_pick(c, n, COST_LATENCY, 1.5, 0, 1);
+    int best = cost_pick(c, n, COST_LATENCY, 1.5, 0, 0, 1);
     CHECK(best >= 0 && c[best].lossless);
     CHECK(!c[lossy].eligible);
-    cost_pick(c, n, COST_LATENCY, 1.5, 1, 1);
+    cost_pick(c, n, COST_LATENCY, 1.5, 0, 1, 1);
     CHECK(c[lossy].eligible);
+}
+
+TEST(test_cost_device_margin) {
+    /* a 1.05x slower device on a LAN loses a short answer to the cloud by a few percent: with a 10% margin it
+     * keeps the request, with none it does not; an 8x slower one loses whatever the margin */
+    cost_inputs a = shape("lan", 1.05, 32, 4), b = shape("lan", 8, 32, 4);
+    cost_cand c[COST_MAX_CANDS];
+    int n = cost_candidates(&a, NULL, 0, c, COST_MAX_CANDS);
+    int fast = cost_pick(c, n, COST_LATENCY, 1.5, 0, 0, 1), kept = cost_pick(c, n, COST_LATENCY, 1.5, 0.1, 0, 1);
+    REQUIRE(fast >= 0 && kept >= 0);
+    CHECK(c[fast].mode != COST_DEVICE);
+    CHECK(c[kept].mode == COST_DEVICE);
+    CHECK(c[kept].total_ms <= 1.1 * c[fast].total_ms);
+    n = cost_candidates(&b, NULL, 0, c, COST_MAX_CANDS);
+    kept = cost_pick(c, n, COST_LATENCY, 1.5, 0.1, 0, 1);
+    CHECK(kept >= 0 && c[kept].mode != COST_DEVICE);
+}
+
+TEST(test_cost_time_corrections) {
+    /* the speed class is the device's step over the cloud's, in powers of two */
+    cost_inputs a = shape("lan", 1, 32, 32), b = shape("lan", 8, 32, 32);
+    CHECK_EQ_INT(cost_speed_class(&a), 0);
+    CHECK_EQ_INT(cost_speed_class(&b), 3);
+    CHECK_EQ_INT(autostate_speed_class(1, 1000), 0);
+    CHECK_EQ_INT(autostate_speed_class(1e6, 1), AUTOSTATE_SPEEDS - 1);
+    /* the device wins as fast as the cloud; once device runs measured 3x their prediction at this speed, it no
+     * longer does, while the same correction at another speed class changes nothing here */
+    autostate st;
+    autostate_init(&st, 1);
+    cost_cand before, after;
+    REQUIRE(!strcmp(pick(&a, &st, COST_LATENCY, &before), "device"));
+    for (int i = 0; i < 8; i++) {
+        autostate_note_scale(&st.time[COST_DEVICE][3].ttft, 10, 30);
+        autostate_note_scale(&st.time[COST_DEVICE][3].tbt, 10, 30);
+    }
+    CHECK(!strcmp(pick(&a, &st, COST_LATENCY, &after), "device"));
+    CHECK_NEAR(after.total_ms, before.total_ms, 1e-9);
+    b.speed = 3;
+    CHECK(!strcmp(pick(&b, &st, COST_LATENCY, &after), "cloud"));
+    for (int i = 0; i < 8; i++) {
+        autostate_note_scale(&st.time[COST_DEVICE][0].ttft, 10, 30);
+        autostate_note_scale(&st.time[COST_DEVICE][0].tbt, 10, 30);
+    }
+    CHECK(strcmp(pick(&a, &st, COST_LATENCY, &after), "device") != 0);
+    cost_cand c[COST_MAX_CANDS];
+    int n = cost_candidates(&a, &st, 0, c, COST_MAX_CANDS);
+    REQUIRE(n > 0 && c[0].mode == COST_DEVICE);
+    CHECK_NEAR(c[0].ttft_scale, 3, 1e-9);
+    CHECK_NEAR(c[0].ttft_ms, 3 * before.ttft_ms, 1e-6);
+    CHECK_NEAR(c[0].total_ms, 3 * before.total_ms, 1e-6);
+    /* auto_learn compares a run with the uncorrected prediction: a run as long as the corrected one keeps 3 */
+    metrics mt;
+    metrics_start(&mt, "device");
+    double t[2] = {c[0].ttft_ms, c[0].ttft_ms + c[0].tbt_ms};
+    mt.tokens = 2, mt.t_token = t, mt.fallback_at = -1;
+    auto_learn(&st, &c[0], 0, &mt);
+    CHECK_NEAR(st.time[COST_DEVICE][0].ttft.scale, 3, 1e-9);
+    CHECK_NEAR(st.time[COST_DEVICE][0].tbt.scale, 3, 1e-9);
+    /* hat from prior rates (nothing accepted yet) teaches nothing about the model's error */
+    cost_cand h = {.mode = COST_HAT, .rates = COST_RATES_PRIOR, .ttft_ms = 1, .tbt_ms = 1, .ttft_scale = 1, .tbt_scale = 1};
+    auto_learn(&st, &h, 0, &mt);
+    CHECK_EQ_INT(st.time[COST_HAT][0].ttft.samples, 0);
+    h.rates = COST_RATES_MEASURED;
+    auto_learn(&st, &h, 0, &mt);
+    CHECK_EQ_INT(st.time[COST_HAT][0].ttft.samples, 1);
 }
 
 TEST(test_cost_pd_is_pdplan) {
@@ -138,6 +203,8 @@ TEST(test_autostate_round_trip) {
     autostate_note_ee(&st, 1, 2, 0.8f, 1, 50, 5, 5);
     autostate_note_hat(&st, 1, 1, 0, 40, 30);
     autostate_note_scale(&st.cloud, 10, 20);
+    autostate_note_scale(&st.time[COST_HAT][3].ttft, 10, 15);
+    autostate_note_scale(&st.time[COST_HAT][3].tbt, 10, 40);
     char buf[8192], err[256];
     int n = autostate_format(&st, buf, sizeof buf);
     REQUIRE(n > 0 && n < (int)sizeof buf);
@@ -149,6 +216,11 @@ TEST(test_autostate_round_trip) {
     CHECK_EQ_INT(back.n_hat, 1);
     CHECK_EQ_INT(back.hat[0].accepted, 30);
     CHECK_NEAR(back.cloud.scale, 2, 1e-6);
+    CHECK_NEAR(back.time[COST_HAT][3].ttft.scale, 1.5, 1e-6);
+    CHECK_NEAR(back.time[COST_HAT][3].tbt.scale, 4, 1e-6);
+    CHECK_EQ_INT(back.time[COST_HAT][3].tbt.samples, 1);
+    CHECK_NEAR(back.time[COST_HAT][2].tbt.scale, 1, 0);
+    CHECK_EQ_INT(back.time[COST_HAT][2].tbt.samples, 0);
     CHECK(autostate_find_ee(&back, 1, 2, 0.8f, 1) != NULL);
     CHECK(autostate_find_ee(&back, 1, 2, 0.9f, 1) == NULL);
     /* another model's file is refused, and the save/load pair agrees */
@@ -195,6 +267,14 @@ TEST(test_autostate_malformed) {
         "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"hat\":[{\"output_layers\":1}]}",
         "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"hat\":[{\"input_layers\":1,\"output_layers\":1,"
         "\"drafted\":1e300}]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":{}}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[2]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[{\"speed\":0}]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[{\"mode\":6,\"speed\":0}]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[{\"mode\":1,\"speed\":8}]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[{\"mode\":1,\"speed\":0.5}]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[{\"mode\":1,\"speed\":0,\"ttft\":{\"scale\":0}}]}",
+        "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[{\"mode\":1,\"speed\":0,\"tbt\":3}]}",
         "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\"} trailing",
         "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",",
     };
@@ -210,6 +290,11 @@ TEST(test_autostate_malformed) {
     int n = snprintf(big, sizeof big, "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"hat\":[");
     for (int i = 0; i <= AUTOSTATE_MAX; i++)
         n += snprintf(big + n, sizeof big - (size_t)n, "%s{\"input_layers\":1,\"output_layers\":%d}", i ? "," : "", i + 1);
+    n += snprintf(big + n, sizeof big - (size_t)n, "]}");
+    CHECK(autostate_parse(big, (size_t)n, 1, &st, err, sizeof err) == DUET_EINVAL);
+    n = snprintf(big, sizeof big, "{\"duet_state\":1,\"fingerprint\":\"0000000000000001\",\"time\":[");
+    for (int i = 0; i <= AUTOSTATE_MODES * AUTOSTATE_SPEEDS; i++)
+        n += snprintf(big + n, sizeof big - (size_t)n, "%s{\"mode\":0,\"speed\":0}", i ? "," : "");
     n += snprintf(big + n, sizeof big - (size_t)n, "]}");
     CHECK(autostate_parse(big, (size_t)n, 1, &st, err, sizeof err) == DUET_EINVAL);
     /* unknown keys are skipped (a later version may add some) */
@@ -344,9 +429,35 @@ TEST(test_auto_cli_state_and_flags) {
     REQUIRE(out && st == 0);
     CHECK_MSG(strstr(out, "\"mode\":\"hat\"") && strstr(out, "\"rates\":\"measured\""), "%s", out);
     free(out);
+    /* a fixed mode given the state predicts itself as auto would and keeps its measured times against that */
+    snprintf(args, sizeof args, "run --mode cloud -m models/stories260K.gguf -p 'Once upon a time' -n 24 --link lan "
+             "--net nominal --state %s", file);
+    out = test_run_cli(args, &st, 1);
+    CHECK_MSG(out && st == 0, "%s", out ? out : "");
+    free(out);
+    text = test_read_file(file, &len);
+    REQUIRE(text);
+    doc = json_parse(text, len, err, sizeof err);
+    REQUIRE_MSG(doc, "%s: %s", err, text);
+    const json_val *times = json_get(json_root(doc), "time");
+    int cloud_entry = 0;
+    for (size_t i = 0; i < json_len(times); i++) {
+        const json_val *e = json_at(times, i);
+        if (json_num(json_get(e, "mode")) == COST_CLOUD && json_num(json_get(e, "speed")) == 0) {
+            cloud_entry = 1;
+            CHECK(json_num(json_get(json_get(e, "ttft"), "samples")) == 1);
+            CHECK(json_num(json_get(json_get(e, "tbt"), "scale")) > 0);
+        }
+    }
+    CHECK_MSG(cloud_entry, "%s", text);
+    json_free(doc);
+    free(text);
     unlink(file);
     rmdir(dir);
     /* usage errors name the fix */
+    out = test_run_cli("run --mode cloud -m models/stories260K.gguf --net nominal", &st, 1);
+    CHECK(out && st == 2 && strstr(out, "--state"));
+    free(out);
     out = test_run_cli("run --mode device -m models/stories260K.gguf --objective latency", &st, 1);
     CHECK(out && st == 2 && strstr(out, "--mode auto only"));
     free(out);
@@ -358,7 +469,8 @@ TEST(test_auto_cli_state_and_flags) {
     free(out);
     out = test_run_cli("run --help", &st, 0);
     CHECK(out && strstr(out, "--objective") && strstr(out, "--predict-only") && strstr(out, "--state") &&
-          strstr(out, "--net") && strstr(out, "--allow-lossy") && strstr(out, "--latency-budget"));
+          strstr(out, "--net") && strstr(out, "--allow-lossy") && strstr(out, "--latency-budget") &&
+          strstr(out, "--device-margin"));
     free(out);
 }
 

@@ -100,15 +100,21 @@ static const char *USAGE =
     "                         predicted cloud compute among candidates within --latency-budget of the fastest)\n"
     "                         or privacy (only modes where token ids never leave this machine: device, hat)\n"
     "      --latency-budget X auto, cloud-cost: how many times the fastest prediction a pick may take (default 1.5)\n"
+    "      --device-margin F  auto, latency and privacy: keep the request on the device when it is predicted within\n"
+    "                         (1 + F) x the fastest candidate (default 0.1; 0 = the fastest, however small the\n"
+    "                         gain): a smaller gain is within the model's error and not worth the network\n"
     "      --predict-only     auto: probe and print the predictions and the pick (with --json: one JSON line)\n"
     "                         without running the request\n"
     "      --allow-lossy      auto: let ee below threshold 1 win (its measured exit rates from --state); greedy\n"
     "                         output may then differ from device-only\n"
     "      --net HOW          auto: measure (default: RTT and bandwidth by padded PINGs on a probe session) or\n"
-    "                         nominal (the --link profile's figures: deterministic, no probe session)\n"
+    "                         nominal (the --link profile's figures: deterministic, no probe session); also\n"
+    "                         for another mode given --state, whose prediction is made the same way\n"
     "      --state FILE|none  per-model file of what earlier requests measured (ee exit rates, hat acceptance, the\n"
-    "                         cloud's compute against its prediction); auto reads and updates it, other modes\n"
-    "                         update it when given. Default for auto: $XDG_STATE_HOME/duet/<fingerprint>.json\n"
+    "                         cloud's compute and each mode's time to the first token and between tokens against\n"
+    "                         their predictions); auto reads and updates it, other modes update it when given\n"
+    "                         (they probe first, as auto does, to have a prediction to compare with). Default\n"
+    "                         for auto: $XDG_STATE_HOME/duet/<fingerprint>.json\n"
     "                         (~/.local/state/duet/...); none: neither read nor written. A malformed file is\n"
     "                         ignored with a warning and rewritten\n"
     "      --trace-out FILE   ee, hat: record the run's decisions (ee: where each token came from, e1, e2 or\n"
@@ -209,8 +215,8 @@ int cmd_run(int argc, char **argv) {
     int hat_flag = 0; /* a hat-only flag was given */
     float slowdown = 1, tpot = 0, max_tpot = 0;
     const char *pd_spec = NULL;
-    auto_opts ao = {.objective = COST_LATENCY, .budget = 1.5};
-    const char *state_path = NULL, *auto_flag = NULL;
+    auto_opts ao = {.objective = COST_LATENCY, .budget = 1.5, .margin = 0.1};
+    const char *state_path = NULL, *auto_flag = NULL, *net_flag = NULL;
     int predict_only = 0;
     float budget = 1.5f;
     const char *trace_out = NULL, *replay_path = NULL;
@@ -255,10 +261,15 @@ int cmd_run(int argc, char **argv) {
             } else if (!strcmp(a, "--latency-budget")) {
                 bad = args_float("run", a, v, 1, 1000, &budget);
                 auto_flag = a;
+            } else if (!strcmp(a, "--device-margin")) {
+                float mg;
+                bad = args_float("run", a, v, 0, 10, &mg);
+                ao.margin = mg;
+                auto_flag = a;
             } else if (!strcmp(a, "--net")) {
                 if (strcmp(v, "measure") && strcmp(v, "nominal")) return usage_error("--net must be measure or nominal");
                 ao.nominal_net = !strcmp(v, "nominal");
-                auto_flag = a;
+                net_flag = a;
             } else if (!strcmp(a, "--state")) {
                 state_path = v;
             } else if (!strcmp(a, "--split")) {
@@ -340,6 +351,8 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "duet run: %s applies to --mode auto only (see duet run --help)\n", auto_flag);
         return 2;
     }
+    if (net_flag && mode != RUN_AUTO && (!state_path || !strcmp(state_path, "none")))
+        return usage_error("--net applies to --mode auto, or to another mode given --state (its prediction)");
     if (mode == RUN_AUTO && (split >= 0 || ee_flag || hat_flag || tpot > 0 || max_tpot > 0 || pd_spec))
         return usage_error("--mode auto chooses the mode's settings itself: drop --split, the ee, hat and pd flags");
     ao.budget = budget;
@@ -483,6 +496,25 @@ int cmd_run(int argc, char **argv) {
         }
         if (mode == RUN_PD) plan = ran.plan, plan_auto = 0;
     }
+    if (use_state && ran.mode < 0) {
+        /* the prediction auto would make for these settings: the run's measured times correct the next ones */
+        cost_cand want = {.mode = mode, .split = split, .e1 = eo.e1, .e2 = eo.e2, .threshold = eo.threshold,
+                          .input_layers = ho.input_layers, .output_layers = ho.output_layers, .calibrated = calib_path != NULL};
+        ao.calibrated = calib_path != NULL;
+        ao.slowdown = slowdown;
+        ao.remote = ro;
+        ao.state = &st;
+        if ((!full && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) ||
+            (!dec && !(dec = malloc(sizeof *dec)))) {
+            if (!full) goto fail;
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
+        }
+        if (auto_predict(full, pool, &ao, n_prompt, n_tokens, &want, dec, &ran, err, sizeof err)) {
+            fprintf(stderr, "duet run: no prediction to learn from (%s)\n", err);
+            ran.mode = -1;
+        }
+    }
     int trace_kind = mode == RUN_EE ? TRACE_EE : TRACE_HAT;
     if (replay_path) {
         if (trace_load(&rep, replay_path, err, sizeof err)) {
@@ -572,12 +604,12 @@ int cmd_run(int argc, char **argv) {
     if (note[0]) fprintf(stderr, "duet run: %s\n", note);
     if (rc || remote_close(&r, err, sizeof err)) goto fail;
     if (use_state) { /* what this run measured, for auto's next predictions */
-        if (ran.mode < 0) { /* a fixed mode: no prediction to correct, only rates */
-            ran.mode = mode, ran.e1 = eo.e1, ran.e2 = eo.e2, ran.threshold = eo.threshold;
-            ran.input_layers = ho.input_layers, ran.output_layers = ho.output_layers, ran.calibrated = cal != NULL;
-            ran.cloud_ms = 0;
+        if (ran.mode < 0) { /* no prediction to correct, only rates */
+            ran = (cost_cand){.mode = mode, .e1 = eo.e1, .e2 = eo.e2, .threshold = eo.threshold,
+                              .input_layers = ho.input_layers, .output_layers = ho.output_layers,
+                              .calibrated = cal != NULL, .ttft_scale = 1, .tbt_scale = 1};
         }
-        auto_learn(&st, &ran, &mt);
+        auto_learn(&st, &ran, dec ? dec->speed : 0, &mt);
         if (autostate_save(&st, state_file, err, sizeof err)) fprintf(stderr, "duet run: state not saved: %s\n", err);
     }
     if (compare) metrics_fidelity(&mt, ref.ids, ref.tokens);

@@ -60,6 +60,8 @@ int auto_decide(duet_model *m, duet_pool *pool, const auto_opts *o, int n_prompt
         in->cloud.head_ms /= s;
         in->cloud.call_ms /= s;
     }
+    /* the speed class from the probes alone: the cloud's correction below must not move a device between classes */
+    in->speed = d->speed = cost_speed_class(in);
     /* corrected by what earlier requests measured against their predictions */
     double k = o->state ? o->state->cloud.scale : 1;
     in->cloud.layer_fixed_ms *= k;
@@ -67,7 +69,7 @@ int auto_decide(duet_model *m, duet_pool *pool, const auto_opts *o, int n_prompt
     in->cloud.head_ms *= k;
     in->cloud.call_ms *= k;
     d->n = cost_candidates(in, o->state, o->calibrated, d->cand, COST_MAX_CANDS);
-    d->chosen = cost_pick(d->cand, d->n, o->objective, o->budget, o->allow_lossy, d->have_cloud);
+    d->chosen = cost_pick(d->cand, d->n, o->objective, o->budget, o->margin, o->allow_lossy, d->have_cloud);
     return DUET_OK;
 }
 
@@ -86,14 +88,15 @@ void auto_print_json(const auto_decision *d, const auto_opts *o, const char *lin
     const cost_inputs *in = &d->in;
     char args[256] = "";
     if (d->chosen >= 0) cost_args(&d->cand[d->chosen], args, sizeof args);
-    fprintf(f, "{\"auto\":{\"objective\":\"%s\",\"chosen\":%d,\"chosen_mode\":", OBJECTIVES[o->objective], d->chosen);
+    fprintf(f, "{\"auto\":{\"objective\":\"%s\",\"device_margin\":%g,\"chosen\":%d,\"chosen_mode\":",
+            OBJECTIVES[o->objective], o->margin, d->chosen);
     put_str(f, d->chosen >= 0 ? cost_mode_name[d->cand[d->chosen].mode] : "");
     fputs(",\"chosen_args\":", f);
     put_str(f, args);
     fprintf(f, ",\"prompt_tokens\":%d,\"tokens\":%d,\"slowdown\":%g,\"link\":", in->n_prompt, in->n_tokens,
             o->slowdown > 1 ? o->slowdown : 1);
     put_str(f, link_spec);
-    fprintf(f, ",\"have_cloud\":%s", d->have_cloud ? "true" : "false");
+    fprintf(f, ",\"have_cloud\":%s,\"speed_class\":%d", d->have_cloud ? "true" : "false", d->speed);
     if (!d->have_cloud) {
         fputs(",\"cloud_error\":", f);
         put_str(f, d->cloud_err);
@@ -118,6 +121,7 @@ void auto_print_json(const auto_decision *d, const auto_opts *o, const char *lin
                 c->ttft_ms, c->tbt_ms, c->total_ms, c->cloud_ms, c->bytes_up, c->bytes_down,
                 c->is_private ? "true" : "false", c->lossless ? "true" : "false", c->eligible ? "true" : "false");
         put_str(f, c->why);
+        fprintf(f, ",\"ttft_scale\":%.4f,\"tbt_scale\":%.4f", c->ttft_scale, c->tbt_scale);
         if (c->mode == COST_EE)
             fprintf(f, ",\"rates\":\"%s\",\"exit1_rate\":%.4f,\"exit2_rate\":%.4f", RATES[c->rates], c->exit1_rate,
                     c->exit2_rate);
@@ -131,7 +135,31 @@ void auto_print_json(const auto_decision *d, const auto_opts *o, const char *lin
     fputs("]}}\n", f);
 }
 
-void auto_learn(autostate *st, const cost_cand *c, const metrics *mt) {
+static int same_setting(const cost_cand *a, const cost_cand *b) {
+    if (a->mode != b->mode) return 0;
+    switch (a->mode) {
+    case COST_SPLIT: return a->split == b->split;
+    case COST_EE: return a->e1 == b->e1 && a->e2 == b->e2 && a->threshold == b->threshold && a->calibrated == b->calibrated;
+    case COST_HAT:
+        return a->input_layers == b->input_layers && a->output_layers == b->output_layers && a->calibrated == b->calibrated;
+    default: return 1;
+    }
+}
+
+int auto_predict(duet_model *m, duet_pool *pool, const auto_opts *o, int n_prompt, int n_tokens, const cost_cand *want,
+                 auto_decision *d, cost_cand *c, char *err, size_t errlen) {
+    int rc = auto_decide(m, pool, o, n_prompt, n_tokens, d, err, errlen);
+    if (rc) return rc;
+    for (int i = 0; i < d->n; i++)
+        if (same_setting(&d->cand[i], want)) {
+            *c = d->cand[i];
+            return DUET_OK;
+        }
+    *c = *want;
+    return cost_predict(&d->in, c, err, errlen);
+}
+
+void auto_learn(autostate *st, const cost_cand *c, int speed, const metrics *mt) {
     if (c->mode == COST_EE && mt->tokens > 0)
         autostate_note_ee(st, c->e1, c->e2, c->threshold, c->calibrated, (uint64_t)mt->tokens, mt->exit_tokens[0],
                           mt->exit_tokens[1]);
@@ -141,4 +169,13 @@ void auto_learn(autostate *st, const cost_cand *c, const metrics *mt) {
      * that lost its cloud measured only part of the cloud's work */
     if (c->mode != COST_DEVICE && mt->fallback_at < 0)
         autostate_note_scale(&st->cloud, c->cloud_ms / st->cloud.scale, mt->cloud_compute_ms);
+    /* a prediction from prior rates (no exits, nothing accepted) says nothing about the model's error */
+    int informed = (c->mode != COST_EE || c->threshold >= 1 || c->rates == COST_RATES_MEASURED) &&
+                   (c->mode != COST_HAT || c->rates == COST_RATES_MEASURED);
+    if (!informed || mt->fallback_at >= 0 || mt->tokens < 1 || c->mode < 0 || c->mode >= AUTOSTATE_MODES) return;
+    autostate_time *t = &st->time[c->mode][speed];
+    autostate_note_scale(&t->ttft, c->ttft_ms / c->ttft_scale, mt->t_token[0]);
+    if (mt->tokens > 1)
+        autostate_note_scale(&t->tbt, c->tbt_ms / c->tbt_scale,
+                             (mt->t_token[mt->tokens - 1] - mt->t_token[0]) / (mt->tokens - 1));
 }

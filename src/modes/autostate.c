@@ -25,6 +25,14 @@ void autostate_init(autostate *s, uint64_t fingerprint) {
     memset(s, 0, sizeof *s);
     s->fingerprint = fingerprint;
     s->cloud.scale = 1;
+    for (int m = 0; m < AUTOSTATE_MODES; m++)
+        for (int v = 0; v < AUTOSTATE_SPEEDS; v++) s->time[m][v].ttft.scale = s->time[m][v].tbt.scale = 1;
+}
+
+int autostate_speed_class(double dev_ms, double cloud_ms) {
+    if (!(dev_ms > 0) || !(cloud_ms > 0)) return 0;
+    double c = round(log2(dev_ms / cloud_ms));
+    return c < 0 ? 0 : c >= AUTOSTATE_SPEEDS ? AUTOSTATE_SPEEDS - 1 : (int)c;
 }
 
 /* A number member of o in [lo, hi] (integral when integral); absent: *out = dflt. */
@@ -58,15 +66,15 @@ static int scale(const json_val *root, const char *key, autostate_scale *sc, cha
     return 0;
 }
 
-/* The array member key of root (absent: n = 0), at most AUTOSTATE_MAX objects. */
-static int list(const json_val *root, const char *key, const json_val **arr, size_t *n, char *err, size_t errlen) {
+/* The array member key of root (absent: n = 0), at most max objects. */
+static int list(const json_val *root, const char *key, size_t max, const json_val **arr, size_t *n, char *err,
+                size_t errlen) {
     *arr = json_get(root, key);
     *n = 0;
     if (!*arr) return 0;
     if (json_type_of(*arr) != JSON_ARR) return err_set(err, errlen, DUET_EINVAL, "\"%s\" must be an array", key);
     *n = json_len(*arr);
-    if (*n > AUTOSTATE_MAX)
-        return err_set(err, errlen, DUET_EINVAL, "\"%s\" has %zu entries, at most %d", key, *n, AUTOSTATE_MAX);
+    if (*n > max) return err_set(err, errlen, DUET_EINVAL, "\"%s\" has %zu entries, at most %zu", key, *n, max);
     for (size_t i = 0; i < *n; i++)
         if (json_type_of(json_at(*arr, i)) != JSON_OBJ)
             return err_set(err, errlen, DUET_EINVAL, "\"%s\"[%zu] must be an object", key, i);
@@ -86,7 +94,7 @@ static int parse_root(const json_val *root, uint64_t fingerprint, autostate *s, 
     if (scale(root, "cloud", &s->cloud, err, errlen)) return DUET_EINVAL;
     const json_val *arr;
     size_t n;
-    if (list(root, "ee", &arr, &n, err, errlen)) return DUET_EINVAL;
+    if (list(root, "ee", AUTOSTATE_MAX, &arr, &n, err, errlen)) return DUET_EINVAL;
     for (size_t i = 0; i < n; i++) {
         const json_val *o = json_at(arr, i);
         double e1, e2, thr, cal, tok, x1, x2;
@@ -102,7 +110,7 @@ static int parse_root(const json_val *root, uint64_t fingerprint, autostate *s, 
         if (x1 + x2 > tok) return err_set(err, errlen, DUET_EINVAL, "ee[%zu]: more exits than tokens", i);
         s->ee[s->n_ee++] = (autostate_ee){(int)e1, (int)e2, (int)cal, (float)thr, (uint64_t)tok, (uint64_t)x1, (uint64_t)x2};
     }
-    if (list(root, "hat", &arr, &n, err, errlen)) return DUET_EINVAL;
+    if (list(root, "hat", AUTOSTATE_MAX, &arr, &n, err, errlen)) return DUET_EINVAL;
     for (size_t i = 0; i < n; i++) {
         const json_val *o = json_at(arr, i);
         double a, m, cal, dr, ac;
@@ -116,6 +124,22 @@ static int parse_root(const json_val *root, uint64_t fingerprint, autostate *s, 
         if (a < 0 || m < 0) return err_set(err, errlen, DUET_EINVAL, "hat[%zu]: needs input_layers and output_layers", i);
         if (ac > dr) return err_set(err, errlen, DUET_EINVAL, "hat[%zu]: more accepted than drafted", i);
         s->hat[s->n_hat++] = (autostate_hat){(int)a, (int)m, (int)cal, (uint64_t)dr, (uint64_t)ac};
+    }
+    if (list(root, "time", AUTOSTATE_MODES * AUTOSTATE_SPEEDS, &arr, &n, err, errlen)) return DUET_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const json_val *o = json_at(arr, i);
+        double m = -1, v = -1;
+        if (num(o, "mode", 0, AUTOSTATE_MODES - 1, 1, -1, &m, err, errlen) ||
+            num(o, "speed", 0, AUTOSTATE_SPEEDS - 1, 1, -1, &v, err, errlen)) {
+            err_prefix(err, errlen, "time[%zu]", i);
+            return DUET_EINVAL;
+        }
+        if (m < 0 || v < 0) return err_set(err, errlen, DUET_EINVAL, "time[%zu]: needs \"mode\" and \"speed\"", i);
+        autostate_time *t = &s->time[(int)m][(int)v];
+        if (scale(o, "ttft", &t->ttft, err, errlen) || scale(o, "tbt", &t->tbt, err, errlen)) {
+            err_prefix(err, errlen, "time[%zu]", i);
+            return DUET_EINVAL;
+        }
     }
     return 0;
 }
@@ -177,6 +201,17 @@ int autostate_format(const autostate *s, char *buf, size_t cap) {
         PUT("%s{\"input_layers\":%d,\"output_layers\":%d,\"calibrated\":%d,\"drafted\":%" PRIu64 ",\"accepted\":%" PRIu64
             "}", i ? ",\n" : "\n", h->input_layers, h->output_layers, h->calibrated, h->drafted, h->accepted);
     }
+    PUT("],\n\"time\":[");
+    int first = 1;
+    for (int m = 0; m < AUTOSTATE_MODES; m++)
+        for (int v = 0; v < AUTOSTATE_SPEEDS; v++) {
+            const autostate_time *t = &s->time[m][v];
+            if (!t->ttft.samples && !t->tbt.samples) continue;
+            PUT("%s{\"mode\":%d,\"speed\":%d,\"ttft\":{\"scale\":%.6g,\"samples\":%" PRIu64 "},\"tbt\":{\"scale\":%.6g,"
+                "\"samples\":%" PRIu64 "}}", first ? "\n" : ",\n", m, v, t->ttft.scale, t->ttft.samples, t->tbt.scale,
+                t->tbt.samples);
+            first = 0;
+        }
     PUT("]}\n");
 #undef PUT
     return (int)n;

@@ -1,6 +1,7 @@
 /* autostate.h: what auto mode learns about one model from the requests it ran (docs/AUTO.md): ee's exit
- * counts per (exits, threshold, calibrated), hat's acceptance per (input, output layers, calibrated), and
- * how far the cloud's measured compute was from the prediction (a correction factor for the next ones).
+ * counts per (exits, threshold, calibrated), hat's acceptance per (input, output layers, calibrated), how far
+ * the cloud's measured compute was from the prediction, and how far each mode's measured time to the first
+ * token and between tokens were from theirs (correction factors for the next predictions).
  *
  * Kept in a small JSON file, by default $XDG_STATE_HOME/duet/<fingerprint>.json. The file is untrusted
  * bytes: autostate_parse rejects anything malformed, foreign (another model's fingerprint) or out of range
@@ -30,9 +31,20 @@ typedef struct autostate_scale {
     uint64_t samples;
 } autostate_scale;
 
+/* Time corrections are kept per mode (enum cost_mode's numbers, AUTOSTATE_MODES of them) and per speed class:
+ * round(log2(device step / cloud step)) clamped to [0, AUTOSTATE_SPEEDS), because what a model leaves out (two
+ * sides contending for one machine's memory, a pace the device sets) weighs differently on a device as fast as its
+ * cloud and on one 8x slower. */
+#define AUTOSTATE_MODES 6
+#define AUTOSTATE_SPEEDS 8
+typedef struct autostate_time {
+    autostate_scale ttft, tbt; /* measured / predicted time to the first token, and between tokens */
+} autostate_time;
+
 typedef struct autostate {
     uint64_t fingerprint;
     autostate_scale cloud;
+    autostate_time time[AUTOSTATE_MODES][AUTOSTATE_SPEEDS];
     int n_ee, n_hat;
     autostate_ee ee[AUTOSTATE_MAX];
     autostate_hat hat[AUTOSTATE_MAX];
@@ -60,5 +72,7 @@ void autostate_note_hat(autostate *s, int input_layers, int output_layers, int c
                         uint64_t accepted);
 /* A request's measured over predicted compute (ignored when either is not > 0). */
 void autostate_note_scale(autostate_scale *sc, double predicted_ms, double measured_ms);
+/* The speed class of a device whose step takes dev_ms where the cloud's takes cloud_ms. */
+int autostate_speed_class(double dev_ms, double cloud_ms);
 
 #endif

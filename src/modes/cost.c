@@ -14,6 +14,11 @@
 #define DRAFT_MAX 8 /* --draft-max's default: the k hat's auto may pick */
 
 const char *const cost_mode_name[] = {"device", "cloud", "split", "ee", "pd", "hat"};
+_Static_assert(COST_HAT + 1 == AUTOSTATE_MODES, "the state keeps a time correction per cost mode");
+
+static void set_total(const cost_inputs *in, cost_cand *c) {
+    c->total_ms = c->ttft_ms + (in->n_tokens > 1 ? (in->n_tokens - 1) * c->tbt_ms : 0);
+}
 
 /* l layers in one forward call over c positions */
 static double lay(const probe_compute *x, int l, double c) {
@@ -132,6 +137,7 @@ static int predict_pd(const cost_inputs *in, cost_cand *c, char *err, size_t err
 int cost_predict(const cost_inputs *in, cost_cand *c, char *err, size_t errlen) {
     int L = in->dev.n_layers;
     c->ttft_ms = c->tbt_ms = c->cloud_ms = c->bytes_up = c->bytes_down = 0;
+    c->ttft_scale = c->tbt_scale = 1;
     c->is_private = c->mode == COST_DEVICE || c->mode == COST_HAT;
     c->lossless = c->mode != COST_EE || c->threshold >= 1;
     switch (c->mode) {
@@ -159,13 +165,25 @@ int cost_predict(const cost_inputs *in, cost_cand *c, char *err, size_t errlen) 
     }
     default: return err_set(err, errlen, DUET_EINVAL, "unknown mode %d", c->mode);
     }
-    c->total_ms = c->ttft_ms + (in->n_tokens > 1 ? (in->n_tokens - 1) * c->tbt_ms : 0);
+    set_total(in, c);
     return 0;
 }
 
-static int add(const cost_inputs *in, cost_cand *out, int n, int cap, cost_cand c) {
+int cost_speed_class(const cost_inputs *in) {
+    int L = in->dev.n_layers;
+    return autostate_speed_class(lay(&in->dev, L, 1) + in->dev.head_ms, lay(&in->cloud, L, 1) + in->cloud.head_ms);
+}
+
+/* Predicts c and corrects it by what requests of its mode measured against their predictions at this speed */
+static int add(const cost_inputs *in, const autostate *st, cost_cand *out, int n, int cap, cost_cand c) {
     char err[128];
     if (n >= cap || cost_predict(in, &c, err, sizeof err)) return n;
+    if (st) {
+        const autostate_time *t = &st->time[c.mode][in->speed];
+        c.ttft_scale = t->ttft.scale, c.tbt_scale = t->tbt.scale;
+        c.ttft_ms *= c.ttft_scale, c.tbt_ms *= c.tbt_scale;
+        set_total(in, &c);
+    }
     out[n] = c;
     return n + 1;
 }
@@ -178,12 +196,12 @@ int cost_candidates(const cost_inputs *in, const autostate *st, int calibrated, 
     for (int m = COST_DEVICE; m <= COST_CLOUD; m++) {
         cost_cand c = base;
         c.mode = m;
-        n = add(in, out, n, cap, c);
+        n = add(in, st, out, n, cap, c);
     }
     for (int a = 1; a < L; a++) {
         cost_cand c = base;
         c.mode = COST_SPLIT, c.split = a;
-        n = add(in, out, n, cap, c);
+        n = add(in, st, out, n, cap, c);
     }
     if (L >= 3) {
         /* ee: duet run's default exits at the lossless threshold, then every setting st has measured */
@@ -191,7 +209,7 @@ int cost_candidates(const cost_inputs *in, const autostate *st, int calibrated, 
         c.mode = COST_EE, c.e1 = L / 2 - 1 > 0 ? L / 2 - 1 : 0;
         c.e2 = 3 * L / 4 - 1 > c.e1 ? 3 * L / 4 - 1 : c.e1 + 1;
         c.threshold = 1, c.rates = COST_RATES_NONE;
-        n = add(in, out, n, cap, c);
+        n = add(in, st, out, n, cap, c);
         for (int i = 0; st && i < st->n_ee; i++) {
             const autostate_ee *e = &st->ee[i];
             if (e->calibrated != calibrated || e->threshold >= 1 || !e->tokens) continue;
@@ -199,7 +217,7 @@ int cost_candidates(const cost_inputs *in, const autostate *st, int calibrated, 
             c.mode = COST_EE, c.e1 = e->e1, c.e2 = e->e2, c.threshold = e->threshold;
             c.exit1_rate = (double)e->exit1 / e->tokens, c.exit2_rate = (double)e->exit2 / e->tokens;
             c.rates = COST_RATES_MEASURED;
-            n = add(in, out, n, cap, c);
+            n = add(in, st, out, n, cap, c);
         }
         /* hat: its default layers, then every pair st has measured */
         int A = L >= 8 ? L / 4 : 1;
@@ -208,22 +226,22 @@ int cost_candidates(const cost_inputs *in, const autostate *st, int calibrated, 
         const autostate_hat *h = st ? autostate_find_hat(st, A, A, calibrated) : NULL;
         c.rates = h && h->drafted ? COST_RATES_MEASURED : COST_RATES_PRIOR;
         c.alpha = h && h->drafted ? (double)h->accepted / h->drafted : 0;
-        n = add(in, out, n, cap, c);
+        n = add(in, st, out, n, cap, c);
         for (int i = 0; st && i < st->n_hat; i++) {
             h = &st->hat[i];
             if (h->calibrated != calibrated || !h->drafted || (h->input_layers == A && h->output_layers == A)) continue;
             c = base;
             c.mode = COST_HAT, c.input_layers = h->input_layers, c.output_layers = h->output_layers;
             c.alpha = (double)h->accepted / h->drafted, c.rates = COST_RATES_MEASURED;
-            n = add(in, out, n, cap, c);
+            n = add(in, st, out, n, cap, c);
         }
     }
     cost_cand c = base;
     c.mode = COST_PD;
-    return add(in, out, n, cap, c);
+    return add(in, st, out, n, cap, c);
 }
 
-int cost_pick(cost_cand *c, int n, int objective, double budget, int allow_lossy, int have_cloud) {
+int cost_pick(cost_cand *c, int n, int objective, double budget, double margin, int allow_lossy, int have_cloud) {
     double fastest = INFINITY;
     for (int i = 0; i < n; i++) {
         c[i].eligible = 1;
@@ -251,6 +269,9 @@ int cost_pick(cost_cand *c, int n, int objective, double budget, int allow_lossy
             best = i;
         }
     }
+    if (objective != COST_CLOUD_COST && best >= 0)
+        for (int i = 0; i < n; i++)
+            if (c[i].eligible && c[i].mode == COST_DEVICE && c[i].total_ms <= (1 + margin) * c[best].total_ms) return i;
     return best;
 }
 

@@ -22,6 +22,7 @@ typedef struct cost_inputs {
     probe_compute cloud; /* the cloud */
     double row_bytes;    /* one hidden state as it travels (encoding included) */
     int n_prompt, n_tokens;
+    int speed;           /* the speed class whose time corrections apply (cost_speed_class of the probes) */
 } cost_inputs;
 
 typedef struct cost_cand {
@@ -38,6 +39,7 @@ typedef struct cost_cand {
     /* predictions */
     double ttft_ms, tbt_ms, total_ms; /* total = ttft + (tokens - 1) * tbt */
     double cloud_ms, bytes_up, bytes_down;
+    double ttft_scale, tbt_scale;   /* the state's corrections already applied to ttft_ms, tbt_ms (1: none) */
     int is_private;                 /* token ids never leave the device */
     int lossless;                   /* greedy output equals device-only */
     int eligible;
@@ -48,17 +50,23 @@ typedef struct cost_cand {
  * setting does not fit the model (message in err). */
 int cost_predict(const cost_inputs *in, cost_cand *c, char *err, size_t errlen);
 
+/* The speed class (autostate.h) of in's device against its cloud: one step of the whole model on each. */
+int cost_speed_class(const cost_inputs *in);
+
 /* Every candidate for a model of in->dev.n_layers layers: device, cloud, split at every layer, ee at the
  * default exits (threshold 1, and the thresholds st has measured), hat at its default layers (and those st
- * has measured), pd; each predicted. st may be NULL (prior rates: no exits, no accepted draft). Returns how
- * many were written (at most cap). */
+ * has measured), pd; each predicted, then corrected by st's time factors for its mode at in->speed.
+ * st may be NULL (prior rates: no exits, no accepted draft; no corrections). Returns how many were written
+ * (at most cap). */
 #define COST_MAX_CANDS 256
 int cost_candidates(const cost_inputs *in, const autostate *st, int calibrated, cost_cand *out, int cap);
 
 /* Marks eligibility (lossless unless allow_lossy; private for COST_PRIVACY; no cloud: device only) and returns
  * the index of the best: least total_ms (latency, privacy), or least cloud_ms among those within
- * budget x the least total_ms (cloud-cost; ties by total_ms). Ties keep the earlier candidate. -1: none. */
-int cost_pick(cost_cand *c, int n, int objective, double budget, int allow_lossy, int have_cloud);
+ * budget x the least total_ms (cloud-cost; ties by total_ms). Ties keep the earlier candidate. For latency and
+ * privacy an eligible device-only candidate within (1 + margin) x the best's total is the pick: a gain smaller
+ * than the model's error is not worth the network's risks, cloud compute and data sent. -1: none. */
+int cost_pick(cost_cand *c, int n, int objective, double budget, double margin, int allow_lossy, int have_cloud);
 
 /* The `duet run` flags that run c as a fixed mode, into buf[cap]. */
 void cost_args(const cost_cand *c, char *buf, size_t cap);
