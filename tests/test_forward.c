@@ -743,6 +743,25 @@ static void check_multi(const char *path, int a, int b, duet_pool *pool) {
     duet_model_free(m);
 }
 
+/* A batch long enough that the threads split every step (SwiGLU's elementwise step too: n * ffn >= 65536 here) gives
+ * the one-thread logits bit for bit. */
+TEST(test_forward_threads_split_a_long_batch_exactly) {
+    char err[64];
+    duet_pool *pool = duet_pool_init(2, err, sizeof err);
+    duet_model *m = load(TEST_DATA "/quant/small-q8_0.gguf", NULL);
+    REQUIRE(pool && m);
+    enum { N = 96 };
+    REQUIRE((size_t)N * duet_model_config(m)->ffn_dim >= 65536);
+    int ids[N];
+    for (int t = 0; t < N; t++) ids[t] = (37 * t + 1) % duet_model_config(m)->vocab_size;
+    float *one = logits_batch(m, ids, N, NULL), *two = logits_batch(m, ids, N, pool);
+    if (one && two) CHECK(!memcmp(one, two, sizeof(float) * N * duet_model_config(m)->vocab_size));
+    free(one);
+    free(two);
+    duet_model_free(m);
+    duet_pool_free(pool);
+}
+
 TEST(test_forward_multi_equals_separate) {
     char err[64];
     duet_pool *pool = duet_pool_init(2, err, sizeof err);
