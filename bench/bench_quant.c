@@ -4,7 +4,7 @@
  *           the figure is memory bandwidth, not cache bandwidth); also with 2 threads for the best ISA
  *   batch:  the same matrix times nx = 64 activation rows (prefill-like), GFLOP/s = 2 n nr nx / time
  *   memcpy: plain copy bandwidth of the same working-set size, as the ceiling to compare decode with.
- * Q4_0 and Q4_K are measured twice: as in the file, and repacked (Q4_0x8, Q4_Kx8) as a loaded model holds them.
+ * Types with a repacked layout are measured twice: as in the file, and repacked (Q8_0x8, Q4_0x8, ...) as a loaded model holds them.
  * Usage: bench_quant [-n COLS] [-r ROWS] [type-name ...]   (default: 4096 x 4096, every supported weight type);
  * COLS a multiple of 256 (the K-quants' block), e.g. -n 2048 -r 5632 for TinyLlama's ffn matrices. */
 #include "base/clock.h"

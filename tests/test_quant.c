@@ -463,17 +463,17 @@ TEST(test_quant_gemm_scalar_matches_dequantized_math) {
     }
 }
 
-/* Repacked layouts (quant_repack: Q4_0, Q4_K, Q6_K): at every ISA, every output of every call shape (row groups 1..3, columns 1..7,
- * any column offset) equals the scalar reference on the matrix as the file has it, bit for bit; so batch
- * invariance holds, and a repacked model computes what a plain one does under the scalar kernels. Lengths
- * include an odd Q4_0 block count and TinyLlama's ffn (5632). */
+/* Repacked layouts (quant_repack: Q8_0, Q4_0, Q4_K, Q6_K): at every ISA, every output of every call shape (row groups 1..3,
+ * columns 1..7, any column offset) equals the scalar reference on the matrix as the file has it, bit for bit; so
+ * batch invariance holds, and a repacked model computes what a plain one does under the scalar kernels. Lengths
+ * include an odd block count for Q8_0 and Q4_0 (800 = 25 blocks) and TinyLlama's ffn (5632). */
 TEST(test_quant_repacked_equals_plain_reference) {
-    static const int types[] = {DUET_TYPE_Q4_0, DUET_TYPE_Q4_K, DUET_TYPE_Q6_K};
-    static const int ns[] = {256, 800 - 32, 5632};
+    static const int types[] = {DUET_TYPE_Q8_0, DUET_TYPE_Q4_0, DUET_TYPE_Q4_K, DUET_TYPE_Q6_K};
+    static const int ns[] = {256, 800, 5632};
     enum { NR = 24, NX = 7 };
-    for (int ti = 0; ti < 3; ti++)
+    for (int ti = 0; ti < 4; ti++)
         for (int ni = 0; ni < 3; ni++) {
-            const int type = types[ti], n = type != DUET_TYPE_Q4_0 && ni == 1 ? 768 : ns[ni];
+            const int type = types[ti], n = quant_traits_get(type)->block == 256 && ni == 1 ? 768 : ns[ni];
             const int rt = QUANT_REPACK8 | type;
             rng_seed(500 + 10 * type + ni);
             gemm_case g;
@@ -481,6 +481,17 @@ TEST(test_quant_repacked_equals_plain_reference) {
             if (type == DUET_TYPE_Q6_K) /* llama.cpp's Q6_K scales can be negative; ours are not: flip some */
                 for (size_t b = 0; b < g.ws * NR / 210; b++)
                     for (int k = 0; k < 16; k += 3) g.w[210 * b + 192 + k] = (unsigned char)(-(signed char)g.w[210 * b + 192 + k]);
+            if (type == DUET_TYPE_Q8_0) { /* the largest products: a file may hold -128 (our quantizer never writes
+                                             it), activations reach +-127; a pair of them is what the int16 must hold */
+                for (size_t b = 0; b < g.ws * NR / 34; b++)
+                    for (int k = 0; k < 32; k++)
+                        if (b % 3 < 2) g.w[34 * b + 2 + k] = b % 3 == 0 || k % 4 < 2 ? 0x80 : 0x7f;
+                for (size_t b = 0; b < g.xs / 34; b++)
+                    for (int k = 0; k < 32; k++) {
+                        g.x[34 * b + 2 + k] = b % 2 ? 127 : (unsigned char)-127;
+                        g.x[g.xs + 34 * b + 2 + k] = k % 3 ? 127 : (unsigned char)-127;
+                    }
+            }
             unsigned char *wr = malloc(g.ws * NR);
             REQUIRE(wr);
             memcpy(wr, g.w, g.ws * NR);
@@ -521,7 +532,8 @@ TEST(test_quant_repack_rules) {
     CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_0, 16, 2048), simd ? (QUANT_REPACK8 | DUET_TYPE_Q4_0) : DUET_TYPE_Q4_0);
     CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_K, 8, 256), simd ? (QUANT_REPACK8 | DUET_TYPE_Q4_K) : DUET_TYPE_Q4_K);
     CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_0, 12, 2048), DUET_TYPE_Q4_0); /* rows not in groups of 8 */
-    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q8_0, 16, 2048), DUET_TYPE_Q8_0); /* no layout for the type */
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q8_0, 16, 2048), simd ? (QUANT_REPACK8 | DUET_TYPE_Q8_0) : DUET_TYPE_Q8_0);
+    CHECK_EQ_INT(quant_repack_type(DUET_TYPE_F16, 16, 2048), DUET_TYPE_F16); /* no layout for the type */
     CHECK_EQ_INT(quant_repack_type(DUET_TYPE_Q4_0, 8, 1 << 30), DUET_TYPE_Q4_0); /* too long for the aux terms */
     CHECK_EQ_INT(quant_repack(DUET_TYPE_Q4_0, buf, 4, 32), DUET_EINVAL);
     CHECK_EQ_INT(quant_repack(DUET_TYPE_F32, buf, 8, 4), DUET_EINVAL);

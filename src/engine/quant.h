@@ -48,10 +48,10 @@ const char *quant_isa_name(int isa);
 void quant_gemm(int isa, int type, int n, const void *w, size_t w_stride, int nr,
                 const void *x, size_t x_stride, int nx, float *y, size_t ldy);
 
-/* Repacked layouts (weights in memory only, never in a file): a Q4_0 or Q4_K matrix whose rows come in groups of
- * 8 can be rewritten so that each group's blocks are interleaved (block b of the 8 rows side by side, quants 4 bytes
- * of a row at a time), which lets one vector load feed 8 rows and keeps each output's sum in one SIMD lane: the
- * batch kernels then do a third of the work per product. Same bytes per row as the file's type; every output is
+/* Repacked layouts (weights in memory only, never in a file): a Q8_0, Q4_0, Q4_K or Q6_K matrix whose rows come in
+ * groups of 8 can be rewritten so that each group's blocks are interleaved (block b of the 8 rows side by side, quants
+ * 4 bytes of a row at a time), which lets one vector load feed 8 rows and keeps each output's sum in one SIMD lane:
+ * the batch kernels then do a third of the work per product (Q8_0: about half), and decode needs no horizontal sums. Same bytes per row as the file's type; every output is
  * summed in the scalar reference's order, so a repacked matrix gives bit for bit what quant_gemm(QUANT_ISA_SCALAR,
  * file type) gives on the rows as the file has them, at every ISA. quant_gemm takes a repacked type like any other,
  * with w at the first row of a group, nr a multiple of 8 and w_stride the row bytes. quant_traits_get refuses
