@@ -409,12 +409,13 @@ TEST(test_quant_gemm_simd_matches_scalar) {
     for (int isa = QUANT_ISA_AVX2; isa <= best; isa++) printf("    (checked %s)\n", quant_isa_name(isa));
 }
 
-/* Batch invariance of F32/F16 where the driver blocks activation rows (a column block holds as many rows as
- * fit in L2, at these long rows about 20): a prompt-sized call crosses block and tile edges, with n no multiple
- * of 8 (the scalar tail) and nr, nx no multiple of any tile; each output must equal its one-row decode bits. */
+/* Batch invariance of F32/F16 where the drivers block rows (AVX2: blocks of weight rows that fit in L2, at these
+ * long rows 12 (F32) or 28 (F16) rows; AVX-512: blocks of about 20 activation rows): a prompt-sized call crosses
+ * block and tile edges, with n no multiple of 8 (the scalar tail) and nr, nx no multiple of any tile; each
+ * output must equal its one-row decode bits and the exact sum within the float bound. */
 TEST(test_quant_gemm_float_blocks_invariant) {
     static const int types[] = {DUET_TYPE_F32, DUET_TYPE_F16};
-    const int n = 4100, nr = 11, nx = 47;
+    const int n = 4100, nr = 31, nx = 47;
     for (int ti = 0; ti < 2; ti++) {
         rng_seed(4242 + ti);
         gemm_case g;
