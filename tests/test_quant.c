@@ -409,6 +409,37 @@ TEST(test_quant_gemm_simd_matches_scalar) {
     for (int isa = QUANT_ISA_AVX2; isa <= best; isa++) printf("    (checked %s)\n", quant_isa_name(isa));
 }
 
+/* Batch invariance of F32/F16 where the drivers block rows (AVX2: blocks of weight rows that fit in L2, at these
+ * long rows 12 (F32) or 28 (F16) rows; AVX-512: blocks of about 20 activation rows): a prompt-sized call crosses
+ * block and tile edges, with n no multiple of 8 (the scalar tail) and nr, nx no multiple of any tile; each
+ * output must equal its one-row decode bits and the exact sum within the float bound. */
+TEST(test_quant_gemm_float_blocks_invariant) {
+    static const int types[] = {DUET_TYPE_F32, DUET_TYPE_F16};
+    const int n = 4100, nr = 31, nx = 47;
+    for (int ti = 0; ti < 2; ti++) {
+        rng_seed(4242 + ti);
+        gemm_case g;
+        REQUIRE(case_make(&g, types[ti], n, nr, nx) == 0);
+        float *all = malloc(sizeof(float) * nr * nx), ref[1];
+        REQUIRE(all != NULL);
+        for (int isa = QUANT_ISA_SCALAR; isa <= quant_isa_best(); isa++) {
+            quant_gemm(isa, g.type, n, g.w, g.ws, nr, g.x, g.xs, nx, all, nr);
+            for (int j = 0; j < nx; j++)
+                for (int i = 0; i < nr; i++) {
+                    quant_gemm(isa, g.type, n, g.w + i * g.ws, g.ws, 1, g.x + j * g.xs, g.xs, 1, ref, 1);
+                    CHECK_MSG(!memcmp(ref, &all[j * nr + i], sizeof(float)), "%s %s: y[%d][%d] of the %dx%d call differs",
+                              quant_traits_get(g.type)->name, quant_isa_name(isa), j, i, nr, nx);
+                    double tol = 2.0 * n * 0x1p-24 * abs_dot(&g, i, j), exact = 0;
+                    for (int k = 0; k < n; k++) exact += (double)g.wf[(size_t)i * n + k] * g.xf[(size_t)j * n + k];
+                    CHECK(fabs(all[j * nr + i] - exact) <= tol);
+                }
+            if (test_failed_now()) break;
+        }
+        free(all);
+        case_free(&g);
+    }
+}
+
 /* Batch invariance (quant.h): for every ISA, each output has the same bits whatever tile it lands in,
  * i.e. a 9 x 7 call, every smaller call, and one output at a time all agree exactly. The forward pass relies
  * on it for batched verification to equal one-token decoding. n = 1024 exercises every unrolled path. */

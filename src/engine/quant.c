@@ -528,7 +528,9 @@ static dot_fn *dot_scalar(int type) {
 #define TILE_COLS5(t, r) TILE_COLS4(t, r) TILE_CASE(t, r, 5)
 #define TILE_COLS6(t, r) TILE_COLS5(t, r) TILE_CASE(t, r, 6)
 #define TILE_COLS8(t, r) TILE_COLS6(t, r) TILE_CASE(t, r, 7) TILE_CASE(t, r, 8)
-#define TILE_ROWS4(t, cm) TILE_COLS##cm(t, 1) TILE_COLS##cm(t, 2) TILE_COLS##cm(t, 3) TILE_COLS##cm(t, 4)
+#define TILE_ROWS2(t, cm) TILE_COLS##cm(t, 1) TILE_COLS##cm(t, 2)
+#define TILE_ROWS3(t, cm) TILE_ROWS2(t, cm) TILE_COLS##cm(t, 3)
+#define TILE_ROWS4(t, cm) TILE_ROWS3(t, cm) TILE_COLS##cm(t, 4)
 #define TILE_ROWS6(t, cm) TILE_ROWS4(t, cm) TILE_COLS##cm(t, 5) TILE_COLS##cm(t, 6)
 #define TILE_ROWS8(t, cm) TILE_ROWS6(t, cm) TILE_COLS##cm(t, 7) TILE_COLS##cm(t, 8)
 /* Activation rows per column block: as many whole tiles as fit in COL_BLOCK_BYTES, so the block stays in
@@ -603,38 +605,79 @@ AVX2_INL int32_t hsum_i32_avx2(__m256i v) {
 
 AVX2_INL float h2f_avx2(uint16_t h) { return _cvtsh_ss(h); }
 
-/* w rows are F32 (f16 = false) or F16 (f16 = true); x rows are F32. */
+/* w rows are F32 (f16 = false) or F16 (f16 = true); x rows are F32. Every output keeps one 8-lane FMA chain
+ * over k in ascending order, then hsum_ps_avx2, then the scalar tail in order (float_out_avx2): the same for
+ * every R x C tile and for the k-blocked batch driver (which parks the chains in memory between blocks, exactly),
+ * so where an output lands does not change its bits. */
+#define FT_W(r) (f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + (r) * ws + 2 * k))) \
+                     : _mm256_loadu_ps((const float *)(w + (r) * ws) + k))
+#define FT_X(c) _mm256_loadu_ps((const float *)(x + (c) * xs) + k)
+/* acc[r][c] += w[r][k..k+8) * x[c][k..k+8) for k = 0, 8, .. < nk. Batch tiles hold the vectors of their
+ * shorter side in registers (PIN: gcc otherwise folds the load into every FMA that uses it) and stream the
+ * other side: a 4x3 tile loads 7 vectors per 12 FMAs instead of 16 (F16, n = 2048, 5632 rows x 128: ~58 ->
+ * ~75 GFLOP/s on the shared Zen 3 VM). */
+AVX2_INL void float_steps_avx2(const int R, const int C, const bool f16, int nk, const uint8_t *w, size_t ws,
+                               const uint8_t *x, size_t xs, __m256 acc[RMAX][4]) {
+    int k = 0;
+    if (C == 1) { /* decode: as many weight rows in flight as the tile has, x as a memory operand */
+        for (; k < nk; k += 8) {
+            __m256 wv[RMAX];
+            UNROLL for (int r = 0; r < R; r++) wv[r] = FT_W(r);
+            const __m256 xv = FT_X(0);
+            UNROLL for (int r = 0; r < R; r++) acc[r][0] = _mm256_fmadd_ps(wv[r], xv, acc[r][0]);
+        }
+    } else if (C <= R) {
+        for (; k < nk; k += 8) {
+            __m256 xv[4];
+            UNROLL for (int c = 0; c < C; c++) {
+                xv[c] = FT_X(c);
+                PIN(xv[c]);
+            }
+            UNROLL for (int r = 0; r < R; r++) {
+                __m256 wv = FT_W(r);
+                PIN(wv);
+                UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+            }
+        }
+    } else {
+        for (; k < nk; k += 8) {
+            __m256 wv[RMAX];
+            UNROLL for (int r = 0; r < R; r++) wv[r] = FT_W(r);
+            UNROLL for (int c = 0; c < C; c++) {
+                __m256 xv = FT_X(c);
+                PIN(xv);
+                UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+            }
+        }
+    }
+}
+#undef FT_W
+#undef FT_X
+
+/* One output: its chain's lanes summed, then the elements from k on (n not a multiple of 8). */
+AVX2_INL float float_out_avx2(const bool f16, __m256 acc, int k, int n, const uint8_t *wr, const float *xr) {
+    float s = hsum_ps_avx2(acc);
+    for (; k < n; k++) {
+        float wk;
+        if (f16) {
+            uint16_t h;
+            memcpy(&h, wr + 2 * k, 2);
+            wk = h2f_avx2(h);
+        } else {
+            wk = ((const float *)wr)[k];
+        }
+        s += wk * xr[k];
+    }
+    return s;
+}
+
 AVX2_INL void float_tile_avx2(const int R, const int C, const bool f16, int n, const uint8_t *w, size_t ws,
                               const uint8_t *x, size_t xs, float *y, size_t ldy) {
     __m256 acc[RMAX][4];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 8 <= n; k += 8) {
-        __m256 wv[RMAX];
-        UNROLL for (int r = 0; r < R; r++)
-            wv[r] = f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + r * ws + 2 * k)))
-                        : _mm256_loadu_ps((const float *)(w + r * ws) + k);
-        UNROLL for (int c = 0; c < C; c++) {
-            const __m256 xv = _mm256_loadu_ps((const float *)(x + c * xs) + k);
-            UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
-        }
-    }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) {
-        float s = hsum_ps_avx2(acc[r][c]);
-        const float *xr = (const float *)(x + c * xs);
-        for (int kk = k; kk < n; kk++) {
-            float wk;
-            if (f16) {
-                uint16_t h;
-                memcpy(&h, w + r * ws + 2 * kk, 2);
-                wk = h2f_avx2(h);
-            } else {
-                wk = ((const float *)(w + r * ws))[kk];
-            }
-            s += wk * xr[kk];
-        }
-        y[c * ldy + r] = s;
-    }
+    float_steps_avx2(R, C, f16, n / 8 * 8, w, ws, x, xs, acc);
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++)
+        y[c * ldy + r] = float_out_avx2(f16, acc[r][c], n / 8 * 8, n, w + r * ws, (const float *)(x + c * xs));
 }
 
 AVX2_INL void f32_tile_avx2(const int R, const int C, int n, const uint8_t *w, size_t ws, const uint8_t *x,
@@ -794,8 +837,45 @@ AVX2_INL void q6_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) y[c * ldy + r] = sum[r][c];
 }
 
-GEMM_DRIVER(gemm_f32_avx2, f32_tile_avx2, 4, 3, 4, AVX2_FN)
-GEMM_DRIVER(gemm_f16_avx2, f16_tile_avx2, 4, 3, 4, AVX2_FN)
+GEMM_DRIVER(gemm_f32_avx2_dec, f32_tile_avx2, 4, 3, 4, AVX2_FN)
+GEMM_DRIVER(gemm_f16_avx2_dec, f16_tile_avx2, 4, 3, 4, AVX2_FN)
+/* Batch F32/F16 (GEMM_DRIVER's loops inverted): a block of weight rows stays in L2 while each 3-row activation
+ * tile, held in L1 (n = 2048: 24 KB), passes over all of its 4-row tiles, so per 12 FMAs only the 4 weight
+ * vectors come from L2. GEMM_DRIVER's order (a weight tile in L1, activation blocks streaming from L2) fetched
+ * 3 F32 activation vectors per step from L2: quant_gemm F16 n=2048 x 5632 x 128 ~76 -> ~84 GFLOP/s, F16
+ * n=5632 x 2048 ~73 -> ~83, F32 n=1024 x 2816 ~72 -> ~75 (best of 5 interleaved runs, shared Zen 3 VM;
+ * 128 and 384 KB blocks measured no better than 256). */
+#define FLOAT_WBLOCK (256u << 10)
+AVX2_INL void float_gemm_avx2(const bool f16, int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x,
+                              size_t xs, int nx, float *y, size_t ldy) {
+    const size_t wb0 = FLOAT_WBLOCK / ws / 4 * 4;
+    const int wb = wb0 < 4 ? 4 : wb0 > 4096 ? 4096 : (int)wb0;
+    for (int i0 = 0; i0 < nr; i0 += wb)
+        for (int j = 0; j < nx; j += 3) {
+            const int C = nx - j < 3 ? nx - j : 3;
+            const uint8_t *xt = x + j * xs;
+            for (int i = i0; i < nr && i < i0 + wb; i += 4) {
+                const int R = nr - i < 4 ? nr - i : 4;
+                const uint8_t *wt = w + i * ws;
+                float *yt = y + j * ldy + i;
+#define FLOAT_TILE(r, c) case (r) * 4 + (c): float_tile_avx2(r, c, f16, n, wt, ws, xt, xs, yt, ldy); break;
+#define FLOAT_TILE_ROW(r) FLOAT_TILE(r, 1) FLOAT_TILE(r, 2) FLOAT_TILE(r, 3)
+                switch (R * 4 + C) { FLOAT_TILE_ROW(1) FLOAT_TILE_ROW(2) FLOAT_TILE_ROW(3) FLOAT_TILE_ROW(4) }
+#undef FLOAT_TILE_ROW
+#undef FLOAT_TILE
+            }
+        }
+}
+AVX2_FN static void gemm_f32_avx2(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx,
+                                  float *y, size_t ldy) {
+    if (nx == 1) gemm_f32_avx2_dec(n, w, ws, nr, x, xs, nx, y, ldy);
+    else float_gemm_avx2(false, n, w, ws, nr, x, xs, nx, y, ldy);
+}
+AVX2_FN static void gemm_f16_avx2(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx,
+                                  float *y, size_t ldy) {
+    if (nx == 1) gemm_f16_avx2_dec(n, w, ws, nr, x, xs, nx, y, ldy);
+    else float_gemm_avx2(true, n, w, ws, nr, x, xs, nx, y, ldy);
+}
 GEMM_DRIVER(gemm_q8_0_avx2, q8_0_tile_avx2, 4, 2, 4, AVX2_FN)
 GEMM_DRIVER(gemm_q4_0_avx2, q4_0_tile_avx2, 4, 2, 1, AVX2_FN)
 GEMM_DRIVER(gemm_q4_K_avx2, q4_K_tile_avx2, 4, 2, 1, AVX2_FN)
