@@ -90,8 +90,8 @@ if [ "$QUICK" = 1 ]; then
     echo "of few cases and few tokens, not the report's. \`make report\` makes the full one."
     echo
 fi
-echo "Machine: $MACHINE ($CORES cores), a VM shared with other engineers' builds and tests while this ran (load"
-echo "average at the start: $(meta load)); $(meta date), ${SECS:-?} s of wall time. Every figure and table here"
+echo "Machine: $MACHINE ($CORES cores), a VM that other jobs may share (load average at the start:"
+echo "$(meta load)); $(meta date), ${SECS:-?} s of wall time. Every figure and table here"
 echo "comes from one command:"
 echo
 echo "    $CMD"
