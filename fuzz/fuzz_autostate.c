@@ -17,6 +17,11 @@ static void check(const autostate *s) {
     for (int i = 0; i < s->n_hat; i++)
         if (s->hat[i].accepted > s->hat[i].drafted) __builtin_trap();
     if (!(s->cloud.scale >= 0.01 && s->cloud.scale <= 100)) __builtin_trap();
+    for (int m = 0; m < AUTOSTATE_MODES; m++)
+        for (int v = 0; v < AUTOSTATE_SPEEDS; v++)
+            if (!(s->time[m][v].ttft.scale >= 0.01 && s->time[m][v].ttft.scale <= 100) ||
+                !(s->time[m][v].tbt.scale >= 0.01 && s->time[m][v].tbt.scale <= 100))
+                __builtin_trap();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -35,9 +40,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (back.n_ee != s.n_ee || back.n_hat != s.n_hat) __builtin_trap();
     for (int i = 0; i < s.n_ee; i++)
         if (back.ee[i].tokens != s.ee[i].tokens || back.ee[i].exit1 != s.ee[i].exit1) __builtin_trap();
+    for (int m = 0; m < AUTOSTATE_MODES; m++)
+        for (int v = 0; v < AUTOSTATE_SPEEDS; v++)
+            if (back.time[m][v].ttft.samples != s.time[m][v].ttft.samples ||
+                back.time[m][v].tbt.samples != s.time[m][v].tbt.samples)
+                __builtin_trap();
     autostate_note_ee(&s, 0, 1, 0.5f, 0, 10, 3, 3);
     autostate_note_hat(&s, 1, 1, 0, 10, 4);
     autostate_note_scale(&s.cloud, 1, 1000);
+    autostate_note_scale(&s.time[AUTOSTATE_MODES - 1][AUTOSTATE_SPEEDS - 1].tbt, 1e-300, 1e300);
     check(&s);
     return 0;
 }
