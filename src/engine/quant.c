@@ -998,6 +998,7 @@ AVX2_INL void q4_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
      * the int16 and int32 sums of 4 columns and the scales need more than 16 and the inner loop spilled. */
     UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, _mm256_setzero_ps());
     for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q4_K)) {
+        if (C == 1) r8_prefetch_avx2(g, 8 * sizeof(block_q4_K));
         const __m256i a = _mm256_loadu_si256((const __m256i *)(g + 32)), cm = _mm256_loadu_si256((const __m256i *)(g + 96));
         /* q4k_unpack_scales on 8 rows at once: bytes 0-3 of a lane are scales 0-3, of sc_hi 4-7 */
         const __m256i sc_lo = _mm256_and_si256(a, lo6);
@@ -1071,6 +1072,7 @@ AVX2_INL void q6_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
      * (held in registers with the scales, the 4-column tile spilled) */
     UNROLL for (int c = 0; c < C; c++) _mm256_storeu_ps(y + c * ldy, zero);
     for (int b = 0; b < nb; b++, g += 8 * sizeof(block_q6_K)) {
+        if (C == 1) r8_prefetch_avx2(g, 8 * sizeof(block_q6_K));
         const uint8_t *body = g + 16; /* 4-byte piece j of every row: body + 32 j */
         const uint8_t *scb8 = body + 32 * 48; /* scale bytes 4s..4s+3 of each row: scb8 + 32 s */
         __m256i isum[4];
