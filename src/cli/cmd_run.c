@@ -456,8 +456,7 @@ int cmd_run(int argc, char **argv) {
         if (autostate_load(state_file, fp, &st, err, sizeof err))
             fprintf(stderr, "duet run: ignoring the state file (it will be rewritten): %s\n", err);
     }
-    if (mode == RUN_AUTO) {
-        /* decide, then run the pick exactly as `duet run` with the pick's flags would */
+    if (mode == RUN_AUTO || use_state) { /* auto decides; a run given a state is predicted as auto would predict it */
         if (!(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) goto fail;
         if (!(dec = malloc(sizeof *dec))) {
             snprintf(err, sizeof err, "out of memory");
@@ -467,6 +466,9 @@ int cmd_run(int argc, char **argv) {
         ao.slowdown = slowdown;
         ao.remote = ro;
         ao.state = use_state ? &st : NULL;
+    }
+    if (mode == RUN_AUTO) {
+        /* decide, then run the pick exactly as `duet run` with the pick's flags would */
         if (auto_decide(full, pool, &ao, n_prompt, n_tokens, dec, err, sizeof err)) goto fail;
         if (json) auto_print_json(dec, &ao, link_spec, stdout);
         if (!dec->have_cloud) fprintf(stderr, "duet run: auto: no cloud (%s): only device mode is possible\n", dec->cloud_err);
@@ -500,16 +502,6 @@ int cmd_run(int argc, char **argv) {
         /* the prediction auto would make for these settings: the run's measured times correct the next ones */
         cost_cand want = {.mode = mode, .split = split, .e1 = eo.e1, .e2 = eo.e2, .threshold = eo.threshold,
                           .input_layers = ho.input_layers, .output_layers = ho.output_layers, .calibrated = calib_path != NULL};
-        ao.calibrated = calib_path != NULL;
-        ao.slowdown = slowdown;
-        ao.remote = ro;
-        ao.state = &st;
-        if ((!full && !(full = duet_model_load(model, NULL, g.load_flags, err, sizeof err))) ||
-            (!dec && !(dec = malloc(sizeof *dec)))) {
-            if (!full) goto fail;
-            snprintf(err, sizeof err, "out of memory");
-            goto fail;
-        }
         if (auto_predict(full, pool, &ao, n_prompt, n_tokens, &want, dec, &ran, err, sizeof err)) {
             fprintf(stderr, "duet run: no prediction to learn from (%s)\n", err);
             ran.mode = -1;
