@@ -571,7 +571,6 @@ TEST(test_quant_repack_rules) {
     CHECK_EQ_INT(quant_repack(DUET_TYPE_Q4_0, buf, 8, 32), 0);
 }
 
-/* DUET_ISA lowers the level, never raises it. */
 /* Attention's weighted sum of value rows: every ISA within the float bound of the exact sum (each ISA
  * adds in order of p, but SIMD uses FMA), on lengths that leave tails of every size; no write past o[n]. */
 TEST(test_quant_wsum_matches_exact) {
@@ -599,6 +598,7 @@ TEST(test_quant_wsum_matches_exact) {
             }
 }
 
+/* DUET_ISA lowers the level, never raises it. */
 TEST(test_quant_isa_env_override) {
     const char *old = getenv("DUET_ISA");
     unsetenv("DUET_ISA");

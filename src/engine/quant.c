@@ -1188,13 +1188,11 @@ R8_DRIVER(gemm_q4_0x8_avx2, DUET_TYPE_Q4_0, q4_0x8_tile_avx2, R8_COLS)
 R8_DRIVER(gemm_q4_Kx8_avx2, DUET_TYPE_Q4_K, q4_Kx8_tile_avx2, R8_COLS)
 R8_DRIVER(gemm_q6_Kx8_avx2, DUET_TYPE_Q6_K, q6_Kx8_tile_avx2, R8_COLS)
 
-/* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order). */
+/* wsum_scalar's sums, 32 elements at a time in four registers (the chains of p stay in order), then 8 at a
+ * time: heads of 8 or 16 values (stories260K's are 8) would otherwise all go to the scalar loop. */
 AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, size_t vs, float *o) {
-    for (int i0 = 0; i0 < n; i0 += 32) {
-        if (n - i0 < 32) { /* a tail narrower than the registers */
-            wsum_scalar(n - i0, nv, a, v + i0, vs, o + i0);
-            break;
-        }
+    int i0 = 0;
+    for (; i0 + 32 <= n; i0 += 32) {
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int p = 0; p < nv; p++) {
             const float *vp = (const float *)((const char *)v + (size_t)p * vs) + i0;
@@ -1203,6 +1201,14 @@ AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, siz
         }
         UNROLL for (int u = 0; u < 4; u++) _mm256_storeu_ps(o + i0 + 8 * u, acc[u]);
     }
+    for (; i0 + 8 <= n; i0 += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int p = 0; p < nv; p++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a[p]),
+                                  _mm256_loadu_ps((const float *)((const char *)v + (size_t)p * vs) + i0), acc);
+        _mm256_storeu_ps(o + i0, acc);
+    }
+    if (i0 < n) wsum_scalar(n - i0, nv, a, v + i0, vs, o + i0); /* a tail narrower than a register */
 }
 
 /* Activation quantizers, bit-identical to quant_q8_0 / quant_q8_K: max, one division, products and
