@@ -8,6 +8,7 @@
 #include "duet.h"
 #include "engine/quant.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -596,6 +597,52 @@ TEST(test_quant_wsum_matches_exact) {
                 }
                 for (int i = n; i < 132; i++) CHECK_MSG(o[i] == 12345.0f, "%s n=%d wrote o[%d]", quant_isa_name(isa), n, i);
             }
+}
+
+/* Softmax and SwiGLU at every ISA: within 4 ulp of the scalar reference (libm's expf) on lengths that leave
+ * tails of every size, on inputs that underflow and overflow exp, with no write past n; and one element at a time
+ * gives the bits of the whole row (the split of SwiGLU between threads must not change a value). */
+TEST(test_quant_softmax_swiglu_match_reference) {
+    static const float extreme[] = {-1e30f, -100.0f, -88.5f, -87.4f, -87.2f, -50.0f, -1.0f, -0.0f, 0.0f,
+                                    1e-30f, 0.5f, 20.0f, 88.0f, 88.5f, 100.0f, 1e30f};
+    const int n_ext = (int)(sizeof extreme / sizeof *extreme);
+    for (int isa = QUANT_ISA_SCALAR; isa <= quant_isa_best(); isa++)
+        for (int n = 1; n <= 70; n += n < 20 ? 1 : 7) {
+            float ref[80], got[80], g[80], u[80], one[80];
+            rng_seed(311 + (uint64_t)n);
+            fill_normal(ref, n, 6);
+            if (n > 4) ref[n / 2] = -1e30f; /* exp underflows to 0 */
+            for (int i = n; i < 80; i++) ref[i] = got[i] = 777.0f;
+            memcpy(got, ref, sizeof(float) * n);
+            quant_softmax_f32(QUANT_ISA_SCALAR, ref, n, 0.35f);
+            quant_softmax_f32(isa, got, n, 0.35f);
+            double sum = 0;
+            for (int i = 0; i < n; i++) {
+                sum += got[i];
+                CHECK_MSG(fabsf(got[i] - ref[i]) <= 4 * 0x1p-23f * ref[i] + 0x1p-126f,
+                          "%s softmax n=%d [%d] = %.9g, scalar %.9g", quant_isa_name(isa), n, i, got[i], ref[i]);
+            }
+            CHECK_MSG(fabs(sum - 1) < 1e-5, "%s softmax n=%d sums to %.9g", quant_isa_name(isa), n, sum);
+            for (int i = n; i < 80; i++) CHECK_MSG(got[i] == 777.0f, "%s softmax n=%d wrote [%d]", quant_isa_name(isa), n, i);
+
+            fill_normal(g, n, 4);
+            fill_normal(u, n, 1);
+            for (int i = 0; i < n && i < n_ext; i += 2) g[i] = extreme[(i + n) % n_ext];
+            for (int i = 0; i < n; i++) {
+                one[i] = ref[i] = g[i];
+                quant_swiglu_f32(isa, one + i, u + i, 1);
+            }
+            for (int i = n; i < 80; i++) g[i] = 777.0f;
+            quant_swiglu_f32(QUANT_ISA_SCALAR, ref, u, (size_t)n);
+            quant_swiglu_f32(isa, g, u, (size_t)n);
+            for (int i = 0; i < n; i++) {
+                CHECK_MSG(fabsf(g[i] - ref[i]) <= 4 * 0x1p-23f * fabsf(ref[i]) + 0x1p-120f,
+                          "%s swiglu n=%d [%d] = %.9g, scalar %.9g", quant_isa_name(isa), n, i, g[i], ref[i]);
+                CHECK_MSG(memcmp(&g[i], &one[i], sizeof(float)) == 0, "%s swiglu n=%d [%d]: %.9g alone, %.9g in the row",
+                          quant_isa_name(isa), n, i, one[i], g[i]);
+            }
+            for (int i = n; i < 80; i++) CHECK_MSG(g[i] == 777.0f, "%s swiglu n=%d wrote [%d]", quant_isa_name(isa), n, i);
+        }
 }
 
 /* DUET_ISA lowers the level, never raises it. */

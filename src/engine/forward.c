@@ -148,6 +148,7 @@ static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float
  * prefill it is 720K expf per layer, some 4% of the work left to one thread otherwise. Each element is computed
  * alone, so the split does not change a bit. */
 typedef struct swiglu_job {
+    int isa;
     float *gate;
     const float *up;
     size_t n;
@@ -156,10 +157,7 @@ typedef struct swiglu_job {
 static void swiglu_work(void *arg, int ith, int nth) {
     const swiglu_job *j = arg;
     const size_t a = j->n * (size_t)ith / (size_t)nth, b = j->n * (size_t)(ith + 1) / (size_t)nth;
-    for (size_t i = a; i < b; i++) {
-        float g = j->gate[i];
-        j->gate[i] = g / (1.0f + expf(-g)) * j->up[i];
-    }
+    quant_swiglu_f32(j->isa, j->gate + a, j->up + a, b - a);
 }
 
 /* ---- attention ---------------------------------------------------------------------------------------- */
@@ -194,18 +192,8 @@ static void att_work(void *arg, int ith, int nth) {
         quant_gemm(c->isa, DUET_TYPE_F32, hd, K + off, sizeof(float) * kv_dim, n_keys, q, sizeof(float) * hd,
                    group, s, c->score_cap);
         for (int g = 0; g < group; g++) {
-            float *sg = s + (size_t)g * c->score_cap, mx = -INFINITY;
-            for (int p = 0; p < n_keys; p++) {
-                sg[p] *= scale;
-                if (sg[p] > mx) mx = sg[p];
-            }
-            double sum = 0;
-            for (int p = 0; p < n_keys; p++) {
-                sg[p] = expf(sg[p] - mx);
-                sum += sg[p];
-            }
-            const float inv = (float)(1.0 / sum);
-            for (int p = 0; p < n_keys; p++) sg[p] *= inv;
+            float *sg = s + (size_t)g * c->score_cap;
+            quant_softmax_f32(c->isa, sg, n_keys, scale);
             quant_wsum_f32(c->isa, hd, n_keys, sg, V + off, sizeof(float) * kv_dim,
                            c->att + (size_t)t * q_dim + (size_t)(kvh * group + g) * hd);
         }
@@ -397,7 +385,7 @@ static int layer_forward(duet_ctx *c, int l, float *h, int n) {
     float *gu_out[] = {c->gate, c->up};
     size_t gu_ld[] = {(size_t)ffn, (size_t)ffn};
     matmul_n(c, 2, gu, c->x, n, gu_out, gu_ld);
-    swiglu_job sj = {.gate = c->gate, .up = c->up, .n = (size_t)n * ffn};
+    swiglu_job sj = {.isa = c->isa, .gate = c->gate, .up = c->up, .n = (size_t)n * ffn};
     pool_run(c->pool, sj.n < 65536 ? 1 : duet_pool_threads(c->pool), swiglu_work, &sj);
     matmul(c, &L->down, c->gate, n, c->x, dim);
     for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];

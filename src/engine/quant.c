@@ -501,6 +501,27 @@ static void wsum_scalar(int n, int nv, const float *a, const float *v, size_t vs
     }
 }
 
+/* s[n] = softmax(scale * s): max subtracted, the sum in double. */
+static void softmax_scalar(float *s, int n, float scale) {
+    float mx = -INFINITY;
+    for (int p = 0; p < n; p++) {
+        s[p] *= scale;
+        if (s[p] > mx) mx = s[p];
+    }
+    double sum = 0;
+    for (int p = 0; p < n; p++) {
+        s[p] = expf(s[p] - mx);
+        sum += s[p];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int p = 0; p < n; p++) s[p] *= inv;
+}
+
+/* g[n] = silu(g) * u. */
+static void swiglu_scalar(float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 typedef void gemm_fn(int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs, int nx,
                      float *y, size_t ldy);
 
@@ -1211,6 +1232,79 @@ AVX2_FN static void wsum_avx2(int n, int nv, const float *a, const float *v, siz
     if (i0 < n) wsum_scalar(n - i0, nv, a, v + i0, vs, o + i0); /* a tail narrower than a register */
 }
 
+/* e^x in each lane: x = k ln2 + r with |r| <= ln2/2 (ln2 in two parts, so k ln2's first part is exact), e^r
+ * from its Taylor series to r^7 (truncation under 1e-8, below half an ulp), times 2^k as two powers of two put in
+ * the exponent bits, so that subnormal results and overflow to inf round as one multiplication would. Within 2 ulp
+ * of expf; x is clamped to +-110 first (e^x is 0 or inf well before), which keeps NaN. */
+AVX2_INL __m256 exp_ps_avx2(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-110.0f), _mm256_min_ps(_mm256_set1_ps(110.0f), x)); /* NaN: x */
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-6f), r);
+    static const float c[] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+    __m256 e = _mm256_set1_ps(c[0]);
+    UNROLL for (int i = 1; i < 8; i++) e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(c[i]));
+    const __m256i ki = _mm256_cvtps_epi32(k), k1 = _mm256_srai_epi32(ki, 1), k2 = _mm256_sub_epi32(ki, k1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    e = _mm256_mul_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23)));
+    return _mm256_mul_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23)));
+}
+
+/* The first min(left, 8) lanes at p; the others load as 0 and are not stored. Whole vectors take plain loads and
+ * stores: masked stores are slow on AMD cores. */
+AVX2_INL __m256i tail_mask_avx2(int left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+AVX2_INL __m256 load_part_avx2(const float *p, int left) {
+    return left >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask_avx2(left));
+}
+AVX2_INL void store_part_avx2(float *p, int left, __m256 v) {
+    if (left >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, tail_mask_avx2(left), v);
+}
+
+/* softmax_scalar with exp_ps_avx2; the tail is masked rather than scalar, so that every element takes the same
+ * exp whatever n. The scaled scores are recomputed rather than stored (the same bits). The max is exact in any
+ * order; the double sum in 8 lanes differs from the in-order sum only in its last bits. */
+AVX2_FN static void softmax_avx2(float *s, int n, float scale) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (int p = 0; p < n; p += 8) {
+        const __m256 v = _mm256_mul_ps(load_part_avx2(s + p, n - p), vs);
+        /* max_ps(v, m) keeps m where v is NaN; lanes past n keep m */
+        mv = n - p >= 8 ? _mm256_max_ps(v, mv)
+                        : _mm256_blendv_ps(mv, _mm256_max_ps(v, mv), _mm256_castsi256_ps(tail_mask_avx2(n - p)));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const __m256 mx = _mm256_set1_ps(_mm_cvtss_f32(m4));
+    __m256d sum0 = _mm256_setzero_pd(), sum1 = _mm256_setzero_pd();
+    for (int p = 0; p < n; p += 8) {
+        __m256 e = exp_ps_avx2(_mm256_sub_ps(_mm256_mul_ps(load_part_avx2(s + p, n - p), vs), mx));
+        if (n - p < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(tail_mask_avx2(n - p)));
+        store_part_avx2(s + p, n - p, e);
+        sum0 = _mm256_add_pd(sum0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        sum1 = _mm256_add_pd(sum1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    sum0 = _mm256_add_pd(sum0, sum1);
+    __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(sum0), _mm256_extractf128_pd(sum0, 1));
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)))));
+    for (int p = 0; p < n; p += 8) store_part_avx2(s + p, n - p, _mm256_mul_ps(load_part_avx2(s + p, n - p), inv));
+}
+
+/* swiglu_scalar with exp_ps_avx2, the tail masked (an element's bits must not depend on where a range ends). */
+AVX2_FN static void swiglu_avx2(float *g, const float *u, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    for (size_t i = 0; i < n; i += 8) {
+        const int left = n - i < 8 ? (int)(n - i) : 8;
+        const __m256 gv = load_part_avx2(g + i, left);
+        const __m256 e = exp_ps_avx2(_mm256_xor_ps(gv, neg));
+        store_part_avx2(g + i, left, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), load_part_avx2(u + i, left)));
+    }
+}
+
 /* Activation quantizers, bit-identical to quant_q8_0 / quant_q8_K: max, one division, products and
  * round-half-even conversions are exact IEEE operations in any order. */
 AVX2_FN static void quant_q8_0_avx2(const float *x, block_q8_0 *y, int64_t nb) {
@@ -1643,6 +1737,14 @@ int quant_repack(int type, void *data, int rows, int cols) {
 
 void quant_wsum_f32(int isa, int n, int nv, const float *a, const float *v, size_t v_stride, float *o) {
     (isa == QUANT_ISA_AVX512 ? wsum_avx512 : isa == QUANT_ISA_AVX2 ? wsum_avx2 : wsum_scalar)(n, nv, a, v, v_stride, o);
+}
+
+void quant_softmax_f32(int isa, float *s, int n, float scale) {
+    (isa >= QUANT_ISA_AVX2 ? softmax_avx2 : softmax_scalar)(s, n, scale);
+}
+
+void quant_swiglu_f32(int isa, float *g, const float *u, size_t n) {
+    (isa >= QUANT_ISA_AVX2 ? swiglu_avx2 : swiglu_scalar)(g, u, n);
 }
 
 /* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c". */

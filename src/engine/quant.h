@@ -69,5 +69,10 @@ int quant_repack(int type, void *data, int rows, int cols);
  * sum of values). Each o[i] is summed in order of p, so the result does not depend on which other outputs
  * were computed with it; isa picks the kernel as for quant_gemm. */
 void quant_wsum_f32(int isa, int n, int nv, const float *a, const float *v, size_t v_stride, float *o);
+/* s[n] = softmax(scale * s) (the max subtracted first, the sum in double), and g[n] = silu(g) * u = g / (1 + e^-g) * u.
+ * The scalar level uses libm's expf; SIMD levels their own exp, within 2 ulp of it. Each element's value depends
+ * only on its inputs (and, for softmax, on the row it is in), never on n or on where a caller's range ends. */
+void quant_softmax_f32(int isa, float *s, int n, float scale);
+void quant_swiglu_f32(int isa, float *g, const float *u, size_t n);
 
 #endif
