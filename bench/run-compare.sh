@@ -5,7 +5,8 @@
 # and duet's over llama.cpp's. Every round is a bench_engine run (median of REPS repetitions after a warm-up).
 # LLAMA_BENCH=path/to/llama-bench runs llama.cpp live too (-lm none, same file, threads, prompt and generated
 # tokens, REPS repetitions) right after duet in every round, and its medians replace the reference figures.
-# ROWS=Q4 keeps the rows whose label contains Q4. JSON lines of every round go to $BUILD/bench-compare.jsonl.
+# ROWS=Q4 keeps the rows whose label contains Q4. JSON lines of every round go to $BUILD/bench-compare.jsonl, the
+# ratios to $BUILD/bench-compare.dat and, with gnuplot, as bars to $BUILD/bench-compare.png (bench/compare.gp).
 # BASE=dir runs a second duet build's bench_engine (dir/bench/bench_engine, e.g. a build of main) in every round too,
 # so a kernel change shows as before/after beside llama.cpp in one interleaved run (columns "base pp", "base tg").
 # Without LLAMA_BENCH the llama.cpp figures are the stored table's, measured on ANOTHER machine (an AVX-512 EPYC):
@@ -17,10 +18,12 @@ REPS=${REPS:-3}
 DIR=${DUET_BENCH_DIR:-bench/models}
 REF=${REF:-bench/llamacpp-reference.md}
 OUT=$BUILD/bench-compare.jsonl
+DAT=$BUILD/bench-compare.dat # row, prefill ratio, decode ratio: the plot's data
 LB=${LLAMA_BENCH:-}
 BASE=${BASE:-}
 mkdir -p "$DIR"
 : > "$OUT"
+: > "$DAT"
 if [ -n "$LB" ] && [ ! -x "$LB" ]; then
     echo "bench-compare: LLAMA_BENCH=$LB is not an executable (the path of llama.cpp's llama-bench)" >&2
     exit 2
@@ -116,6 +119,14 @@ echo "$ROWS" | while IFS='|' read -r label _ _ _ t lpp ltg; do
         { gsub(/\+/, " ", $1)
           printf "| %s | %s | %.1f | %s | %s | %.1f | %s | %s |", $1, $2, $3, $4, ratio($3, $4), $5, $6, ratio($5, $6)
           if (NF >= 8) printf " %s | %s |", $7, $8
-          printf "\n" }'
+          printf "\n"
+          printf "\"%s, %s thr\" %s %s\n", $1, $2, ratio($3, $4), ratio($5, $6) >> dat }' dat="$DAT"
 done
+# The ratios as bars (PNG) when gnuplot is there, titled with this machine's CPU: a ratio means nothing without it.
+if command -v gnuplot >/dev/null && grep -qv ' - -$' "$DAT"; then
+    CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+    gnuplot -e "d='$DAT'; o='$BUILD/bench-compare.png'; cpu='${CPU:-unknown CPU}, $(nproc) cores'; \
+                src='$([ -n "$LB" ] && echo "llama.cpp live on this machine" || echo "llama.cpp from another machine")'" bench/compare.gp
+    echo "plot: $BUILD/bench-compare.png" >&2
+fi
 echo "rounds: $ROUNDS, each the median of $REPS repetitions; llama.cpp: $src; JSON lines: $OUT" >&2
