@@ -617,6 +617,15 @@ AVX2_INL float hsum_ps_avx2(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* The largest lane. max_ps keeps its second operand where either is NaN, so a NaN lane is skipped unless it comes
+ * first in a pair; the callers keep NaN out of their lanes. */
+AVX2_INL float hmax_ps_avx2(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
 AVX2_INL int32_t hsum_i32_avx2(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -1148,7 +1157,7 @@ AVX2_INL void q6_Kx8_tile_avx2(const int C, int nb, const uint8_t *g, const uint
 /* Per-column block terms the repacked tiles share, computed once per column block: Q4_0: -8 * sum of the
  * block's 32 activations (int32) and its d as a float; Q8_0: its d as a float; Q4_K: the 8 sums of 32 activations (int16, from bsums) as 4 pairs. */
 #define R8_AUX_INTS 16384
-AVX2_INL int r8_aux_ints(int type) {
+static inline int r8_aux_ints(int type) { /* no target: r8_fits asks it too */
     return type == DUET_TYPE_Q8_0 ? 1 : type == DUET_TYPE_Q4_0 ? 2 : type == DUET_TYPE_Q4_K ? 4 : 0;
 }
 
@@ -1276,10 +1285,7 @@ AVX2_FN static void softmax_avx2(float *s, int n, float scale) {
         mv = n - p >= 8 ? _mm256_max_ps(v, mv)
                         : _mm256_blendv_ps(mv, _mm256_max_ps(v, mv), _mm256_castsi256_ps(tail_mask_avx2(n - p)));
     }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const __m256 mx = _mm256_set1_ps(_mm_cvtss_f32(m4));
+    const __m256 mx = _mm256_set1_ps(hmax_ps_avx2(mv));
     __m256d sum0 = _mm256_setzero_pd(), sum1 = _mm256_setzero_pd();
     for (int p = 0; p < n; p += 8) {
         __m256 e = exp_ps_avx2(_mm256_sub_ps(_mm256_mul_ps(load_part_avx2(s + p, n - p), vs), mx));
@@ -1316,10 +1322,7 @@ AVX2_FN static void quant_q8_0_avx2(const float *x, block_q8_0 *y, int64_t nb) {
             v[k] = _mm256_loadu_ps(x + 8 * k);
             m = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), m); /* this order skips NaN, like fmaxf */
         }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float amax = _mm_cvtss_f32(m4);
+        const float amax = hmax_ps_avx2(m);
         const float d = amax / 127.f;
         const float id = amax != 0.0f ? 127.f / amax : 0.0f;
         y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT); /* = half_from_float */
@@ -1340,10 +1343,7 @@ AVX2_FN static void quant_q8_K_avx2(const float *x, block_q8_K *y, int64_t nb) {
         __m256 m = _mm256_setzero_ps();
         /* this operand order skips NaN, as the reference's `>` does, so amax is one of the |x| below */
         for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)), m);
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float amax = _mm_cvtss_f32(m4);
+        const float amax = hmax_ps_avx2(m);
         if (amax == 0) {
             memset(&y[i], 0, sizeof y[i]);
             continue;
@@ -1696,7 +1696,7 @@ int quant_base_type(int type) { return type & ~QUANT_REPACK8; }
 
 static bool r8_fits(int type, int rows, int cols) {
     const bool layout = type == DUET_TYPE_Q8_0 || type == DUET_TYPE_Q4_0 || type == DUET_TYPE_Q4_K || type == DUET_TYPE_Q6_K;
-    const int per = type == DUET_TYPE_Q8_0 ? 1 : type == DUET_TYPE_Q4_0 ? 2 : type == DUET_TYPE_Q4_K ? 4 : 0; /* r8_aux_ints: must fit aux */
+    const int per = r8_aux_ints(type); /* the driver's per-column terms must fit its aux */
     return layout && rows > 0 && rows % 8 == 0 && cols > 0 && cols % traits[type].block == 0 &&
            (int64_t)cols / traits[type].block * per <= R8_AUX_INTS;
 }
