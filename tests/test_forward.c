@@ -300,6 +300,7 @@ TEST(test_forward_repacked_equals_plain) {
             float *a = logits_batch(fast, ids, 6, NULL), *b = logits_batch(plain, ids, 6, NULL);
             if (old_isa) setenv("DUET_ISA", old_isa, 1);
             else unsetenv("DUET_ISA");
+            CHECK_MSG(a && b, "%s: no logits", files[i]);
             if (a && b && (scalar || i > 1)) {
                 CHECK_MSG(!memcmp(a, b, sizeof(float) * n), "%s%s", files[i], scalar ? " (scalar)" : "");
             } else if (a && b) {
@@ -755,6 +756,7 @@ TEST(test_forward_threads_split_a_long_batch_exactly) {
     int ids[N];
     for (int t = 0; t < N; t++) ids[t] = (37 * t + 1) % duet_model_config(m)->vocab_size;
     float *one = logits_batch(m, ids, N, NULL), *two = logits_batch(m, ids, N, pool);
+    CHECK(one && two);
     if (one && two) CHECK(!memcmp(one, two, sizeof(float) * N * duet_model_config(m)->vocab_size));
     free(one);
     free(two);
