@@ -1,6 +1,8 @@
 /* The thread pool runs every share of a job exactly once, many times in a row, from several callers. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include "duet.h"
 #include "engine/pool.h"
@@ -90,4 +92,48 @@ TEST(test_pool_one_thread_means_one_at_a_time) {
     }
     duet_pool_free(one);
     duet_pool_free(two);
+}
+
+typedef struct { atomic_int tid; } who;
+
+static void note_worker(void *arg, int ith, int nth) {
+    if (ith == 1) atomic_store(&((who *)arg)->tid, (int)gettid());
+}
+
+/* Voluntary context switches of thread tid of this process: one each time it blocked (slept on a futex). */
+static long voluntary_switches(int tid) {
+    char path[64], line[128];
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", tid);
+    FILE *f = fopen(path, "r");
+    long n = -1;
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1) break;
+    fclose(f);
+    return n;
+}
+
+/* Gaps of 2 ms between jobs: an idle worker sleeps in each one, unless the pool is held (a forward pass), when it
+ * keeps polling and never blocks. */
+TEST(test_pool_held_workers_do_not_sleep_between_jobs) {
+    char err[128];
+    duet_pool *p = duet_pool_init(2, err, sizeof err);
+    REQUIRE(p);
+    who w = {0};
+    long blocked[2];
+    for (int held = 0; held < 2; held++) {
+        pool_run(p, 0, note_worker, &w);
+        if (held) pool_hold(p);
+        long before = voluntary_switches(atomic_load(&w.tid));
+        for (int r = 0; r < 20; r++) {
+            pool_run(p, 0, note_worker, &w);
+            usleep(2000);
+        }
+        blocked[held] = voluntary_switches(atomic_load(&w.tid)) - before;
+        if (held) pool_release(p);
+        REQUIRE(before >= 0);
+    }
+    CHECK_MSG(blocked[0] >= 10, "a free worker slept %ld times in 20 gaps of 2 ms", blocked[0]);
+    CHECK_MSG(blocked[1] <= 2, "a held worker slept %ld times in 20 gaps of 2 ms", blocked[1]);
+    duet_pool_free(p);
 }

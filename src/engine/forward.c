@@ -425,8 +425,9 @@ int duet_forward_multi(duet_ctx *c, int a, int b, float *h, const duet_seg *seg,
         total += n;
     }
     /* chunks of max_batch rows; a segment may straddle two (its first rows then run every layer first) */
-    int si = 0, done = 0; /* segment si's first `done` rows are in earlier chunks */
-    for (long t0 = 0; t0 < total; t0 += c->max_batch) {
+    int si = 0, done = 0, rc = DUET_OK; /* segment si's first `done` rows are in earlier chunks */
+    pool_hold(c->pool);
+    for (long t0 = 0; t0 < total && !rc; t0 += c->max_batch) {
         int nb = total - t0 < c->max_batch ? (int)(total - t0) : c->max_batch;
         c->n_cs = 0;
         for (int t = 0; t < nb;) {
@@ -441,23 +442,23 @@ int duet_forward_multi(duet_ctx *c, int a, int b, float *h, const duet_seg *seg,
             done += k;
         }
         rope_table(c, nb);
-        for (int l = a; l < b; l++) {
-            int rc = layer_forward(c, l, h + (size_t)t0 * m->cfg.dim, nb);
-            if (rc) return err_set(err, errlen, rc, "forward: out of memory");
-        }
+        for (int l = a; l < b && !rc; l++) rc = layer_forward(c, l, h + (size_t)t0 * m->cfg.dim, nb);
     }
-    return DUET_OK;
+    pool_release(c->pool);
+    return rc ? err_set(err, errlen, rc, "forward: out of memory") : DUET_OK;
 }
 
 int duet_head(duet_ctx *c, const float *h, int n, float *logits, char *err, size_t errlen) {
     const duet_model *m = c->m;
     if (!m->part.head) return err_set(err, errlen, DUET_EINVAL, "head: this process does not hold the output head");
     int dim = m->cfg.dim;
+    pool_hold(c->pool);
     for (int t0 = 0; t0 < n; t0 += c->max_batch) {
         int nb = n - t0 < c->max_batch ? n - t0 : c->max_batch;
         for (int t = 0; t < nb; t++)
             rmsnorm(c->x + (size_t)t * dim, h + (size_t)(t0 + t) * dim, m->out_norm, dim, m->cfg.rms_eps);
         matmul(c, &m->out, c->x, nb, logits + (size_t)t0 * m->cfg.vocab_size, m->cfg.vocab_size);
     }
+    pool_release(c->pool);
     return DUET_OK;
 }

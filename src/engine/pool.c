@@ -1,5 +1,6 @@
 /* A fork-join thread pool. Workers spin briefly before sleeping because decode dispatches a job every
- * few tens of microseconds: waking a sleeping thread costs more than the job. */
+ * few tens of microseconds: waking a sleeping thread costs more than the job. While the pool is held
+ * (a forward pass runs) they do not sleep at all: see pool_hold. */
 #include "engine/pool.h"
 
 #include <pthread.h>
@@ -21,6 +22,7 @@ struct duet_pool {
     pthread_cond_t wake, done;
     atomic_uint generation; /* bumped to start a job */
     atomic_int running;     /* workers still inside the current job */
+    atomic_int holds;       /* pool_hold calls not yet released: while > 0 nobody sleeps */
     atomic_bool stop;
     void (*fn)(void *arg, int ith, int nth);
     void *arg;
@@ -36,7 +38,7 @@ static void *worker_main(void *p_) {
     for (;;) {
         double t0 = clock_now_ms();
         while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen && !atomic_load(&p->stop)) {
-            if (clock_now_ms() - t0 > SPIN_MS) {
+            if (clock_now_ms() - t0 > SPIN_MS && !atomic_load_explicit(&p->holds, memory_order_relaxed)) {
                 pthread_mutex_lock(&p->lock);
                 while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop))
                     pthread_cond_wait(&p->wake, &p->lock);
@@ -113,6 +115,14 @@ void duet_pool_free(duet_pool *p) {
 
 int duet_pool_threads(const duet_pool *p) { return p ? p->n_threads : 1; }
 
+void pool_hold(duet_pool *p) {
+    if (p) atomic_fetch_add_explicit(&p->holds, 1, memory_order_relaxed);
+}
+
+void pool_release(duet_pool *p) {
+    if (p) atomic_fetch_sub_explicit(&p->holds, 1, memory_order_relaxed);
+}
+
 void pool_run(duet_pool *p, int max_threads, void (*fn)(void *arg, int ith, int nth), void *arg) {
     if (!p) {
         fn(arg, 0, 1);
@@ -136,7 +146,7 @@ void pool_run(duet_pool *p, int max_threads, void (*fn)(void *arg, int ith, int 
     fn(arg, 0, p->n_threads);
     double t0 = clock_now_ms();
     while (atomic_load_explicit(&p->running, memory_order_acquire) > 0) {
-        if (clock_now_ms() - t0 > SPIN_MS) {
+        if (clock_now_ms() - t0 > SPIN_MS && !atomic_load_explicit(&p->holds, memory_order_relaxed)) {
             pthread_mutex_lock(&p->lock);
             while (atomic_load(&p->running) > 0) pthread_cond_wait(&p->done, &p->lock);
             pthread_mutex_unlock(&p->lock);
