@@ -60,6 +60,32 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
+/* h[t] += add[t] (when add), then x[t] = rmsnorm(h[t]) * w (when w), for rows t < n of dim, split in contiguous
+ * row ranges between the threads: done by one thread, a 128-token prefill's norms and residual adds kept the other
+ * waiting (TinyLlama F16 at 2 threads, perf: samples in the pool's idle loops 1.4% -> 0.6%). Each row is computed alone, so the split does not change a bit. */
+typedef struct norm_job {
+    float *h;
+    const float *add, *w;
+    float *x;
+    int n, dim;
+    float eps;
+} norm_job;
+
+static void norm_work(void *arg, int ith, int nth) {
+    const norm_job *j = arg;
+    for (int t = j->n * ith / nth; t < j->n * (ith + 1) / nth; t++) {
+        float *h = j->h + (size_t)t * j->dim;
+        if (j->add)
+            for (int i = 0; i < j->dim; i++) h[i] += j->add[(size_t)t * j->dim + i];
+        if (j->w) rmsnorm(j->x + (size_t)t * j->dim, h, j->w, j->dim, j->eps);
+    }
+}
+
+static void add_norm(duet_ctx *c, float *h, const float *add, const float *w, float *x, int n, int dim) {
+    norm_job j = {.h = h, .add = add, .w = w, .x = x, .n = n, .dim = dim, .eps = c->m->cfg.rms_eps};
+    pool_run(c->pool, (size_t)n * dim < 65536 ? 1 : duet_pool_threads(c->pool), norm_work, &j);
+}
+
 /* ---- matrix products ---------------------------------------------------------------------------------- */
 
 /* Up to three products that share one input (q, k, v; gate, up) run as one job, so threads are woken once
@@ -349,7 +375,7 @@ static int layer_forward(duet_ctx *c, int l, float *h, int n) {
     float *kc = one ? c->cs[0].kv->k[l] + (size_t)c->cs[0].pos0 * kv_dim : c->kbuf; /* [n][kv_dim] */
     float *vc = one ? c->cs[0].kv->v[l] + (size_t)c->cs[0].pos0 * kv_dim : c->vbuf;
 
-    for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->attn_norm, dim, cfg->rms_eps);
+    add_norm(c, h, NULL, L->attn_norm, c->x, n, dim);
     const model_mat *qkv[] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[] = {c->q, kc, vc};
     size_t qkv_ld[] = {(size_t)q_dim, (size_t)kv_dim, (size_t)kv_dim};
@@ -386,9 +412,7 @@ static int layer_forward(duet_ctx *c, int l, float *h, int n) {
     int rc = attention(c, l, n);
     if (rc) return rc;
     matmul(c, &L->wo, c->att, n, c->x, dim);
-    for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];
-
-    for (int t = 0; t < n; t++) rmsnorm(c->x + (size_t)t * dim, h + (size_t)t * dim, L->ffn_norm, dim, cfg->rms_eps);
+    add_norm(c, h, c->x, L->ffn_norm, c->x, n, dim); /* row by row: a row of x is read before it is rewritten */
     const model_mat *gu[] = {&L->gate, &L->up};
     float *gu_out[] = {c->gate, c->up};
     size_t gu_ld[] = {(size_t)ffn, (size_t)ffn};
@@ -396,7 +420,7 @@ static int layer_forward(duet_ctx *c, int l, float *h, int n) {
     swiglu_job sj = {.isa = c->isa, .gate = c->gate, .up = c->up, .n = (size_t)n * ffn};
     pool_run(c->pool, sj.n < 65536 ? 1 : duet_pool_threads(c->pool), swiglu_work, &sj);
     matmul(c, &L->down, c->gate, n, c->x, dim);
-    for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += c->x[i];
+    add_norm(c, h, c->x, NULL, NULL, n, dim);
     return DUET_OK;
 }
 
