@@ -4,6 +4,9 @@
  *           the figure is memory bandwidth, not cache bandwidth); also with 2 threads for the best ISA
  *   batch:  the same matrix times nx = 64 activation rows (prefill-like), GFLOP/s = 2 n nr nx / time
  *   memcpy: plain copy bandwidth of the same working-set size, as the ceiling to compare decode with.
+ *   fma peak: GFLOP/s of 12 independent AVX2 FMA chains in registers, on one core alone and on each of two at
+ *           once, as the ceiling to compare batch GFLOP/s with (the second figure shows what running two cores
+ *           costs each, e.g. a lower clock).
  * Types with a repacked layout are measured twice: as in the file, and repacked (Q8_0x8, Q4_0x8, ...) as a loaded model holds them.
  * Usage: bench_quant [-n COLS] [-r ROWS] [type-name ...]   (default: 4096 x 4096, every supported weight type);
  * COLS a multiple of 256 (the K-quants' block), e.g. -n 2048 -r 5632 for TinyLlama's ffn matrices. */
@@ -11,6 +14,7 @@
 #include "duet.h"
 #include "engine/quant.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -88,6 +92,29 @@ static double memcpy_gbs(void) {
     return 2.0 * half / median(t, 5) / 1e9; /* read + write */
 }
 
+#define FMA(a) a = _mm256_fmadd_ps(a, m, c);
+/* GFLOP/s of 12 chains of 8-lane FMAs, 4 cycles of latency each: enough in flight for two FMA units. Each chain
+ * starts from its own volatile value so that the compiler cannot merge them. */
+__attribute__((target("avx2,fma"))) static void *fma_peak(void *out) {
+    volatile float v[13] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0.999f};
+    __m256 a0 = _mm256_set1_ps(v[0]), a1 = _mm256_set1_ps(v[1]), a2 = _mm256_set1_ps(v[2]),
+           a3 = _mm256_set1_ps(v[3]), a4 = _mm256_set1_ps(v[4]), a5 = _mm256_set1_ps(v[5]),
+           a6 = _mm256_set1_ps(v[6]), a7 = _mm256_set1_ps(v[7]), a8 = _mm256_set1_ps(v[8]),
+           a9 = _mm256_set1_ps(v[9]), a10 = _mm256_set1_ps(v[10]), a11 = _mm256_set1_ps(v[11]);
+    const __m256 m = _mm256_set1_ps(v[12]), c = _mm256_set1_ps(1e-6f);
+    const long steps = 50000000;
+    double t0 = clock_now_ms();
+    for (long i = 0; i < steps; i++) { FMA(a0) FMA(a1) FMA(a2) FMA(a3) FMA(a4) FMA(a5) FMA(a6) FMA(a7) FMA(a8) FMA(a9) FMA(a10) FMA(a11) }
+    double s = (clock_now_ms() - t0) / 1e3;
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                               _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    v[0] = _mm256_cvtss_f32(sum); /* the chains' results are used */
+    *(double *)out = steps * 12 * 16.0 / s / 1e9;
+    return NULL;
+}
+#undef FMA
+
 /* repack: the same matrix in its repacked layout (quant_repack), as a loaded model holds it */
 static void bench_type(int type, bool repack) {
     const quant_traits *tr = quant_traits_get(type), *at = quant_traits_get(tr->act_type);
@@ -161,6 +188,18 @@ int main(int argc, char **argv) {
     printf("bench_quant: n=%d, nr=%d, decode nx=1 (weights streamed from a %u MiB working set), batch nx=%d; "
            "best ISA %s\n", N, NR, WORKING_SET >> 20, NX_BATCH, quant_isa_name(quant_isa_best()));
     printf("memcpy %.1f GB/s (read + write, 1 thread)\n", memcpy_gbs());
+    if (quant_isa_best() >= QUANT_ISA_AVX2) { /* medians of 5 alternating runs, one core then two */
+        double one[5], two[2][5];
+        for (int r = 0; r < 5; r++) {
+            pthread_t th;
+            fma_peak(&one[r]);
+            if (pthread_create(&th, NULL, fma_peak, &two[1][r]) != 0) return 1;
+            fma_peak(&two[0][r]);
+            pthread_join(th, NULL);
+        }
+        printf("fma peak %.1f GFLOP/s 1t, %.1f + %.1f GFLOP/s 2t\n", median(one, 5), median(two[0], 5),
+               median(two[1], 5));
+    }
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         int pick = a >= argc;
         for (int k = a; k < argc; k++) pick |= !strcmp(argv[k], quant_traits_get(types[i])->name);
