@@ -869,9 +869,9 @@ AVX2_INL void q6_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
 
 GEMM_DRIVER(gemm_f32_avx2_dec, f32_tile_avx2, 4, 3, 4, AVX2_FN)
 GEMM_DRIVER(gemm_f16_avx2_dec, f16_tile_avx2, 4, 3, 4, AVX2_FN)
-/* Batch F32/F16 (GEMM_DRIVER's loops inverted): a block of weight rows stays in L2 while each 3-row activation
- * tile, held in L1 (n = 2048: 24 KB), passes over all of its 4-row tiles, so per 12 FMAs only the 4 weight
- * vectors come from L2. GEMM_DRIVER's order (a weight tile in L1, activation blocks streaming from L2) fetched
+/* Batch F32/F16 (GEMM_DRIVER's loops inverted): a block of weight rows stays in L2 while each activation tile
+ * (F32: 3 rows, n = 2048: 24 KB; F16: 4 rows), held in L1, passes over all of its weight tiles (F32: 4 rows; F16: 3),
+ * so per 12 FMAs only the 4 (3) weight vectors come from L2. GEMM_DRIVER's order (a weight tile in L1, activation blocks streaming from L2) fetched
  * 3 F32 activation vectors per step from L2: quant_gemm F16 n=2048 x 5632 x 128 ~76 -> ~84 GFLOP/s, F16
  * n=5632 x 2048 ~73 -> ~83, F32 n=1024 x 2816 ~72 -> ~75 (best of 5 interleaved runs, shared Zen 3 VM;
  * 128 and 384 KB blocks measured no better than 256). The first activation tile's pass over a block read it from
@@ -881,25 +881,30 @@ GEMM_DRIVER(gemm_f16_avx2_dec, f16_tile_avx2, 4, 3, 4, AVX2_FN)
 #define FLOAT_WBLOCK (256u << 10)
 AVX2_INL void float_gemm_avx2(const bool f16, int n, const uint8_t *w, size_t ws, int nr, const uint8_t *x,
                               size_t xs, int nx, float *y, size_t ldy) {
-    const size_t wb0 = FLOAT_WBLOCK / ws / 4 * 4;
-    const int wb = wb0 < 4 ? 4 : wb0 > 4096 ? 4096 : (int)wb0;
+    /* F16 tiles are 3 weight rows by 4 activation rows: 3 conversions per 12 FMAs instead of 4. quant_gemm F16,
+     * 128 columns, 5 alternating runs in a slow spell, medians: n=2048 x 5632 rows 64.2 -> 78.3 GFLOP/s, n=5632 x
+     * 2048 60.5 -> 79.6; TinyLlama F16 pp128 (bench_engine, 4-5 alternating runs) 35.2 -> 36.2 tok/s at 1 thread,
+     * 69.1 -> 71.9 at 2. F32 has no conversion and measured no better at 3x4, so it keeps 4x3. */
+    const int TR = f16 ? 3 : 4, TC = f16 ? 4 : 3;
+    const size_t wb0 = FLOAT_WBLOCK / ws / (size_t)TR * (size_t)TR;
+    const int wb = wb0 < (size_t)TR ? TR : wb0 > 4095 ? 4095 / TR * TR : (int)wb0;
     for (int i0 = 0; i0 < nr; i0 += wb) {
         const int i1 = nr - i0 < wb ? nr : i0 + wb, i2 = nr - i1 < wb ? nr : i1 + wb;
         /* the next block's rows, up to the end of its last row (rows may be strided: attention's keys) */
         const uint8_t *pf = w + (size_t)i1 * ws, *const pf_end = i2 > i1 ? w + (size_t)(i2 - 1) * ws + (f16 ? 2 : 4) * (size_t)n : pf;
-        const size_t steps = (size_t)((nx + 2) / 3) * (size_t)((i1 - i0 + 3) / 4);
+        const size_t steps = (size_t)((nx + TC - 1) / TC) * (size_t)((i1 - i0 + TR - 1) / TR);
         const size_t per_step = ((size_t)(pf_end - pf) / 64 + steps - 1) / steps;
-        for (int j = 0; j < nx; j += 3) {
-            const int C = nx - j < 3 ? nx - j : 3;
+        for (int j = 0; j < nx; j += TC) {
+            const int C = nx - j < TC ? nx - j : TC;
             const uint8_t *xt = x + j * xs;
-            for (int i = i0; i < i1; i += 4) {
+            for (int i = i0; i < i1; i += TR) {
                 for (size_t p = 0; p < per_step && pf < pf_end; p++, pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T1);
-                const int R = nr - i < 4 ? nr - i : 4;
+                const int R = i1 - i < TR ? i1 - i : TR;
                 const uint8_t *wt = w + i * ws;
                 float *yt = y + j * ldy + i;
-#define FLOAT_TILE(r, c) case (r) * 4 + (c): float_tile_avx2(r, c, f16, n, wt, ws, xt, xs, yt, ldy); break;
-#define FLOAT_TILE_ROW(r) FLOAT_TILE(r, 1) FLOAT_TILE(r, 2) FLOAT_TILE(r, 3)
-                switch (R * 4 + C) { FLOAT_TILE_ROW(1) FLOAT_TILE_ROW(2) FLOAT_TILE_ROW(3) FLOAT_TILE_ROW(4) }
+#define FLOAT_TILE(r, c) case (r) * 8 + (c): float_tile_avx2(r, c, f16, n, wt, ws, xt, xs, yt, ldy); break;
+#define FLOAT_TILE_ROW(r) FLOAT_TILE(r, 1) FLOAT_TILE(r, 2) FLOAT_TILE(r, 3) FLOAT_TILE(r, 4)
+                switch (R * 8 + C) { FLOAT_TILE_ROW(1) FLOAT_TILE_ROW(2) FLOAT_TILE_ROW(3) FLOAT_TILE_ROW(4) }
 #undef FLOAT_TILE_ROW
 #undef FLOAT_TILE
             }
