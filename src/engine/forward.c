@@ -62,7 +62,8 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
 
 /* h[t] += add[t] (when add), then x[t] = rmsnorm(h[t]) * w (when w), for rows t < n of dim, split in contiguous
  * row ranges between the threads: done by one thread, a 128-token prefill's norms and residual adds kept the other
- * waiting (TinyLlama F16 at 2 threads, perf: samples in the pool's idle loops 1.4% -> 0.6%). Each row is computed alone, so the split does not change a bit. */
+ * waiting (TinyLlama F16 at 2 threads, perf: samples in the pool's idle loops 1.4% -> 0.6%). Each row is computed
+ * alone, so the split does not change a bit. */
 typedef struct norm_job {
     float *h;
     const float *add, *w;
@@ -101,7 +102,7 @@ typedef struct mm_task {
 } mm_task;
 
 typedef struct mm_job {
-    int isa, nx, n_tasks, nth;
+    int isa, nx, n_tasks;
     int min_rows;                 /* smallest claim, a multiple of 16 */
     mm_task task[MM_MAX];
     int first[MM_MAX + 1];        /* rows of task t are first[t] .. first[t+1]-1 of the tasks laid end to end */
@@ -109,7 +110,7 @@ typedef struct mm_job {
 } mm_job;
 
 /* Threads claim rows guided-style: a quarter of what is left per thread (with 2 threads 1/4, 3/16, ..) down to
- * min_rows, never across two tasks. Big first claims keep each thread's weight reads long and sequential; the
+ * min_rows, never across two tasks; one thread alone takes each task whole. Big first claims keep each thread's weight reads long and sequential; the
  * small last ones leave a thread that finishes early less to wait for than fixed items of 1/16 of a product did
  * (TinyLlama F16 pp128 at 2 threads, perf: samples in the pool's idle loops 3.6% -> 1.5%). Where a
  * product is split does not change a bit (quant.h); claims are multiples of 16 rows from the task's start, so a
@@ -122,7 +123,7 @@ static void mm_work(void *arg, int ith, int nth) {
         if (r >= total) break;
         int t = 0;
         while (r >= j->first[t + 1]) t++;
-        int want = (total - r) / (4 * j->nth);
+        int want = nth == 1 ? total - r : (total - r) / (4 * nth);
         want = want < j->min_rows ? j->min_rows : (want + 15) & ~15;
         const int n = j->first[t + 1] - r < want ? j->first[t + 1] - r : want;
         if (!atomic_compare_exchange_weak_explicit(&j->next, &r, r + n, memory_order_relaxed, memory_order_relaxed))
@@ -167,11 +168,9 @@ static void matmul_n(duet_ctx *c, int n_w, const model_mat *const *w, const floa
     }
     /* Small products are not worth waking a thread for (stories260K's matrices are 64 wide). A decode claim is
      * one sequential read of its rows: at least 64 of them. */
-    const int nth = duet_pool_threads(c->pool) == 1 || work < 65536 ? 1 : duet_pool_threads(c->pool);
-    j.nth = nth;
-    j.min_rows = nth == 1 ? j.first[n_w] : n > 1 ? 16 : 64;
+    j.min_rows = n > 1 ? 16 : 64;
     atomic_init(&j.next, 0);
-    pool_run(c->pool, nth, mm_work, &j);
+    pool_run(c->pool, work < 65536 ? 1 : duet_pool_threads(c->pool), mm_work, &j);
 }
 
 static void matmul(duet_ctx *c, const model_mat *w, const float *x, int n, float *y, size_t ldy) {

@@ -870,9 +870,9 @@ AVX2_INL void q6_K_tile_avx2(const int R, const int C, int n, const uint8_t *w, 
 GEMM_DRIVER(gemm_f32_avx2_dec, f32_tile_avx2, 4, 3, 4, AVX2_FN)
 GEMM_DRIVER(gemm_f16_avx2_dec, f16_tile_avx2, 4, 3, 4, AVX2_FN)
 /* Batch F32/F16 (GEMM_DRIVER's loops inverted): a block of weight rows stays in L2 while each activation tile
- * (F32: 3 rows, n = 2048: 24 KB; F16: 4 rows), held in L1, passes over all of its weight tiles (F32: 4 rows; F16: 3),
- * so per 12 FMAs only the 4 (3) weight vectors come from L2. GEMM_DRIVER's order (a weight tile in L1, activation blocks streaming from L2) fetched
- * 3 F32 activation vectors per step from L2: quant_gemm F16 n=2048 x 5632 x 128 ~76 -> ~84 GFLOP/s, F16
+ * (F32: 3 rows, n = 2048: 24 KB; F16: 4 rows), held in L1, passes over all of its weight tiles (F32: 4 rows;
+ * F16: 3), so per 12 FMAs only the 4 (3) weight vectors come from L2. GEMM_DRIVER's order (a weight tile in L1,
+ * activation blocks streaming from L2) fetched 3 F32 activation vectors per step from L2: quant_gemm F16 n=2048 x 5632 x 128 ~76 -> ~84 GFLOP/s, F16
  * n=5632 x 2048 ~73 -> ~83, F32 n=1024 x 2816 ~72 -> ~75 (best of 5 interleaved runs, shared Zen 3 VM;
  * 128 and 384 KB blocks measured no better than 256). The first activation tile's pass over a block read it from
  * DRAM at the pace of the FMAs (one core cannot stream that fast), so each block's passes prefetch the next block
